@@ -1,0 +1,144 @@
+"""One model, one frame: resize/crop into the input tensor -> invoke -> top-k.
+
+Quantization constants are always read from the model, never assumed; integer outputs are widened
+before the zero point is subtracted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .interpreter import create_interpreter
+from .labels import imagenet_classes
+from .metadata import MetadataError, ModelInfo, read_model_info
+from .preprocess import Preprocessing, resize_crop
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """The model is missing, unreadable or not an image classifier this runtime can drive."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float  # softmax probability
+
+
+class Classifier:
+    """A TFLite image classifier driven by its embedded metadata.
+
+    Args:
+        model_path: the ``.tflite`` file.
+        threads: interpreter threads.
+        preprocessing: used only for a plain model without embedded metadata (with a warning).
+        edgetpu: load the Edge TPU delegate.
+        backend: force one interpreter package ("ai-edge-litert", "tflite-runtime", "tensorflow").
+
+    Raises:
+        ModelError: missing/corrupt model, wrong input or output shape.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int | None = 2,
+                 preprocessing: Preprocessing | None = None, edgetpu: bool = False,
+                 backend: str | None = None) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        try:
+            info = read_model_info(path)
+        except MetadataError as e:
+            raise ModelError(str(e)) from None
+        try:
+            self.interpreter, self.backend = create_interpreter(str(path), threads, edgetpu, backend)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(inp[0]["shape"]) != 4 or inp[0]["shape"][0] != 1 or inp[0]["shape"][3] != 3:
+            raise ModelError(f"{path}: input of shape (1, H, W, 3) expected, got "
+                             f"{[list(d['shape']) for d in inp]}: not an image classifier")
+        if len(out) != 1 or len(out[0]["shape"]) != 2 or out[0]["shape"][0] != 1:
+            raise ModelError(f"{path}: one output of shape (1, classes) expected, got "
+                             f"{[list(d['shape']) for d in out]}: not an image classifier")
+        self.input_index = inp[0]["index"]
+        self.output_index = out[0]["index"]
+        self.input_dtype = np.dtype(inp[0]["dtype"])
+        self.input_scale, self.input_zero_point = inp[0]["quantization"]
+        self.output_scale, self.output_zero_point = out[0]["quantization"]
+        self.num_classes = int(out[0]["shape"][1])
+        h, w = int(inp[0]["shape"][1]), int(inp[0]["shape"][2])
+        if info is None:
+            if preprocessing is None:
+                raise ModelError(f"{path}: no embedded metadata; give the preprocessing "
+                                 "(--resize, --channel-order, ...) on the command line")
+            log.warning("%s has no embedded metadata: using the preprocessing given on the command line", path)
+            labels = list(imagenet_classes()[1]) if self.num_classes == 1000 else \
+                [str(i) for i in range(self.num_classes)]
+            info = ModelInfo(preprocessing=preprocessing, labels=labels, model_name=path.stem,
+                             input_dtype=self.input_dtype.name, input_channel_order="BGR")
+        if info.preprocessing.input_size != (h, w):
+            raise ModelError(f"{path}: metadata says input {info.preprocessing.input_size}, "
+                             f"the graph takes {(h, w)}")
+        if len(info.labels) != self.num_classes:
+            raise ModelError(f"{path}: {len(info.labels)} labels for {self.num_classes} outputs")
+        self.info = info
+        self.path = path
+        self._rgb = info.input_channel_order == "RGB"
+        self._direct = self.input_dtype == np.uint8  # crop straight into the tensor, no arithmetic
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.info.preprocessing
+
+    def set_frame(self, frame_bgr: np.ndarray) -> None:
+        """Resize/crop one BGR frame into the interpreter's input tensor."""
+        if self._direct:
+            view = self.interpreter.tensor(self.input_index)()
+            resize_crop(frame_bgr, self.info.preprocessing, out=view[0], rgb=self._rgb)
+            del view  # the interpreter refuses to invoke while a view of its memory is alive
+        else:
+            self.set_crop(resize_crop(frame_bgr, self.info.preprocessing, rgb=self._rgb))
+
+    def set_crop(self, crop: np.ndarray) -> None:
+        """Copy an already cropped HxWx3 uint8 image (in the model's channel order) into the input."""
+        if self.input_dtype == np.uint8:
+            data = crop
+        elif self.input_dtype == np.int8:
+            data = (crop.astype(np.int16) - 128).astype(np.int8)
+        else:
+            data = crop.astype(np.float32)
+        self.interpreter.set_tensor(self.input_index, data[None])
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def raw_output(self) -> np.ndarray:
+        return self.interpreter.get_tensor(self.output_index)[0]
+
+    def logits(self) -> np.ndarray:
+        """The dequantized output of the last invoke, float32 (num_classes,)."""
+        raw = self.raw_output()
+        if raw.dtype in (np.int8, np.uint8, np.int16) and self.output_scale:
+            return (raw.astype(np.int32) - self.output_zero_point).astype(np.float32) * self.output_scale
+        return raw.astype(np.float32)
+
+    def top_k(self, k: int = 5) -> list[Prediction]:
+        """The k best classes of the last invoke with softmax probabilities, best first."""
+        logits = self.logits()
+        k = max(1, min(k, logits.size))
+        idx = np.argpartition(-logits, k - 1)[:k]
+        idx = idx[np.argsort(-logits[idx], kind="stable")]
+        e = np.exp(logits - logits.max())
+        probs = e[idx] / e.sum()
+        return [Prediction(int(i), self.info.labels[i], float(p)) for i, p in zip(idx, probs)]
+
+    def classify(self, frame_bgr: np.ndarray, k: int = 5) -> list[Prediction]:
+        self.set_frame(frame_bgr)
+        self.invoke()
+        return self.top_k(k)

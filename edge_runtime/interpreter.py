@@ -1,0 +1,80 @@
+"""Find and create a TFLite interpreter: ai-edge-litert, then tflite-runtime, then tf.lite."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# (module, human name, pip package) in order of preference.
+_BACKENDS = (
+    ("ai_edge_litert.interpreter", "ai-edge-litert", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow", "tensorflow"),
+)
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+class InterpreterUnavailable(RuntimeError):
+    """No TFLite interpreter package is installed, or a delegate cannot be loaded."""
+
+
+def find_backend(preferred: str | None = None) -> tuple[Any, str]:
+    """The first importable interpreter module and its name; ``preferred`` restricts the search.
+
+    Raises:
+        InterpreterUnavailable: none is installed (the message names what to install).
+    """
+    tried = []
+    for module, name, _ in _BACKENDS:
+        if preferred and preferred != name:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            tried.append(f"{name} ({e.__class__.__name__})")
+            continue
+        return mod, name
+    want = preferred or "one of ai-edge-litert, tflite-runtime, tensorflow"
+    raise InterpreterUnavailable(
+        f"no TFLite interpreter found ({want}); install one: pip install ai-edge-litert "
+        f"(or tflite-runtime on numpy<2). Tried: {', '.join(tried) or 'none'}")
+
+
+def backend_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in {"tensorflow": ("tensorflow", "tensorflow-cpu")}.get(name, (name,)):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def create_interpreter(model_path: str, threads: int | None = None, edgetpu: bool = False,
+                       backend: str | None = None) -> tuple[Any, str]:
+    """An allocated interpreter for ``model_path`` and the backend name.
+
+    XNNPACK is applied by the interpreter's default op resolver. With ``edgetpu`` the Edge TPU
+    delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable says why it cannot be.
+
+    Raises:
+        InterpreterUnavailable: no interpreter package, or the delegate cannot load.
+        ValueError: the file is not a model the interpreter can load.
+    """
+    mod, name = find_backend(backend)
+    Interpreter = mod.Interpreter
+    delegates = []
+    if edgetpu:
+        try:
+            delegates.append(mod.load_delegate(EDGETPU_LIBRARY))
+        except (ValueError, OSError, AttributeError) as e:
+            raise InterpreterUnavailable(
+                f"cannot load the Edge TPU delegate {EDGETPU_LIBRARY} ({e}); install the Edge TPU "
+                "runtime (libedgetpu1-std) and plug in the device, or run without --edgetpu") from None
+    try:
+        interp = Interpreter(model_path=str(model_path), num_threads=threads,
+                             experimental_delegates=delegates or None)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ValueError(f"{model_path}: the interpreter cannot load this model ({first})") from None
+    return interp, name

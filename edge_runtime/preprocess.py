@@ -1,0 +1,160 @@
+"""The one implementation of image preprocessing.
+
+Calibration, validation, the evaluator, the benchmark and the camera loop all call
+:func:`resize_crop`. It does only geometry (resize, crop, channel order) on uint8 pixels: the
+arithmetic (mean/std) is folded into the model graph, so the device never does float math per frame.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
+_ORDERS = ("BGR", "RGB")
+
+
+class PreprocessingError(ValueError):
+    """A preprocessing record or an image does not fit what is expected."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its input pixels; travels with the weights and the artifact.
+
+    Attributes:
+        input_size: (height, width) of the network input.
+        resize: (height, width) of the exact resize before the crop, or ``(s, 0)`` to resize the
+            shorter side to ``s`` keeping the aspect ratio.
+        channel_order: channel order the *float* network was trained on ("BGR" or "RGB").
+        mean, std: per-channel statistics in ``channel_order``, in 0..255 pixel units.
+        interpolation: "linear", "area" or "cubic".
+    """
+
+    input_size: tuple[int, int]
+    resize: tuple[int, int]
+    channel_order: str = "RGB"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "linear"
+    crop: str = field(default="center")
+
+    def __post_init__(self) -> None:
+        h, w = self.input_size
+        rh, rw = self.resize
+        if not (8 <= h <= 4096 and 8 <= w <= 4096):
+            raise PreprocessingError(f"input_size {self.input_size}: 8..4096 expected per side")
+        if rw == 0:
+            if not (min(h, w) <= rh <= 8192):
+                raise PreprocessingError(f"shorter-side resize {rh}: >= {min(h, w)} expected")
+        elif not (h <= rh <= 8192 and w <= rw <= 8192):
+            raise PreprocessingError(f"resize {self.resize}: at least input_size {self.input_size} expected")
+        if self.channel_order not in _ORDERS:
+            raise PreprocessingError(f"channel_order {self.channel_order!r}: one of {_ORDERS} expected")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise PreprocessingError(
+                f"interpolation {self.interpolation!r}: one of {sorted(_INTERPOLATIONS)} expected")
+        if self.crop != "center":
+            raise PreprocessingError(f"crop {self.crop!r}: 'center' expected")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise PreprocessingError(f"mean {self.mean} / std {self.std}: 3 values, std > 0 expected")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Preprocessing":
+        """Build from untrusted JSON; raises PreprocessingError on anything malformed."""
+        if not isinstance(d, dict):
+            raise PreprocessingError(f"preprocessing: an object expected, got {type(d).__name__}")
+        try:
+            return cls(
+                input_size=_pair(d["input_size"], int),
+                resize=_pair(d["resize"], int),
+                channel_order=str(d.get("channel_order", "RGB")),
+                mean=_triple(d.get("mean", (0, 0, 0))),
+                std=_triple(d.get("std", (1, 1, 1))),
+                interpolation=str(d.get("interpolation", "linear")),
+                crop=str(d.get("crop", "center")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, PreprocessingError):
+                raise
+            raise PreprocessingError(f"preprocessing record malformed: {e!r}") from None
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the image after the resize step, for a source of that size."""
+        rh, rw = self.resize
+        if rw:
+            return rh, rw
+        if height <= width:
+            return rh, max(self.input_size[1], round(width * rh / height))
+        return max(self.input_size[0], round(height * rh / width)), rh
+
+
+def _pair(v: Any, t: type) -> tuple[int, int]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise PreprocessingError(f"a pair expected, got {v!r}")
+    return (t(v[0]), t(v[1]))
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise PreprocessingError(f"three values expected, got {v!r}")
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None = None,
+                rgb: bool = False) -> np.ndarray:
+    """Resize then center-crop a BGR uint8 image to ``pp.input_size``.
+
+    Args:
+        image_bgr: HxWx3 uint8 image in OpenCV's BGR order (HxW grayscale is accepted).
+        pp: the model's preprocessing record.
+        out: optional HxWx3 uint8 destination (for example the interpreter's input buffer);
+            the crop is copied into it, so the caller needs no further copy.
+        rgb: return RGB instead of BGR (for models whose input is RGB).
+
+    Returns:
+        The HxWx3 uint8 crop (``out`` when given).
+
+    Raises:
+        PreprocessingError: the image is empty or not 8-bit, 1- or 3-channel.
+    """
+    if image_bgr is None or not isinstance(image_bgr, np.ndarray) or image_bgr.size == 0:
+        raise PreprocessingError("empty image: an HxWx3 uint8 array expected")
+    if image_bgr.dtype != np.uint8:
+        raise PreprocessingError(f"image dtype {image_bgr.dtype}: uint8 expected")
+    if image_bgr.ndim == 2:
+        image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+    elif image_bgr.ndim != 3 or image_bgr.shape[2] not in (3, 4):
+        raise PreprocessingError(f"image shape {image_bgr.shape}: HxWx3 expected")
+    elif image_bgr.shape[2] == 4:
+        image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_BGRA2BGR)
+    h, w = image_bgr.shape[:2]
+    rh, rw = pp.resized_shape(h, w)
+    resized = image_bgr if (rh, rw) == (h, w) else cv2.resize(
+        image_bgr, (rw, rh), interpolation=_INTERPOLATIONS[pp.interpolation])
+    ch, cw = pp.input_size
+    y0, x0 = (rh - ch) // 2, (rw - cw) // 2
+    crop = resized[y0:y0 + ch, x0:x0 + cw]
+    if rgb:
+        crop = crop[..., ::-1]
+    if out is None:
+        return np.ascontiguousarray(crop)
+    if out.shape[-3:] != (ch, cw, 3):
+        raise PreprocessingError(f"destination shape {out.shape}: (..., {ch}, {cw}, 3) expected")
+    np.copyto(out.reshape(ch, cw, 3), crop, casting="unsafe")
+    return out
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to BGR uint8; raises PreprocessingError when it cannot be read."""
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise PreprocessingError(f"{path}: not a readable image")
+    return image
