@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv with the converter + runtime + test dependencies. Idempotent; offline-safe once cached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)" >&2
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch is pinned exactly: a looser requirement pulls a multi-GB CUDA build.
+python -m pip install -q -e ".[convert,bench,dev]"
+# onnx2tf 1.x pins protobuf 4, which conflicts with tensorflow 2.21: install it without its pins
+# (its real dependencies are in the [convert] extra).
+python -m pip install -q --no-deps "onnx2tf==1.29.24"
+echo "setup: ready ($(python -c 'import torch, tensorflow as tf, onnx2tf, numpy, cv2; print(f"torch {torch.__version__}, tensorflow {tf.__version__}, onnx2tf {onnx2tf.__version__}, numpy {numpy.__version__}, opencv {cv2.__version__}")' 2>/dev/null))" >&2
