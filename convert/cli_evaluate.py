@@ -1,0 +1,48 @@
+"""``python -m convert evaluate``: top-1 / top-5 of weights on a folder of labelled images."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from edge_runtime.evaluation import DatasetError
+
+from .errors import ConvertError
+
+EXAMPLES = """examples:
+  python -m convert evaluate --weights deep-compression --images ../shared/imagenet/val500
+  python -m convert evaluate --weights build/squeezenet1_0_dc.sqz --images photos/ --json
+  python -m convert evaluate --weights my_squeezenet.pth --arch squeezenet1_1 --images val/ --limit 100
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 of weights on labelled images",
+                       description="Measure top-1 and top-5 accuracy of a float model on a folder of "
+                                   "labelled images, with the weights' own preprocessing.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True,
+                   help="a named source (deep-compression, squeezenet1_0, squeezenet1_1) or a weights file "
+                        "(.net, .pth state dict, or a compressed container)")
+    p.add_argument("--arch", help="architecture for a plain checkpoint (default: the weights' own)")
+    p.add_argument("--images", required=True,
+                   help="folder of labelled images: files named by WordNet id, or one sub-folder per class")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_torch
+    from .weights import load_model
+
+    model, record = load_model(args.weights, args.arch)
+    try:
+        result = evaluate_torch(model, record, args.images, limit=args.limit, progress=not args.json)
+    except DatasetError as e:
+        raise ConvertError(str(e)) from None
+    if args.json:
+        print(json.dumps({"weights": record.name, "sha256": record.sha256, **result.to_dict()}))
+    else:
+        print(f"{record.name}: top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%  "
+              f"({result.n_used} images, {result.n_skipped} skipped)")
+    return 0

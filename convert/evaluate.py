@@ -1,0 +1,33 @@
+"""Run a PyTorch model (through :class:`PixelModel`) as the evaluator's ``predict``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_runtime.evaluation import EvalResult, evaluate, find_labelled_images
+
+from .pixel_model import PixelModel
+from .weights import WeightsRecord
+
+
+def torch_predict(model: nn.Module, record: WeightsRecord):
+    """``predict(batch NxHxWx3 uint8 BGR) -> N x classes logits`` for a float PyTorch model."""
+    pixel = PixelModel(model, record.preprocessing).eval()
+
+    @torch.no_grad()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float()
+        return pixel(x).numpy()
+
+    return predict
+
+
+def evaluate_torch(model: nn.Module, record: WeightsRecord, images_dir: str, limit: int | None = None,
+                   keep_scores: bool = False, progress: bool = True) -> EvalResult:
+    """Top-1/top-5 of a float model on a labelled folder, with the weights' own preprocessing."""
+    images = find_labelled_images(images_dir, record.wnids, record.labels)
+    if limit:
+        images.paths, images.targets = images.paths[:limit], images.targets[:limit]
+    return evaluate(images, torch_predict(model, record), record.preprocessing,
+                    keep_scores=keep_scores, progress=progress)

@@ -1,0 +1,249 @@
+"""Weights records (what the weights need: preprocessing, labels, hash) and weight resolution.
+
+A named source is looked up, in order: an explicit path; the directory named by the environment
+variable ``SQUEEZENET_EDGE_WEIGHTS_DIR``; the per-user cache; a download from the record's public URL
+(verified against its sha256, written atomically into the cache). Checkpoints are untrusted input:
+``torch.load(..., weights_only=True)`` only, shapes checked against the chosen architecture.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_runtime.labels import imagenet_classes
+from edge_runtime.preprocess import Preprocessing
+
+from .errors import WeightsError
+from .models import UnknownModelError, create_model
+
+ENV_DIR = "SQUEEZENET_EDGE_WEIGHTS_DIR"
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+CAFFE_IMAGENET = Preprocessing(input_size=(227, 227), resize=(256, 256), channel_order="BGR",
+                               mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0))
+TORCHVISION_IMAGENET = Preprocessing(input_size=(224, 224), resize=(256, 0), channel_order="RGB",
+                                     mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+                                     std=(0.229 * 255, 0.224 * 255, 0.225 * 255))
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Everything needed to use a set of weights, in the spirit of torchvision's weights enums."""
+
+    name: str
+    arch: str
+    preprocessing: Preprocessing
+    file_name: str = ""
+    url: str = ""
+    sha256: str = ""  # full hex digest; or a prefix (torchvision names files by a hash prefix)
+    size: int = 0
+    fmt: str = "pth"  # "net" (Deep Compression), "pth" (state dict), or a container format
+    arch_kwargs: dict = field(default_factory=dict)
+    labels: tuple[str, ...] = field(default_factory=lambda: imagenet_classes()[1])
+    wnids: tuple[str, ...] = field(default_factory=lambda: imagenet_classes()[0])
+    accuracy: dict = field(default_factory=dict)
+    licence: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+WEIGHTS: dict[str, WeightsRecord] = {
+    "deep-compression": WeightsRecord(
+        name="squeezenet1_0_deep_compression", arch="squeezenet1_0", preprocessing=CAFFE_IMAGENET,
+        file_name="compressed_SqueezeNet.net",
+        url="https://github.com/songhan/SqueezeNet-Deep-Compression/raw/master/compressed_SqueezeNet.net",
+        sha256="e4ab6960ae8cd81505e1c2136921201507e930966c53deaf15862a395b3a3261", size=675763, fmt="net",
+        arch_kwargs={"final_conv_padding": 1},  # Caffe's conv10 has pad: 1
+        accuracy={"imagenet_top1": 57.5, "imagenet_top5": 80.3, "val500_top1": 65.4, "val500_top5": 84.6},
+        licence="BSD (songhan/SqueezeNet-Deep-Compression)"),
+    "squeezenet1_0": WeightsRecord(
+        name="squeezenet1_0_torchvision", arch="squeezenet1_0", preprocessing=TORCHVISION_IMAGENET,
+        file_name="squeezenet1_0-b66bff10.pth", url="https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth",
+        sha256="b66bff10", accuracy={"imagenet_top1": 58.092, "imagenet_top5": 80.420}, licence="BSD-3-Clause"),
+    "squeezenet1_1": WeightsRecord(
+        name="squeezenet1_1_torchvision", arch="squeezenet1_1", preprocessing=TORCHVISION_IMAGENET,
+        file_name="squeezenet1_1-b8a52dc0.pth", url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+        sha256="b8a52dc0", accuracy={"imagenet_top1": 58.178, "imagenet_top5": 80.624}, licence="BSD-3-Clause"),
+}
+ALIASES = {"squeezenet1_0_deep_compression": "deep-compression", "deep_compression": "deep-compression"}
+
+# Loaders for other weight containers, recognised by their first bytes: (magic, loader(path) ->
+# (state_dict of numpy arrays, WeightsRecord)). The compression stage registers its container here.
+CONTAINER_LOADERS: list[tuple[bytes, Callable[[Path], tuple[dict, WeightsRecord]]]] = []
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "squeezenet-edge" / "weights"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, record: WeightsRecord) -> str:
+    digest = sha256_file(path)
+    if record.sha256 and not digest.startswith(record.sha256):
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... does not match {record.name}'s "
+                           f"{record.sha256[:16]}...: a corrupt or different file; delete it and retry")
+    return digest
+
+
+def _download(url: str, dest: Path, record: WeightsRecord,
+              fetch: Callable[[str], bytes] | None) -> None:
+    print(f"downloading {record.name} from {url} ...", file=sys.stderr)
+    try:
+        if fetch is not None:
+            data = fetch(url)
+        else:
+            with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 (fixed https URLs)
+                data = r.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as e:
+        raise WeightsError(
+            f"{record.name} is not available offline and the download failed ({e}); put "
+            f"{record.file_name} in {cache_dir()} or in a directory named by ${ENV_DIR}, "
+            f"or pass its path with --weights") from None
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise WeightsError(f"{url}: more than {MAX_CHECKPOINT_BYTES} bytes, refusing")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _verify(Path(tmp), record)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | None = None) -> Path:
+    """Path of a named source's file: $SQUEEZENET_EDGE_WEIGHTS_DIR, then the cache, then download.
+
+    Raises:
+        WeightsError: unknown name, wrong sha256, or not available offline (says where to put it).
+    """
+    record = WEIGHTS.get(ALIASES.get(name, name))
+    if record is None:
+        raise WeightsError(f"unknown weights {name!r}: a path or one of {', '.join(WEIGHTS)} expected")
+    candidates = []
+    if os.environ.get(ENV_DIR):
+        candidates.append(Path(os.environ[ENV_DIR]) / record.file_name)
+    candidates.append(cache_dir() / record.file_name)
+    for path in candidates:
+        if path.is_file():
+            _verify(path, record)
+            return path
+    if not download:
+        raise WeightsError(f"{record.name} not found; put {record.file_name} in {cache_dir()} or in a "
+                           f"directory named by ${ENV_DIR}, or pass its path with --weights")
+    dest = cache_dir() / record.file_name
+    _download(record.url, dest, record, fetch)
+    return dest
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from an untrusted ``.pth``: never unpickles arbitrary objects."""
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or hostile files
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: a state dict of tensors expected")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def apply_state_dict(model: nn.Module, state: dict, source: str) -> None:
+    """Copy weights into the model; errors name the first mismatching key with both shapes."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise WeightsError(f"{source}: missing key {key!r} (shape {tuple(value.shape)}) for this model")
+        got = tuple(np.shape(state[key]))
+        if got != tuple(value.shape):
+            raise WeightsError(f"{source}: {key} has shape {got}, the model expects {tuple(value.shape)} "
+                               "(wrong --arch or num_classes?)")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise WeightsError(f"{source}: unexpected key {extra[0]!r} for this model (wrong --arch?)")
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                           for k, v in state.items()})
+
+
+def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, WeightsRecord | None]:
+    from .deepcompression import decode_net
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for magic, loader in CONTAINER_LOADERS:
+        if head.startswith(magic):
+            return loader(path)
+    if path.suffix == ".net" or (record is not None and record.fmt == "net"):
+        if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+            raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
+        return decode_net(path.read_bytes()).state_dict(), record or WEIGHTS["deep-compression"]
+    return load_checkpoint(path), record
+
+
+def load_model(source: str, arch: str | None = None, eval_mode: bool = True) -> tuple[nn.Module, WeightsRecord]:
+    """Build a model and load weights from a named source or a file.
+
+    Args:
+        source: a name from :data:`WEIGHTS` (e.g. "deep-compression"), or a path to a ``.net`` file,
+            a ``.pth``/``.pt`` state dict, or a registered container.
+        arch: architecture for a plain checkpoint (default: the record's, else squeezenet1_0).
+
+    Returns:
+        (model, record) with ``record.sha256`` the full digest of the file actually loaded.
+
+    Raises:
+        WeightsError: missing, corrupt, wrong hash, or not fitting the architecture.
+    """
+    named = ALIASES.get(source, source)
+    if named in WEIGHTS and not Path(source).exists():
+        record: WeightsRecord | None = WEIGHTS[named]
+        path = resolve(named)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise WeightsError(f"{source}: no such weights file (or a name: {', '.join(WEIGHTS)})")
+        record = next((r for r in WEIGHTS.values() if r.file_name == path.name), None)
+    state, record = _read_state(path, record)
+    if record is None:
+        classes = state.get("classifier.1.weight")
+        n = int(classes.shape[0]) if classes is not None else 1000
+        labels = imagenet_classes()[1] if n == 1000 else tuple(str(i) for i in range(n))
+        wnids = imagenet_classes()[0] if n == 1000 else ()
+        record = WeightsRecord(name=path.stem, arch=arch or "squeezenet1_0", preprocessing=TORCHVISION_IMAGENET,
+                               labels=labels, wnids=wnids)
+    arch = arch or record.arch
+    try:
+        model = create_model(arch, num_classes=record.num_classes, **record.arch_kwargs)
+    except UnknownModelError as e:
+        raise WeightsError(str(e)) from None
+    apply_state_dict(model, state, str(path))
+    record = dataclasses.replace(record, arch=arch, sha256=sha256_file(path))
+    return (model.eval() if eval_mode else model), record

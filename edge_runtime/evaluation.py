@@ -1,0 +1,155 @@
+"""Top-1 / top-5 of any model on a folder of labelled images (device side: numpy + OpenCV only).
+
+Two layouts: ImageNet style, where a file name starts with the WordNet id of its class
+(``n01443537_goldfish.JPEG``), and one sub-folder per class named by WordNet id, class name or index.
+The model is a pluggable ``predict(batch) -> scores`` over uint8 crops made by
+:func:`edge_runtime.preprocess.resize_crop`, so the float and int8 models see identical pixels.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_WNID = re.compile(r"^(n\d{8})")
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class DatasetError(ValueError):
+    """The image folder is missing, empty, or its labels cannot be mapped to the model's classes."""
+
+
+@dataclass
+class LabelledImages:
+    paths: list[Path]
+    targets: list[int]
+    skipped: list[str] = field(default_factory=list)  # files that are not images or have no known class
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float
+    n_used: int
+    n_skipped: int
+    skipped: list[str]
+    files: list[str]
+    targets: list[int]
+    top5_indices: list[list[int]]
+    scores: np.ndarray | None = None  # (n_used, classes) when kept
+
+    def to_dict(self) -> dict:
+        return {"top1": round(self.top1, 3), "top5": round(self.top5, 3), "images": self.n_used,
+                "skipped": self.n_skipped, "skipped_files": self.skipped[:50]}
+
+
+def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequence[str]) -> LabelledImages:
+    """Discover (path, class index) pairs in either layout; non-images and unknown classes are skipped.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no usable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory of labelled images")
+    by_key: dict[str, int] = {}
+    for i, name in enumerate(labels):
+        by_key[name.lower()] = i
+    for i, w in enumerate(wnids):
+        by_key[w.lower()] = i
+    wnid_index = {w: i for i, w in enumerate(wnids)}
+    out = LabelledImages([], [])
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            out.skipped.append(f"{rel} (not an image file)")
+            continue
+        target = None
+        if len(rel.parts) > 1:  # one sub-folder per class
+            key = rel.parts[0].lower()
+            target = by_key.get(key)
+            if target is None and key.isdigit() and int(key) < len(labels):
+                target = int(key)
+        else:
+            m = _WNID.match(path.name)
+            target = wnid_index.get(m.group(1)) if m else None
+        if target is None:
+            out.skipped.append(f"{rel} (no known class in its name)")
+            continue
+        out.paths.append(path)
+        out.targets.append(target)
+    if not out.paths:
+        raise DatasetError(f"{root}: no labelled images found (expected files named by WordNet id, "
+                           f"e.g. n01443537_goldfish.JPEG, or one sub-folder per class); "
+                           f"{len(out.skipped)} files skipped")
+    return out
+
+
+def iter_crops(paths: Iterable[Path], pp: Preprocessing, rgb: bool = False):
+    """Yield (index, crop or None) for each path; None marks an unreadable image."""
+    for i, path in enumerate(paths):
+        try:
+            yield i, resize_crop(read_image(str(path)), pp, rgb=rgb)
+        except PreprocessingError:
+            yield i, None
+
+
+def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_size: int = 16,
+             keep_scores: bool = False, progress: bool = True, rgb: bool = False) -> EvalResult:
+    """Run ``predict`` over every readable image and score top-1 / top-5 against the labels."""
+    used_files, targets, top5, all_scores = [], [], [], []
+    skipped = list(images.skipped)
+    batch, batch_idx = [], []
+    n = len(images.paths)
+
+    def flush() -> None:
+        if not batch:
+            return
+        scores = np.asarray(predict(np.stack(batch)))
+        if scores.ndim != 2 or scores.shape[0] != len(batch):
+            raise DatasetError(f"predict returned shape {scores.shape}, ({len(batch)}, classes) expected")
+        for j, i in enumerate(batch_idx):
+            order = np.argsort(-scores[j], kind="stable")[:5]
+            top5.append([int(c) for c in order])
+            used_files.append(str(images.paths[i]))
+            targets.append(images.targets[i])
+        if keep_scores:
+            all_scores.append(scores.astype(np.float32))
+        batch.clear()
+        batch_idx.clear()
+
+    for i, crop in iter_crops(images.paths, pp, rgb=rgb):
+        if crop is None:
+            skipped.append(f"{images.paths[i].name} (unreadable image)")
+        else:
+            batch.append(crop)
+            batch_idx.append(i)
+            if len(batch) == batch_size:
+                flush()
+        if progress and (i + 1) % 50 == 0:
+            print(f"  evaluated {i + 1}/{n} images", file=sys.stderr, flush=True)
+    flush()
+    if not top5:
+        raise DatasetError("no readable images to evaluate")
+    t = np.asarray(targets)
+    p = np.asarray(top5)
+    return EvalResult(top1=100.0 * float(np.mean(p[:, 0] == t)),
+                      top5=100.0 * float(np.mean((p == t[:, None]).any(axis=1))),
+                      n_used=len(t), n_skipped=len(skipped), skipped=skipped, files=used_files,
+                      targets=targets, top5_indices=top5,
+                      scores=np.concatenate(all_scores) if keep_scores else None)
+
+
+def agreement(a: EvalResult, b: EvalResult) -> float:
+    """Percent of images on which two models' top-1 classes agree (same files required)."""
+    if a.files != b.files:
+        raise DatasetError("agreement needs both results over the same images")
+    return 100.0 * float(np.mean([x[0] == y[0] for x, y in zip(a.top5_indices, b.top5_indices)]))
