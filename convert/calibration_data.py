@@ -1,0 +1,37 @@
+"""The calibration photo folder: listing, and the project's default one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_runtime.evaluation import IMAGE_SUFFIXES
+
+MAX_CALIB_FILES = 100_000
+DOC_SUFFIXES = {".md", ".txt", ".csv"}  # manifests and licences beside the photos
+
+
+def default_calib_dir() -> Path:
+    """The project's ``calib_data/`` (real, redistributable photos; see its README and MANIFEST.csv)."""
+    return Path(__file__).resolve().parents[1] / "calib_data"
+
+
+def list_calibration_images(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """Image files under ``folder`` in a deterministic order, and the other files skipped.
+
+    Raises:
+        ConvertError: the folder is missing or holds no image.
+    """
+    from .errors import ConvertError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConvertError(f"{folder}: calibration folder not found (a folder of photos expected)")
+    paths, skipped = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() in DOC_SUFFIXES:
+            continue
+        (paths if p.suffix.lower() in IMAGE_SUFFIXES else skipped).append(p)
+        if len(paths) > MAX_CALIB_FILES:
+            raise ConvertError(f"{folder}: more than {MAX_CALIB_FILES} images; pick a subset")
+    if not paths:
+        raise ConvertError(f"{folder}: no images found for calibration ({len(skipped)} other files)")
+    return paths, [f"{p.name} (not an image file)" for p in skipped]

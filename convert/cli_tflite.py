@@ -1,0 +1,119 @@
+"""``python -m convert tflite``: a model to a self-describing, fully int8 TFLite file, gated."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import ConvertError
+
+EXAMPLES = """examples:
+  # the Deep Compression SqueezeNet v1.0, validated on labelled images, gates on:
+  python -m convert tflite --weights deep-compression --out build/squeezenet1_0_int8.tflite \\
+      --val ../shared/imagenet/val500 --report build/report.json
+  # a torchvision checkpoint of v1.1, calibrated on your own photos:
+  python -m convert tflite --weights squeezenet1_1-b8a52dc0.pth --arch squeezenet1_1 --calib photos/ \\
+      --out build/squeezenet1_1_int8.tflite
+  # your own ONNX classifier (NCHW, normalized RGB input):
+  python -m convert tflite --onnx my_classifier.onnx --labels labels.txt --mean 123.675,116.28,103.53 \\
+      --std 58.395,57.12,57.375 --out build/my_classifier_int8.tflite
+"""
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: three comma-separated numbers expected")
+    return parts[0], parts[1], parts[2]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tflite", help="convert to a fully int8 TFLite file with embedded metadata",
+                       description="PyTorch or ONNX classifier -> ONNX -> onnx2tf -> fully int8 TFLite, "
+                                   "calibrated on real photos, validated against the float model, with "
+                                   "labels and preprocessing embedded. Writes nothing unless every gate passes.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="named weights (deep-compression, squeezenet1_0, squeezenet1_1) or a "
+                                       "file (.net, .pth, compressed container); default deep-compression")
+    src.add_argument("--onnx", type=Path, help="your own ONNX image classifier (1x3xHxW in, 1xN out)")
+    p.add_argument("--arch", help="architecture for a plain checkpoint (see list_models())")
+    p.add_argument("--out", type=Path, default=Path("build/squeezenet1_0_int8.tflite"),
+                   help="int8 artifact path; the float .onnx/.tflite are kept beside it "
+                        "(default: build/squeezenet1_0_int8.tflite)")
+    p.add_argument("--calib", type=Path, help="folder of calibration photos (default: the project's calib_data/)")
+    p.add_argument("--val", type=Path, help="labelled images for the report and the gates "
+                                            "(files named by WordNet id, or one sub-folder per class)")
+    p.add_argument("--input-type", choices=("uint8", "int8", "float32"), default="uint8",
+                   help="input tensor type (default uint8: camera pixels go in unchanged)")
+    p.add_argument("--report", type=Path, help="write the validation report as JSON here")
+    p.add_argument("--min-agreement", type=float, default=0.95,
+                   help="gate: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
+                        "on --val, else on held-out calibration photos)")
+    p.add_argument("--max-top1-drop", type=float, default=1.0,
+                   help="gate: maximum top-1 drop in points on --val (default 1.0)")
+    p.add_argument("--no-gates", action="store_true", help="report the figures but never fail on them")
+    p.add_argument("--equalize", type=float, default=0.5,
+                   help="cross-layer range equalization strength for SqueezeNet models, 0 to disable (default 0.5)")
+    p.add_argument("--percentile", type=float, default=99.99,
+                   help="activation range: largest per-image percentile over the calibration views (default 99.99)")
+    p.add_argument("--output-margin", type=float, default=2.0,
+                   help="factor on the calibrated max of the output logits (default 2.0)")
+    p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
+    p.add_argument("--input-size", help="with --onnx: HxW (default: from the ONNX input)")
+    p.add_argument("--resize", type=int, help="with --onnx: resize the shorter side to this before the center crop")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB", help="with --onnx: the model's channel order")
+    p.add_argument("--mean", type=_floats, default=(123.675, 116.28, 103.53),
+                   help="with --onnx: per-channel mean in 0..255 units, model channel order")
+    p.add_argument("--std", type=_floats, default=(58.395, 57.12, 57.375),
+                   help="with --onnx: per-channel std in 0..255 units, model channel order")
+    p.add_argument("--name", help="model name recorded in the artifact")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def _onnx_preprocessing(args: argparse.Namespace):
+    from edge_runtime.preprocess import Preprocessing
+
+    from .export import classifier_signature
+
+    if not args.onnx.is_file():
+        raise ConvertError(f"{args.onnx}: ONNX file not found")
+    _, size, _ = classifier_signature(args.onnx)
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise ConvertError(f"--input-size {args.input_size!r}: HxW expected, e.g. 224x224") from None
+        size = (h, w)
+    resize = args.resize or round(min(size) * 256 / 224)
+    return Preprocessing(input_size=size, resize=(resize, 0), channel_order=args.channel_order,
+                         mean=args.mean, std=args.std)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .pipeline import ConvertOptions, convert, markdown_table
+
+    labels = None
+    pp = None
+    if args.onnx is not None:
+        pp = _onnx_preprocessing(args)
+        if args.labels:
+            try:
+                labels = [line.strip() for line in args.labels.read_text("utf-8").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConvertError(f"--labels {args.labels}: cannot read ({e})") from None
+    opts = ConvertOptions(out=args.out, weights=args.weights, arch=args.arch, onnx=args.onnx, calib=args.calib,
+                          val=args.val, input_type=args.input_type, report=args.report,
+                          min_agreement=None if args.no_gates else args.min_agreement,
+                          max_top1_drop=None if args.no_gates else args.max_top1_drop,
+                          equalize=args.equalize, percentile=args.percentile, output_margin=args.output_margin,
+                          preprocessing=pp, labels=labels, model_name=args.name, quiet=args.quiet)
+    try:
+        report = convert(opts)
+    except ConvertError as e:
+        if "gate" in type(e).__name__.lower() and args.report and args.report.exists():
+            print(markdown_table(json.loads(args.report.read_text())))
+        raise
+    print(markdown_table(report))
+    return 0

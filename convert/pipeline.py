@@ -1,0 +1,339 @@
+"""The conversion pipeline: model -> ONNX -> onnx2tf -> full-int8 TFLite -> validated artifact.
+
+Every output is written to a temporary file and renamed into place only when the whole
+conversion, validation and gates succeed, so a failed run never leaves a partial file or replaces
+an earlier good artifact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
+from edge_runtime.labels import imagenet_classes
+from edge_runtime.metadata import ModelInfo
+from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingError
+
+from .calibration import load_views
+from .errors import ConvertError, GateError
+
+MIN_CALIB_IMAGES = 20
+HOLDOUT_EVERY = 5  # every 5th calibration image is held out to validate on unseen photos
+
+
+@dataclass
+class ConvertOptions:
+    out: Path
+    weights: str | None = None
+    arch: str | None = None
+    onnx: Path | None = None
+    calib: Path | None = None
+    val: Path | None = None
+    input_type: str = "uint8"
+    report: Path | None = None
+    min_agreement: float | None = 0.95  # fraction, top-1 agreement int8 vs float
+    max_top1_drop: float | None = 1.0  # points
+    equalize: float = 0.5
+    percentile: float = 99.99
+    output_margin: float = 2.0
+    preprocessing: Preprocessing | None = None  # for --onnx
+    labels: list[str] | None = None  # for --onnx
+    model_name: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Source:
+    """What is being converted, with everything the artifact must carry."""
+
+    name: str
+    preprocessing: Preprocessing
+    labels: list[str]
+    wnids: list[str]
+    sha256: str
+    torch_model: object | None = None  # PixelModel-compatible float model (pixels in)
+    onnx_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def sibling_paths(out: Path) -> tuple[Path, Path]:
+    """The float ONNX and float TFLite kept beside an int8 artifact (derived from its name)."""
+    stem = out.stem[:-5] if out.stem.endswith("_int8") else out.stem
+    return out.with_name(f"{stem}_float.onnx"), out.with_name(f"{stem}_float.tflite")
+
+
+def _progress(opts: ConvertOptions, t0: float, msg: str) -> None:
+    if not opts.quiet:
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvertError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConvertError(f"{out}: output path is not writable")
+
+
+def _load_source(opts: ConvertOptions) -> Source:
+    if opts.onnx is not None:
+        from .export import classifier_signature
+        from .weights import sha256_file
+
+        if not Path(opts.onnx).is_file():
+            raise ConvertError(f"{opts.onnx}: ONNX file not found")
+        _, size, classes = classifier_signature(Path(opts.onnx))
+        pp = opts.preprocessing or Preprocessing(input_size=size, resize=(round(size[0] * 256 / 224), 0),
+                                                 channel_order="RGB", mean=(123.675, 116.28, 103.53),
+                                                 std=(58.395, 57.12, 57.375))
+        if pp.input_size != size:
+            raise ConvertError(f"--input-size {pp.input_size} does not match the ONNX input {size}")
+        labels = opts.labels or (list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)])
+        if len(labels) != classes:
+            raise ConvertError(f"{len(labels)} labels given for a model with {classes} outputs")
+        wnids = list(imagenet_classes()[0]) if classes == 1000 and not opts.labels else []
+        return Source(opts.model_name or Path(opts.onnx).stem, pp, labels, wnids, sha256_file(Path(opts.onnx)),
+                      onnx_path=Path(opts.onnx))
+    from .pixel_model import PixelModel
+    from .weights import load_model
+
+    model, record = load_model(opts.weights or "deep-compression", opts.arch)
+    return Source(opts.model_name or record.name, record.preprocessing, list(record.labels), list(record.wnids),
+                  record.sha256, torch_model=PixelModel(model, record.preprocessing),
+                  extra={"arch": record.arch, "weights": record.name})
+
+
+def _calibration_sets(calib: Path, pp: Preprocessing) -> tuple[list[Path], list[Path], list[str]]:
+    from .calibration_data import list_calibration_images
+
+    paths, skipped = list_calibration_images(calib)
+    readable = []
+    for p in paths:
+        try:
+            read_image(str(p))
+            readable.append(p)
+        except PreprocessingError:
+            skipped.append(f"{p.name} (unreadable image)")
+    held = readable[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
+    used = [p for p in readable if p not in held]
+    if len(used) < MIN_CALIB_IMAGES:
+        raise ConvertError(f"{calib}: {len(used)} usable calibration images after holding out every "
+                           f"{HOLDOUT_EVERY}th ({len(skipped)} files skipped); at least {MIN_CALIB_IMAGES} "
+                           "expected (real photos of the scenes the camera will see)")
+    return used, held, skipped
+
+
+def _onnx_with_normalization(src: Path, pp: Preprocessing, dest: Path) -> None:
+    """Prepend a 1x1 conv that maps BGR 0..255 pixels to the user's normalized input."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    init = {i.name for i in graph.initializer}
+    inp = [i for i in graph.input if i.name not in init][0]
+    w = np.zeros((3, 3, 1, 1), np.float32)
+    for out_c in range(3):
+        in_c = 2 - out_c if pp.channel_order == "RGB" else out_c  # pixels arrive BGR
+        w[out_c, in_c] = 1.0 / pp.std[out_c]
+    b = -np.asarray(pp.mean, np.float32) / np.asarray(pp.std, np.float32)
+    raw = "pixels"
+    graph.initializer.extend([numpy_helper.from_array(w, "pixels_norm_w"), numpy_helper.from_array(b, "pixels_norm_b")])
+    node = helper.make_node("Conv", [raw, "pixels_norm_w", "pixels_norm_b"], [inp.name], name="pixels_normalize")
+    graph.node.insert(0, node)
+    new_in = helper.make_tensor_value_info(raw, onnx.TensorProto.FLOAT, [1, 3, *pp.input_size])
+    graph.input.remove(inp)
+    graph.input.insert(0, new_in)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+def _onnx_predict(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+    return predict
+
+
+def _int8_predict(path: Path):
+    from edge_runtime.classify import Classifier
+
+    clf = Classifier(path, threads=2)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for crop in batch:
+            clf.set_crop(crop)
+            clf.invoke()
+            out.append(clf.logits())
+        return np.stack(out)
+
+    return predict
+
+
+def _compare(f: np.ndarray, q: np.ndarray) -> dict:
+    err = np.abs(f - q)
+    return {"agreement": round(100.0 * float(np.mean(f.argmax(1) == q.argmax(1))), 3),
+            "mean_abs_logit_error": round(float(err.mean()), 5), "max_abs_logit_error": round(float(err.max()), 5)}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def convert(opts: ConvertOptions) -> dict:
+    """Run the whole pipeline; returns the report. Raises ConvertError / GateError."""
+    import torch
+
+    from .export import export_onnx
+    from .equalize import equalize
+    from .tflite import onnx_to_saved_model, quantize_int8
+    from .calibration_data import default_calib_dir
+
+    t0 = time.perf_counter()
+    out = Path(opts.out)
+    if out.suffix != ".tflite":
+        raise ConvertError(f"--out {out}: a .tflite path expected")
+    _check_writable(out)
+    if opts.input_type not in ("uint8", "int8", "float32"):
+        raise ConvertError(f"--input-type {opts.input_type}: uint8, int8 or float32 expected")
+    float_onnx_out, float_tflite_out = sibling_paths(out)
+    _progress(opts, t0, "loading model")
+    src = _load_source(opts)
+    pp = src.preprocessing
+    calib_dir = Path(opts.calib) if opts.calib else default_calib_dir()
+    used, held, skipped = _calibration_sets(calib_dir, pp)
+    crops, _ = load_views(used, pp)
+    held_crops, _ = load_views(held, pp, scales=(1.0,), mirror=False)
+    _progress(opts, t0, f"calibration: {len(used)} images -> {len(crops)} views, {len(held)} held out, "
+                        f"{len(skipped)} skipped")
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=out.parent) as tmpdir:
+        work = Path(tmpdir).resolve()  # onnx2tf runs with its own working directory
+        float_onnx = work / "float.onnx"
+        to_tf = work / "equalized.onnx"
+        _progress(opts, t0, "exporting ONNX")
+        if src.torch_model is not None:
+            folded = src.torch_model.folded()
+            export_onnx(folded, pp.input_size, float_onnx)
+            if opts.equalize > 0:
+                x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+                eq = equalize(folded, [x[i:i + 32] for i in range(0, len(x), 32)], strength=opts.equalize)
+                export_onnx(eq, pp.input_size, to_tf)
+            else:
+                to_tf = float_onnx
+        else:
+            _onnx_with_normalization(src.onnx_path, pp, float_onnx)
+            to_tf = float_onnx
+        t_conv = time.perf_counter()
+        _progress(opts, t0, "onnx2tf: ONNX -> TensorFlow")
+        saved_model, float_tflite = onnx_to_saved_model(to_tf, work / "tf", crops)
+        _progress(opts, t0, "calibrating and quantizing to int8")
+        int8, cal_summary = quantize_int8(saved_model, crops, opts.input_type, opts.percentile, opts.output_margin,
+                                          log_path=work / "tflite.log", progress=lambda m: _progress(opts, t0, m))
+        conversion_s = time.perf_counter() - t_conv
+        calibration = {"images": len(used), "views": int(len(crops)), "held_out": len(held),
+                       "skipped": len(skipped), "folder": calib_dir.name,
+                       "equalization_strength": opts.equalize if src.torch_model is not None else 0.0,
+                       **cal_summary}
+        info = ModelInfo(preprocessing=pp, labels=src.labels, model_name=src.name, input_dtype=opts.input_type,
+                         input_channel_order="BGR", wnids=src.wnids,
+                         extra={"weights_sha256": src.sha256, "calibration": calibration,
+                                "quantization": {"weights": "int8 per-channel", "activations": "int8",
+                                                 "output": "int8"}, **src.extra})
+        from .artifact import embed_metadata
+
+        candidate = work / "candidate.tflite"
+        candidate.write_bytes(embed_metadata(int8, info))
+        _progress(opts, t0, "validating int8 against float")
+        f_pred, q_pred = _onnx_predict(float_onnx), _int8_predict(candidate)
+        validation: dict = {}
+        if len(held_crops):
+            validation["calibration_holdout"] = {"images": int(len(held_crops)),
+                                                 **_compare(f_pred(held_crops), q_pred(held_crops))}
+        if opts.val:
+            try:
+                images = find_labelled_images(opts.val, src.wnids, src.labels)
+                fr = evaluate(images, f_pred, pp, keep_scores=True, progress=not opts.quiet)
+                qr = evaluate(images, q_pred, pp, keep_scores=True, progress=not opts.quiet)
+            except DatasetError as e:
+                raise ConvertError(f"--val: {e}") from None
+            validation["val"] = {"folder": Path(opts.val).name, "images": fr.n_used, "skipped": fr.n_skipped,
+                                 "float_top1": round(fr.top1, 3), "float_top5": round(fr.top5, 3),
+                                 "int8_top1": round(qr.top1, 3), "int8_top5": round(qr.top5, 3),
+                                 "top1_drop": round(fr.top1 - qr.top1, 3), **_compare(fr.scores, qr.scores)}
+        final = embed_metadata(int8, dataclasses.replace(info, extra={**info.extra, "validation": validation}))
+        report = {"model": src.name, "out": str(out), "input_type": opts.input_type,
+                  "sizes": {"float_onnx": float_onnx.stat().st_size, "float_tflite": float_tflite.stat().st_size,
+                            "int8_tflite": len(final)},
+                  "conversion_seconds": round(conversion_s, 1),
+                  "total_seconds": round(time.perf_counter() - t0, 1),
+                  "calibration": calibration, "validation": validation,
+                  "gates": _gates(opts, validation)}
+        if opts.report:
+            Path(opts.report).parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
+        if report["gates"]["failed"]:
+            raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})")
+        _atomic_write(float_onnx_out, float_onnx.read_bytes())
+        _atomic_write(float_tflite_out, float_tflite.read_bytes())
+        _atomic_write(out, final)
+    _progress(opts, t0, f"wrote {out} ({len(final)} bytes)")
+    return report
+
+
+def _gates(opts: ConvertOptions, validation: dict) -> dict:
+    failed = []
+    figures = validation.get("val") or validation.get("calibration_holdout") or {}
+    if opts.min_agreement is not None and figures:
+        if figures["agreement"] < 100 * opts.min_agreement:
+            failed.append(f"top-1 agreement {figures['agreement']:.1f}% < {100 * opts.min_agreement:.1f}%")
+    if opts.max_top1_drop is not None and "top1_drop" in figures:
+        if figures["top1_drop"] > opts.max_top1_drop:
+            failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {opts.max_top1_drop:.2f}")
+    return {"min_agreement": opts.min_agreement, "max_top1_drop": opts.max_top1_drop, "failed": failed,
+            "passed": not failed}
+
+
+def markdown_table(report: dict) -> str:
+    """A short Markdown summary of a conversion report."""
+    rows = ["| figure | value |", "| --- | --- |"]
+    s = report["sizes"]
+    rows += [f"| int8 .tflite | {s['int8_tflite']:,} bytes |", f"| float .tflite | {s['float_tflite']:,} bytes |",
+             f"| conversion time | {report['conversion_seconds']} s |"]
+    v = report["validation"].get("val")
+    if v:
+        rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |",
+                 f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |",
+                 f"| top-1 agreement ({v['images']} images) | {v['agreement']:.1f}% |",
+                 f"| logit error mean / max | {v['mean_abs_logit_error']:.3f} / {v['max_abs_logit_error']:.3f} |"]
+    h = report["validation"].get("calibration_holdout")
+    if h:
+        rows.append(f"| agreement on {h['images']} held-out calibration photos | {h['agreement']:.1f}% |")
+    rows.append(f"| gates | {'passed' if report['gates']['passed'] else 'FAILED: ' + '; '.join(report['gates']['failed'])} |")
+    return "\n".join(rows)

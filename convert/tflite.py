@@ -1,0 +1,180 @@
+"""ONNX -> TensorFlow (onnx2tf, offline) -> fully int8 TFLite (the TFLite converter's integer path)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import ConvertError
+
+# onnx2tf fetches this file from the network for image-shaped inputs unless it is in the working
+# directory; we always write it there (from the calibration photos), so conversion never goes online.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@contextlib.contextmanager
+def _quiet_cwd(workdir: Path, log_path: Path):
+    """Run in ``workdir`` with stdout/stderr (onnx2tf and TF are chatty) sent to a log file."""
+    old = os.getcwd()
+    os.chdir(workdir)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
+def write_onnx2tf_sample(workdir: Path, crops: np.ndarray) -> None:
+    """onnx2tf's sample file: 20x128x128x3 float32 in 0..1, made from our own calibration crops."""
+    import cv2
+
+    picks = [crops[i % len(crops)] for i in range(20)]
+    small = np.stack([cv2.resize(c, (128, 128), interpolation=cv2.INTER_AREA) for c in picks])
+    np.save(workdir / ONNX2TF_SAMPLE, small.astype(np.float32) / 255.0)
+
+
+def onnx_to_saved_model(onnx_path: Path, workdir: Path, crops: np.ndarray) -> tuple[Path, Path]:
+    """Convert with onnx2tf inside ``workdir``; returns (saved_model dir, float32 .tflite).
+
+    Raises:
+        ConvertError: onnx2tf failed (the last line of its log is quoted).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnx2tf
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_onnx2tf_sample(workdir, crops)
+    out_dir = workdir / "saved_model"
+    log_path = workdir / "onnx2tf.log"
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        with _quiet_cwd(workdir, log_path):
+            onnx2tf.convert(input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(out_dir),
+                            output_signaturedefs=True, not_use_onnxsim=True, verbosity="error",
+                            copy_onnx_input_output_names_to_tflite=True)
+    except (Exception, SystemExit) as e:  # onnx2tf raises bare exceptions and sys.exit()s on errors
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+        raise ConvertError(f"onnx2tf could not convert {onnx_path.name}: {e!r} {' '.join(tail)[:300]}") from None
+    floats = sorted(out_dir.glob("*_float32.tflite"))
+    if not (out_dir / "saved_model.pb").exists() or not floats:
+        raise ConvertError(f"onnx2tf wrote no SavedModel / float TFLite into {out_dir}")
+    return out_dir, floats[0]
+
+
+def _calibrate(saved_model: Path, crops: np.ndarray, log) -> bytes:
+    """The float model annotated with the TFLite calibrator's min/max statistics."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([c[None].astype(np.float32)] for c in crops)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_calibrate_only = True  # noqa: SLF001 (documented TF hook for custom ranges)
+    with contextlib.redirect_stdout(log):
+        return bytes(converter.convert())
+
+
+def _output_chain(sg, model) -> set[int]:
+    """Output tensors plus the tensors feeding them through shape-only ops (they share one scale)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    chain = set(int(i) for i in sg.outputs)
+    changed = True
+    while changed:
+        changed = False
+        for op in sg.operators:
+            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            if name in ("RESHAPE", "SQUEEZE") and any(int(o) in chain for o in op.outputs):
+                if int(op.inputs[0]) not in chain:
+                    chain.add(int(op.inputs[0]))
+                    changed = True
+    return chain
+
+
+def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_margin: float,
+               progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
+    """Replace min/max statistics: each activation's max becomes the largest per-image
+    ``percentile`` over the calibration crops (trims single-pixel outliers, keeps every image's
+    bulk); the output logits keep their full max widened by ``output_margin`` (photos from a
+    camera are often more confident than calibration photos, and a clipped logit ties).
+    """
+    import tensorflow as tf
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    sg = model.subgraphs[0]
+    stat = [i for i, t in enumerate(sg.tensors)
+            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min) == 1]
+    inputs = {int(i) for i in sg.inputs}
+    outputs = _output_chain(sg, model)
+    interp = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]["index"]
+    hi = np.zeros((len(crops), len(stat)), np.float64)
+    top = np.zeros(len(stat))
+    for k, crop in enumerate(crops):
+        interp.set_tensor(inp, crop[None].astype(np.float32))
+        interp.invoke()
+        for j, i in enumerate(stat):
+            v = interp.get_tensor(i).ravel()
+            top[j] = max(top[j], float(v.max()))
+            if v.size > 50_000:  # a fixed stride keeps it deterministic and fast
+                v = v[:: v.size // 50_000]
+            hi[k, j] = np.percentile(v, percentile)
+        if progress and (k + 1) % 50 == 0:
+            progress(f"range statistics {k + 1}/{len(crops)}")
+    del interp
+    changed = 0
+    for j, i in enumerate(stat):
+        q = sg.tensors[i].quantization
+        if i in inputs:
+            continue
+        new_max = top[j] * output_margin if i in outputs else hi[:, j].max()
+        if float(q.min[0]) < 0:  # signed activations: scale the negative side the same way
+            ratio = new_max / max(float(q.max[0]), 1e-12)
+            q.min = np.array([float(q.min[0]) * ratio], np.float32)
+        q.max = np.array([max(new_max, 1e-6)], np.float32)
+        changed += 1
+    summary = {"method": f"per-image p{percentile:g} max (activations), output max x{output_margin:g}",
+               "tensors": changed}
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), summary
+
+
+def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8", percentile: float = 99.99,
+                  output_margin: float = 2.0, log_path: Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
+    """Full-integer post-training quantization: int8 per-channel weights, int8 activations,
+    integer-only builtin ops, int8 output, ``input_type`` input (uint8 | int8 | float32).
+
+    Args:
+        crops: N x H x W x 3 uint8 calibration crops (pixels as the artifact receives them).
+    Returns:
+        (the .tflite bytes, a summary of the range method).
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+    from tensorflow.lite.python import util as tf_util
+
+    sink = open(log_path, "a") if log_path else open(os.devnull, "w")
+    try:
+        with sink:
+            calibrated = _calibrate(saved_model, crops, sink)
+            tuned, summary = set_ranges(calibrated, crops, percentile, output_margin, progress)
+            with contextlib.redirect_stdout(sink):
+                model = tf_convert.mlir_quantize(
+                    tuned, fully_quantize=True,
+                    input_data_type=tf.float32 if input_type == "float32" else tf.int8,
+                    output_data_type=tf.int8)
+                if input_type == "uint8":
+                    model = tf_util.modify_model_io_type(model, tf.uint8, tf.int8)
+    except ConvertError:
+        raise
+    except Exception as e:
+        raise ConvertError(f"TFLite int8 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
+    return bytes(model), summary

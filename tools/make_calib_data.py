@@ -1,0 +1,131 @@
+"""Rebuild calib_data/ from redistributable photos installed on this machine.
+
+Sources (both with clear terms):
+  * scikit-image's bundled photos (public domain / CC0, per skimage.data docstrings);
+  * Debian's opencv-doc sample images and clips (Apache-2.0 AND BSD-3-Clause per its copyright file).
+Usage: apt-get install opencv-doc && pip install scikit-image scikit-learn matplotlib && python tools/make_calib_data.py
+  * scikit-learn's two sample photos (CC BY 2.0, attribution in the manifest) and matplotlib's
+    grace_hopper.jpg (public domain).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "calib_data"
+OCV = Path("/usr/share/doc/opencv-doc/examples")
+MAX_SIDE = 320  # shorter side; enough for a 256 resize and a 227/224 crop
+
+SKIMAGE = {  # file: (licence, description)
+    "astronaut.png": ("public domain (NASA)", "astronaut portrait"),
+    "chelsea.png": ("CC0 (Stefan van der Walt)", "cat"),
+    "coffee.png": ("CC0 (Rachel Michetti)", "cup of coffee"),
+    "rocket.jpg": ("public domain (SpaceX)", "rocket on launch pad"),
+    "hubble_deep_field.jpg": ("public domain (NASA)", "galaxies"),
+    "camera.png": ("CC0 (Lav Varshney)", "cameraman outdoors, grayscale"),
+    "brick.png": ("CC0 (CC0Textures)", "brick wall"),
+    "grass.png": ("CC0 (CC0Textures)", "grass"),
+    "gravel.png": ("CC0 (CC0Textures)", "gravel"),
+    "retina.jpg": ("CC0 1.0", "retina fundus photo"),
+    "coins.png": ("no known copyright restrictions (Brooklyn Museum)", "coins"),
+}
+OPENCV = {
+    "data/HappyFish.jpg": "fish", "data/aero1.jpg": "aerial view", "data/aloeL.jpg": "aloe plant",
+    "data/apple.jpg": "apple", "data/baboon.jpg": "baboon face", "data/basketball1.png": "basketball",
+    "data/blox.jpg": "wooden blocks", "data/board.jpg": "circuit board", "data/building.jpg": "building",
+    "data/butterfly.jpg": "butterfly", "data/fruits.jpg": "fruit still life", "data/home.jpg": "house",
+    "data/leuvenA.jpg": "street in Leuven", "data/messi5.jpg": "football player",
+    "data/orange.jpg": "orange", "data/rubberwhale1.png": "toys (Middlebury rubber whale)",
+    "data/smarties.png": "sweets", "data/squirrel_cls.jpg": "squirrel", "data/starry_night.jpg": "painting",
+    "data/stuff.jpg": "desk objects", "data/box_in_scene.png": "box among objects", "data/graf1.png": "graffiti wall",
+    "data/Blender_Suzanne1.jpg": "rendered monkey head", "data/cards.png": "playing cards",
+    "data/chicky_512.png": "chick toy", "data/ela_original.jpg": "outdoor scene",
+    "data/licenseplate_motion.jpg": "car licence plate", "data/box.png": "box",
+    "alphamat/input_images/plant.jpg": "potted plant", "text/scenetext01.jpg": "street sign",
+    "text/scenetext02.jpg": "shop front", "text/scenetext03.jpg": "sign", "text/scenetext04.jpg": "sign on wall",
+    "text/scenetext05.jpg": "street scene", "text/scenetext06.jpg": "storefront",
+    "ximgproc/stanford.png": "Stanford campus", "hfs/data/000.jpg": "outdoor scene",
+    "fuzzy/input.png": "portrait", "data/left.jpg": "books on a table", "data/sudoku.png": "newspaper puzzle",
+    "data/pca_test1.jpg": "objects on a table",
+}
+OTHERS = {  # (python package, path inside it): (licence, description)
+    ("sklearn", "datasets/images/china.jpg"): ("CC BY 2.0, danielbuechele (flickr), via scikit-learn", "temple in China"),
+    ("sklearn", "datasets/images/flower.jpg"): ("CC BY 2.0, vultilion (flickr), via scikit-learn", "flower"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"): ("public domain (US Navy)", "portrait in uniform"),
+}
+# Clips: (file, fractions of its length to take a frame at, description); Megamind's shots are distinct.
+CLIPS = [("data/vtest.avi", (0.5,), "pedestrians"), ("data/tree.avi", (0.5,), "tree in wind"),
+         ("data/Megamind.avi", (0.02, 0.4, 0.6, 0.85), "animated film shot")]
+OCV_LICENCE = "Apache-2.0 AND BSD-3-Clause (Debian opencv-doc 4.6.0)"
+
+
+def shrink(image):
+    h, w = image.shape[:2]
+    s = MAX_SIDE / min(h, w)
+    return image if s >= 1 else cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+
+
+def main() -> int:
+    import skimage
+
+    sk_dir = Path(skimage.__file__).parent / "data"
+    OUT.mkdir(exist_ok=True)
+    rows = []
+
+    def save(image, name, source, licence, description):
+        path = OUT / name
+        cv2.imwrite(str(path), shrink(image), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        rows.append([name, source, licence, description, hashlib.sha256(path.read_bytes()).hexdigest()])
+
+    for f, (licence, desc) in SKIMAGE.items():
+        img = cv2.imread(str(sk_dir / f), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"missing {f}", file=sys.stderr)
+            continue
+        save(img, f"skimage_{Path(f).stem}.jpg", f"scikit-image {skimage.__version__}: skimage/data/{f}", licence, desc)
+    for f, desc in OPENCV.items():
+        img = cv2.imread(str(OCV / f), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"missing {f}", file=sys.stderr)
+            continue
+        name = "opencv_" + f.replace("/", "_").replace("data_", "").rsplit(".", 1)[0] + ".jpg"
+        save(img, name, f"opencv-doc: examples/{f}", OCV_LICENCE, desc)
+    import importlib
+
+    for (package, rel), (licence, desc) in OTHERS.items():
+        try:
+            mod = importlib.import_module(package)
+        except ImportError:
+            print(f"missing package {package} for {rel}", file=sys.stderr)
+            continue
+        img = cv2.imread(str(Path(mod.__file__).parent / rel), cv2.IMREAD_COLOR)
+        if img is not None:
+            save(img, f"{package}_{Path(rel).stem}.jpg", f"{package} {mod.__version__}: {rel}", licence, desc)
+    for f, fractions, desc in CLIPS:
+        cap = cv2.VideoCapture(str(OCV / f))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        for frac in fractions:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(n * frac))
+            ok, frame = cap.read()
+            if ok:
+                save(frame, f"opencv_{Path(f).stem}_{int(frac * 100):02d}.jpg",
+                     f"opencv-doc: examples/{f} frame {int(n * frac)}", OCV_LICENCE, desc)
+        cap.release()
+    tmp = OUT / ".MANIFEST.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "source", "licence", "description", "sha256"])
+        w.writerows(sorted(rows))
+    os.replace(tmp, OUT / "MANIFEST.csv")
+    print(f"{len(rows)} images in {OUT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
