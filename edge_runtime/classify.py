@@ -78,10 +78,12 @@ class Classifier:
                 raise ModelError(f"{path}: no embedded metadata; give the preprocessing "
                                  "(--resize, --channel-order, ...) on the command line")
             log.warning("%s has no embedded metadata: using the preprocessing given on the command line", path)
+            if hasattr(preprocessing, "complete"):
+                preprocessing = preprocessing.complete(h, w)
             labels = list(imagenet_classes()[1]) if self.num_classes == 1000 else \
                 [str(i) for i in range(self.num_classes)]
             info = ModelInfo(preprocessing=preprocessing, labels=labels, model_name=path.stem,
-                             input_dtype=self.input_dtype.name, input_channel_order="BGR")
+                             input_dtype=self.input_dtype.name, input_channel_order=preprocessing.channel_order)
         if info.preprocessing.input_size != (h, w):
             raise ModelError(f"{path}: metadata says input {info.preprocessing.input_size}, "
                              f"the graph takes {(h, w)}")

@@ -1,0 +1,145 @@
+"""The frame loop: per frame one resize/crop into the input tensor, invoke, top-k (+ draw when shown)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import cv2
+
+from .classify import Classifier
+from .overlay import FpsMeter, draw, summary_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    top_k: int = 5
+    threshold: float = 0.0
+    max_frames: int | None = None
+    json_lines: bool = False
+    display: bool = False
+    record: Path | None = None
+    log_interval: float = 1.0  # seconds between headless text lines
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    seconds: float = 0.0
+    invoke_seconds: float = 0.0
+    first_result_seconds: float | None = None
+    stopped_by: str = "end of source"
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+class _Recorder:
+    """Writes frames to a temporary file, renamed to its final name when closed (even on SIGTERM)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps, self.writer = path, fps or 15.0, None
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+
+    def write(self, frame) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v") else "MJPG"))
+            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (frame.shape[1], frame.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        self.writer.write(frame)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            os.replace(self.tmp, self.path)
+            self.writer = None
+
+
+def install_stop_signals(stop: threading.Event, source=None) -> None:
+    """SIGTERM and SIGINT set ``stop`` (and end the source) so the loop ends cleanly and releases
+    the camera and finalizes the recording."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(*_args) -> None:
+        stop.set()
+        if source is not None and hasattr(source, "request_stop"):
+            source.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event | None = None,
+        on_result: Callable[[int, list], None] | None = None) -> RunStats:
+    """Classify frames from ``source`` until it ends, ``max_frames``, or ``stop`` is set."""
+    stop = stop or threading.Event()
+    stats, fps_meter = RunStats(), FpsMeter()
+    recorder = _Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0)) if opts.record else None
+    t_start = last_log = time.perf_counter()
+    try:
+        for frame in source:
+            if stop.is_set():
+                stats.stopped_by = "signal"
+                break
+            t0 = time.perf_counter()
+            classifier.set_frame(frame)
+            classifier.invoke()
+            t1 = time.perf_counter()
+            preds = [p for p in classifier.top_k(opts.top_k) if p.score >= opts.threshold]
+            infer_ms = 1000 * (t1 - t0)
+            fps = fps_meter.tick()
+            stats.frames += 1
+            stats.invoke_seconds += t1 - t0
+            if stats.first_result_seconds is None:
+                stats.first_result_seconds = t1 - t_start
+            if on_result:
+                on_result(stats.frames, preds)
+            if opts.json_lines:
+                opts.out.write(json.dumps({
+                    "frame": stats.frames, "time": round(time.time(), 3), "inference_ms": round(infer_ms, 2),
+                    "fps": round(fps, 1),
+                    "top": [{"index": p.index, "label": p.label, "score": round(p.score, 4)} for p in preds]}) + "\n")
+                opts.out.flush()
+            elif not opts.display and t1 - last_log >= opts.log_interval:
+                opts.out.write(f"frame {stats.frames}: {summary_line(preds, infer_ms, fps)}\n")
+                opts.out.flush()
+                last_log = t1
+            if opts.display or recorder:
+                draw(frame, preds, infer_ms, fps)
+                if recorder:
+                    recorder.write(frame)
+                if opts.display:
+                    cv2.imshow("edge_runtime", frame)
+                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                        stats.stopped_by = "user"
+                        break
+            if opts.max_frames and stats.frames >= opts.max_frames:
+                stats.stopped_by = "max frames"
+                break
+        else:
+            if stop.is_set():
+                stats.stopped_by = "signal"
+    except KeyboardInterrupt:
+        stats.stopped_by = "interrupt"
+    finally:
+        stats.seconds = time.perf_counter() - t_start
+        source.close()
+        if recorder:
+            recorder.close()
+        if opts.display:
+            cv2.destroyAllWindows()
+    return stats

@@ -1,0 +1,118 @@
+"""``python -m edge_runtime``: live classification from a camera, a video, an image folder or a stream."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from .classify import Classifier, ModelError
+from .interpreter import InterpreterUnavailable
+from .preprocess import Preprocessing, PreprocessingError
+
+DEFAULT_MODEL = Path("build/squeezenet1_0_int8.tflite")
+EXAMPLES = """examples:
+  python -m edge_runtime --camera 0
+  python -m edge_runtime --source samples/sample_clip.mp4 --headless --json --max-frames 50
+  python -m edge_runtime --source rtsp://192.0.2.10/stream --model build/squeezenet1_0_int8.tflite --threads 4
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_runtime", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Classify camera frames with an int8 TFLite model: top-k labels, "
+                                            "overlay, FPS; headless and JSON modes; reconnects cameras.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
+    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                   help=f"the .tflite model (default: {DEFAULT_MODEL}, what `python -m convert tflite` writes)")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--top-k", type=int, default=3, help="labels shown per frame (default 3)")
+    p.add_argument("--threshold", type=float, default=0.0, help="hide labels below this probability (default 0)")
+    p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
+    p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
+    p.add_argument("--max-frames", type=int, help="stop after N classified frames")
+    p.add_argument("--record", type=Path, metavar="OUT.mp4", help="record the annotated frames")
+    p.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
+    p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
+    p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
+    pre = p.add_argument_group("preprocessing for a plain .tflite without embedded metadata")
+    pre.add_argument("--resize", type=int, default=256, help="resize to RESIZExRESIZE before the center crop")
+    pre.add_argument("--channel-order", choices=("BGR", "RGB"), default="BGR",
+                     help="channel order the model's input expects")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def has_display() -> bool:
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import cv2
+
+    return "GUI:" not in cv2.getBuildInformation() or "GUI:                           NONE" not in cv2.getBuildInformation()
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    from . import app
+    from .sources import SourceError, open_source
+
+    try:
+        clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
+                         preprocessing=_fallback_preprocessing(args))
+    except ModelError as e:
+        hint = " (convert one with: python -m convert tflite)" if args.model == DEFAULT_MODEL and not args.model.exists() else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 2
+    except (InterpreterUnavailable, PreprocessingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(args.camera if args.camera is not None else args.source,
+                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop)
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    display = not args.headless and not args.json and has_display()
+    stop = threading.Event()
+    app.install_stop_signals(stop, source)
+    opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
+                          json_lines=args.json, display=display, record=args.record, log_interval=args.log_interval)
+    try:
+        stats = app.run(clf, source, opts, stop)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = source.stats
+    print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
+          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend}; corrupt frames "
+          f"skipped: {s.corrupt}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}", file=sys.stderr)
+    return 0
+
+
+def _fallback_preprocessing(args: argparse.Namespace) -> Preprocessing | None:
+    """Preprocessing for a model without metadata: input size comes from the graph at load time."""
+    return _LazyPreprocessing(args.resize, args.channel_order)
+
+
+class _LazyPreprocessing:
+    """Marker the classifier completes with the graph's input size (see Classifier)."""
+
+    def __init__(self, resize: int, order: str) -> None:
+        self.resize, self.order = resize, order
+
+    def complete(self, h: int, w: int) -> Preprocessing:
+        r = max(self.resize, h, w)
+        return Preprocessing(input_size=(h, w), resize=(r, r), channel_order=self.order)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
