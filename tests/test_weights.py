@@ -1,0 +1,100 @@
+import hashlib
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from convert import weights as W
+from convert.errors import WeightsError
+from convert.models import create_model
+
+
+def test_env_dir_resolution(weights_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = W.resolve("deep-compression", download=False)
+    assert path.parent == weights_env
+
+
+def test_cache_then_download(dc_net_file, monkeypatch, tmp_path):
+    monkeypatch.delenv(W.ENV_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match="put compressed_SqueezeNet.net in"):
+        W.resolve("deep-compression", download=False)
+    calls = []
+
+    def fetch(url):  # stands in for the network: the real file's bytes
+        calls.append(url)
+        return dc_net_file.read_bytes()
+
+    path = W.resolve("deep-compression", fetch=fetch)
+    assert calls == [W.WEIGHTS["deep-compression"].url]
+    assert path == W.cache_dir() / "compressed_SqueezeNet.net" and path.read_bytes() == dc_net_file.read_bytes()
+    assert W.resolve("deep-compression", fetch=lambda u: pytest.fail("must use the cache")) == path
+
+
+def test_offline_message(monkeypatch, tmp_path):
+    monkeypatch.delenv(W.ENV_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def offline(url):
+        raise OSError("Name or service not known")
+
+    with pytest.raises(WeightsError, match="not available offline.*SQUEEZENET_EDGE_WEIGHTS_DIR"):
+        W.resolve("deep-compression", fetch=offline)
+    assert not any((tmp_path / "squeezenet-edge" / "weights").glob("*"))  # nothing partial left
+
+
+def test_wrong_sha256(dc_net_file, monkeypatch, tmp_path):
+    bad = tmp_path / "compressed_SqueezeNet.net"
+    data = bytearray(dc_net_file.read_bytes())
+    data[-1] ^= 1
+    bad.write_bytes(bytes(data))
+    monkeypatch.setenv(W.ENV_DIR, str(tmp_path))
+    with pytest.raises(WeightsError, match="sha256"):
+        W.resolve("deep-compression")
+    monkeypatch.setenv(W.ENV_DIR, str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    with pytest.raises(WeightsError, match="sha256"):  # a download that does not match is refused
+        W.resolve("deep-compression", fetch=lambda u: bytes(data))
+    assert not (tmp_path / "c" / "squeezenet-edge" / "weights" / "compressed_SqueezeNet.net").exists()
+
+
+def test_state_dict_checkpoint_round_trip(tmp_path):
+    model = create_model("squeezenet1_1", num_classes=10)
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    loaded, record = W.load_model(str(path), arch="squeezenet1_1")
+    assert record.num_classes == 10 and record.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+def test_shape_mismatch_names_the_key(tmp_path):
+    path = tmp_path / "v11.pth"
+    torch.save(create_model("squeezenet1_1").state_dict(), path)
+    with pytest.raises(WeightsError, match=r"features.0.weight has shape \(64, 3, 3, 3\), the model expects \(96, 3, 7, 7\)"):
+        W.load_model(str(path), arch="squeezenet1_0")
+
+
+class Evil:
+    def __reduce__(self):
+        return (shutil.rmtree, ("/nonexistent-target",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"features.0.weight": Evil()}, f)
+    with pytest.raises(WeightsError, match="not a loadable weights-only checkpoint"):
+        W.load_model(str(path))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError):
+        W.load_model(str(garbage))
+
+
+def test_net_file_by_path(dc_net_file):
+    model, record = W.load_model(str(dc_net_file))
+    assert record.name == "squeezenet1_0_deep_compression"
+    assert model.classifier[1].padding == (1, 1)  # Caffe's conv10 pad: 1
