@@ -159,7 +159,6 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tf_convert
-    from tensorflow.lite.python import util as tf_util
 
     sink = open(log_path, "a") if log_path else open(os.devnull, "w")
     try:
@@ -171,10 +170,59 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
                     tuned, fully_quantize=True,
                     input_data_type=tf.float32 if input_type == "float32" else tf.int8,
                     output_data_type=tf.int8)
-                if input_type == "uint8":
-                    model = tf_util.modify_model_io_type(model, tf.uint8, tf.int8)
+            if input_type == "uint8":
+                model = uint8_input(bytes(model))
     except ConvertError:
         raise
     except Exception as e:
         raise ConvertError(f"TFLite int8 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
     return bytes(model), summary
+
+
+def uint8_input(model_bytes: bytes) -> bytes:
+    """Give an int8-input model a uint8 input: a QUANTIZE op (uint8 -> int8, an integer requantize,
+    as TF's converter inserts for ``inference_input_type=tf.uint8``) in front of the first layer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    sg = model.subgraphs[0]
+    old = int(sg.inputs[0])
+    t_old = sg.tensors[old]
+    if t_old.type != schema.TensorType.INT8:
+        raise ConvertError(f"model input is {t_old.type}, int8 expected before the uint8 interface")
+    quant_code = schema.BuiltinOperator.QUANTIZE
+    index = next((i for i, oc in enumerate(model.operatorCodes)
+                  if max(oc.builtinCode, oc.deprecatedBuiltinCode) == quant_code), None)
+    if index is None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = quant_code
+        code.version = 2
+        model.operatorCodes.append(code)
+        index = len(model.operatorCodes) - 1
+    buffer = schema.BufferT()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = t_old.shape
+    tensor.shapeSignature = t_old.shapeSignature
+    tensor.type = schema.TensorType.UINT8
+    tensor.name = t_old.name
+    tensor.buffer = len(model.buffers) - 1
+    q = schema.QuantizationParametersT()
+    q.scale = [float(t_old.quantization.scale[0])]
+    q.zeroPoint = [int(t_old.quantization.zeroPoint[0]) + 128]
+    tensor.quantization = q
+    t_old.name = t_old.name + b"_int8"
+    sg.tensors.append(tensor)
+    new = len(sg.tensors) - 1
+    op = schema.OperatorT()
+    op.opcodeIndex = index
+    op.inputs = [new]
+    op.outputs = [old]
+    sg.operators.insert(0, op)
+    sg.inputs[0] = new
+    for sig in model.signatureDefs or []:
+        for entry in sig.inputs:
+            if entry.tensorIndex == old:
+                entry.tensorIndex = new
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
