@@ -119,13 +119,14 @@ class CaptureSource:
         if frame is _END and not self.latest:  # the end marker must always get through
             while True:
                 try:
-                    self._queue.put_nowait(_END)
+                    self._queue.put(_END, timeout=0.1)
                     return
                 except queue.Full:
-                    try:
-                        self._queue.get_nowait()
-                    except queue.Empty:
-                        pass
+                    if self._stop.is_set():  # nobody will read the rest: make room
+                        try:
+                            self._queue.get_nowait()
+                        except queue.Empty:
+                            pass
         if self.latest:
             with self._cond:
                 if self._latest is not None and self._latest is not _END:

@@ -1,0 +1,212 @@
+"""The edge runtime on real video and photos with the real converted model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import app
+from edge_runtime.classify import Classifier, ModelError
+from edge_runtime.sources import CaptureSource, SourceError, open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _runtime(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, **kw)
+
+
+def test_json_mode_on_the_sample_clip(int8_model, sample_clip):
+    proc = _runtime("--source", sample_clip, "--model", int8_model, "--json", "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(l) for l in proc.stdout.splitlines()]
+    assert len(lines) == 180  # every frame of the file, in order
+    assert [l["frame"] for l in lines] == list(range(1, 181))
+    for l in lines:
+        assert len(l["top"]) == 3 and l["inference_ms"] > 0
+        scores = [t["score"] for t in l["top"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+    assert lines[0]["top"][0]["label"] in ("lemon", "orange")  # the clip opens on an orange
+
+
+def test_top1_matches_float_model_on_video_frames(int8_model, float_model, sample_clip):
+    """The int8 runtime names the float model's class on real decoded frames."""
+    from convert.evaluate import torch_predict
+    from edge_runtime.preprocess import resize_crop
+
+    model, record = float_model
+    predict = torch_predict(model, record)
+    clf = Classifier(int8_model)
+    cap = cv2.VideoCapture(str(sample_clip))
+    agree, n, k, confident = 0, 0, 0, []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        k += 1
+        if k % 10:
+            continue
+        logits = predict(resize_crop(frame, record.preprocessing)[None])[0]
+        p = np.exp(logits - logits.max())
+        float_top, float_p = int(np.argmax(logits)), float(p.max() / p.sum())
+        same = clf.classify(frame, k=1)[0].index == float_top
+        agree += same
+        n += 1
+        if float_p >= 0.5:
+            confident.append(same)
+    # every frame the float model is sure about must agree; the ambiguous ones mostly
+    assert n == 18 and agree >= 14, (agree, n)
+    assert len(confident) >= 6 and all(confident), confident
+
+
+def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
+    for name in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "opencv_orange.jpg"):
+        (tmp_path / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff corrupt")
+    source = open_source(str(tmp_path))
+    results = []
+    stats = app.run(Classifier(int8_model), source, app.RunOptions(top_k=1, out=open(os.devnull, "w")),
+                    on_result=lambda i, p: results.append(p[0].label))
+    assert stats.frames == 3 and source.stats.corrupt == 1
+    assert results[1] == "tabby" or results[1].endswith("cat")
+
+
+def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp_path):
+    data = sample_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = _runtime("--source", cut, "--model", int8_model, "--json")
+    assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr
+    if proc.returncode == 0:
+        assert 0 < len(proc.stdout.splitlines()) < 180
+
+
+class FlakyCamera:
+    """A real capture (the sample clip, looping) that disconnects every ``every`` frames:
+    read() fails until the source reopens it, like an unplugged USB camera."""
+
+    opened = 0
+
+    def __init__(self, path, every):
+        FlakyCamera.opened += 1
+        self.cap, self.every, self.n = cv2.VideoCapture(str(path)), every, 0
+
+    def isOpened(self):
+        return self.cap.isOpened()
+
+    def read(self):
+        self.n += 1
+        if self.n > self.every:
+            return False, None
+        ok, frame = self.cap.read()
+        if not ok:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+        return ok, frame
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        self.cap.release()
+
+
+def test_disconnects_are_recovered(int8_model, sample_clip):
+    FlakyCamera.opened = 0
+    source = CaptureSource(lambda: FlakyCamera(sample_clip, 40), "flaky camera", latest=True, reconnect=True,
+                           backoff=(0.01, 0.05))
+    stats = app.run(Classifier(int8_model), source, app.RunOptions(max_frames=150, out=open(os.devnull, "w")))
+    assert stats.frames == 150
+    assert source.stats.reconnects >= 2 and FlakyCamera.opened == source.stats.reconnects + 1
+
+
+def test_camera_that_never_opens_fails_cleanly():
+    with pytest.raises(SourceError, match="cannot open"):
+        CaptureSource(lambda: cv2.VideoCapture("/nonexistent.mp4"), "camera 9", latest=True, reconnect=True,
+                      backoff=(0.01, 0.01), startup_attempts=2)
+
+
+def test_latest_frame_source_drops_stale_frames(sample_clip):
+    live = CaptureSource(lambda: cv2.VideoCapture(str(sample_clip)), "fast stream", latest=True, reconnect=True,
+                         backoff=(0.0, 0.0))  # the clip, looping, decoded as fast as a live stream
+    time.sleep(0.5)  # inference stalls; the capture thread keeps only the newest frame
+    first = live.read(timeout=5)
+    live.close()
+    assert first is not None and live.stats.dropped > 0
+
+
+def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path):
+    out = tmp_path / "rec.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--loop",
+                             "--model", str(int8_model), "--headless", "--record", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in err and "Traceback" not in err
+    cap = cv2.VideoCapture(str(out))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames > 10
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_bad_model_and_missing_camera_give_one_line(tmp_path, sample_clip):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"TFL3" * 100)
+    for args in (["--source", sample_clip, "--model", tmp_path / "none.tflite"],
+                 ["--source", sample_clip, "--model", bad],
+                 ["--camera", "7", "--model", bad],
+                 ["--source", tmp_path / "missing.mp4", "--model", bad]):
+        proc = _runtime(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len([l for l in proc.stderr.splitlines() if l.startswith("error:")]) == 1
+    proc = _runtime("--camera", "7", "--model", ROOT / "build" / "x.tflite")
+    assert "error:" in proc.stderr
+
+
+def test_no_camera_names_the_alternative(int8_model):
+    proc = _runtime("--camera", "7", "--model", int8_model)
+    assert proc.returncode == 2 and "--source" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hostile_metadata_is_refused(int8_model, tmp_path):
+    from edge_runtime.metadata import METADATA_NAME
+
+    data = int8_model.read_bytes()
+    raw = data.find(b'"format":"squeezenet-edge/1"')
+    assert raw > 0
+    evil = bytearray(data)
+    evil[raw:raw + 28] = b'"format":"squeezenet-edge/X"'  # same length, unknown schema
+    bad = tmp_path / "evil.tflite"
+    bad.write_bytes(bytes(evil))
+    with pytest.raises(ModelError, match="format"):
+        Classifier(bad)
+    assert METADATA_NAME.encode() in data
+
+
+def test_runtime_never_imports_heavy_packages(int8_model, sample_clip):
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'tensorflow', 'onnx', 'onnxruntime', 'onnx2tf'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edge_runtime.cli import main\n"
+        f"rc = main(['--source', r'{sample_clip}', '--model', r'{int8_model}', '--json', '--max-frames', '3'])\n"
+        "assert rc == 0\n"
+        "assert not any(m.split('.')[0] in ('torch', 'tensorflow', 'onnx') for m in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 3
