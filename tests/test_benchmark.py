@@ -1,0 +1,89 @@
+"""The benchmark harness run for real on the converted model (few runs): structure and sanity only."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args):
+    return subprocess.run([sys.executable, "tools/benchmark.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def bench_run(int8_model, tmp_path_factory, val500_dir, sample_clip, weights_env):
+    out = tmp_path_factory.mktemp("bench")
+    images = out / "images"
+    images.mkdir()
+    for f in sorted(val500_dir.iterdir())[:20]:
+        (images / f.name).write_bytes(f.read_bytes())
+    proc = _bench("--model", int8_model, "--model", out / "missing.tflite", "--threads", "1,2", "--runs", "20",
+                  "--min-seconds", "0.2", "--warmup", "2", "--peers", "tflite-fp32,onnxruntime,opencv-dnn",
+                  "--images", images, "--source", sample_clip, "--json", out / "b.json", "--csv", out / "b.csv",
+                  "--plot", out / "b.png")
+    return proc, out, images
+
+
+def test_figures_are_sane(bench_run, int8_model):
+    proc, out, images = bench_run
+    assert proc.returncode == 2  # the missing model is an error ...
+    assert "missing.tflite: model file not found" in proc.stderr and "Traceback" not in proc.stderr
+    data = json.loads((out / "b.json").read_text())
+    ok = [r for r in data["results"] if "error" not in r]
+    assert len(ok) == 8  # ... and everything else is still measured: 2 int8 + 3 peers x 2 threads
+    assert len(data["results"]) == 10
+    for r in ok:
+        L = r["latency_ms"]
+        assert L["count"] >= 20 and 0 < L["min"] <= L["p50"] <= L["p90"] <= L["p99"] <= L["max"]
+        assert L["min"] <= L["mean"] <= L["max"] and r["throughput_per_s"] == pytest.approx(1000 / L["mean"])
+        assert r["size_bytes"] == Path(r["path"]).stat().st_size and 0 < r["compressed_bytes"] <= r["size_bytes"] * 1.01
+        assert r["peak_rss_mb"] > 10 and r["load_ms"] > 0 and r["first_inference_ms"] > 0
+        assert r["accuracy"]["images"] == 20 and 0 <= r["accuracy"]["top1"] <= r["accuracy"]["top5"] <= 100
+    first = ok[0]
+    assert first["agreement"] == 100.0 and first["pipeline"]["frames"] == 180 and first["pipeline"]["fps"] > 0
+    assert data["machine"]["cores"] and data["machine"]["interpreter"]
+    rows = list(csv.DictReader(open(out / "b.csv")))
+    assert len(rows) == 10 and (out / "b.png").stat().st_size > 10_000
+
+
+def test_accuracy_equals_the_evaluator(bench_run, int8_model):
+    from edge_runtime.classify import Classifier
+    from edge_runtime.evaluation import evaluate, find_labelled_images
+    import numpy as np
+
+    _, out, images = bench_run
+    data = json.loads((out / "b.json").read_text())
+    clf = Classifier(int8_model)
+
+    def predict(batch):
+        res = []
+        for c in batch:
+            clf.set_crop(c)
+            clf.invoke()
+            res.append(clf.logits())
+        return np.stack(res)
+
+    r = evaluate(find_labelled_images(images, clf.info.wnids, clf.info.labels), predict, clf.preprocessing,
+                 progress=False)
+    assert data["results"][0]["accuracy"]["top1"] == r.top1 and data["results"][0]["accuracy"]["top5"] == r.top5
+
+
+def test_reference_regression_and_atomic_results(bench_run, int8_model, tmp_path):
+    _, out, _ = bench_run
+    ref = json.loads((out / "b.json").read_text())
+    for r in ref["results"]:
+        if "latency_ms" in r:
+            r["latency_ms"]["p50"] /= 10  # pretend the reference was 10x faster
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    (tmp_path / "keep.json").write_text("previous results")
+    proc = _bench("--model", int8_model, "--runs", "5", "--min-seconds", "0", "--reference", tmp_path / "ref.json",
+                  "--fail-on-regression", "--json", tmp_path / "keep.json")
+    assert proc.returncode == 1 and "regression:" in proc.stdout
+    assert json.loads((tmp_path / "keep.json").read_text())["results"]  # replaced whole, never partial
+    bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--json", tmp_path / "x.json")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
