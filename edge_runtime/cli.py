@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after N classified frames")
     p.add_argument("--record", type=Path, metavar="OUT.mp4", help="record the annotated frames")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    p.add_argument("--simulate-disconnect-every", type=int, default=0, metavar="N",
+                   help="with a video file: unplug the simulated camera every N frames (soak tests)")
     p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         source = open_source(args.camera if args.camera is not None else args.source,
-                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop)
+                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
+                             disconnect_every=args.simulate_disconnect_every)
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -270,19 +270,48 @@ class _Picamera2Capture:
             pass
 
 
+class DisconnectingCapture:
+    """Wraps a capture so it "unplugs" after ``every`` frames: read() then fails until the source
+    reopens it, as a USB camera pulled out does. For soak tests and for rehearsing a deployment
+    (``--simulate-disconnect-every``); the recovery path exercised is the real one."""
+
+    def __init__(self, cap: Any, every: int) -> None:
+        self.cap, self.every, self.delivered = cap, every, 0
+
+    def isOpened(self) -> bool:
+        return self.cap.isOpened()
+
+    def read(self):
+        if self.delivered >= self.every:
+            return False, None
+        ok, frame = self.cap.read()
+        if not ok:  # a looping device: wrap around at the end of the file
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+        self.delivered += ok
+        return ok, frame
+
+    def get(self, prop: int) -> float:
+        return 0.0 if prop == cv2.CAP_PROP_FRAME_COUNT else self.cap.get(prop)  # a live device has no end
+
+    def release(self) -> None:
+        self.cap.release()
+
+
 def _is_stream(spec: str) -> bool:
     return "://" in spec
 
 
 def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False, loop: bool = False,
                 startup_attempts: int = 3, size: tuple[int, int] = (640, 480),
-                backoff: tuple[float, float] = (0.5, 8.0)):
+                backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0):
     """Open a frame source.
 
     Args:
         spec: camera index (with ``camera``), a video file, an image folder, or an RTSP/HTTP URL.
         picamera: use Picamera2 for the camera (Raspberry Pi OS's libcamera stack).
         loop: restart a video file at its end (soak tests, demos).
+        disconnect_every: with a video file, simulate a camera unplugged every N frames.
 
     Raises:
         SourceError: cannot be opened; the message names the alternative.
@@ -323,6 +352,10 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         return FolderSource(path)
     if not path.is_file():
         raise SourceError(f"{spec}: no such file, folder or stream URL")
+    if disconnect_every:
+        return CaptureSource(lambda: DisconnectingCapture(cv2.VideoCapture(str(path)), disconnect_every),
+                             f"{path} (disconnects every {disconnect_every} frames)", latest=False,
+                             reconnect=True, backoff=(0.05, 1.0))
     try:
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
                              backoff=(0.0, 0.0) if loop else backoff)

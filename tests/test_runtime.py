@@ -13,7 +13,7 @@ import pytest
 
 from edge_runtime import app
 from edge_runtime.classify import Classifier, ModelError
-from edge_runtime.sources import CaptureSource, SourceError, open_source
+from edge_runtime.sources import CaptureSource, DisconnectingCapture, SourceError, open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,43 +88,28 @@ def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp
         assert 0 < len(proc.stdout.splitlines()) < 180
 
 
-class FlakyCamera:
-    """A real capture (the sample clip, looping) that disconnects every ``every`` frames:
-    read() fails until the source reopens it, like an unplugged USB camera."""
-
-    opened = 0
-
-    def __init__(self, path, every):
-        FlakyCamera.opened += 1
-        self.cap, self.every, self.n = cv2.VideoCapture(str(path)), every, 0
-
-    def isOpened(self):
-        return self.cap.isOpened()
-
-    def read(self):
-        self.n += 1
-        if self.n > self.every:
-            return False, None
-        ok, frame = self.cap.read()
-        if not ok:
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self.cap.read()
-        return ok, frame
-
-    def get(self, prop):
-        return 0.0
-
-    def release(self):
-        self.cap.release()
-
-
 def test_disconnects_are_recovered(int8_model, sample_clip):
-    FlakyCamera.opened = 0
-    source = CaptureSource(lambda: FlakyCamera(sample_clip, 40), "flaky camera", latest=True, reconnect=True,
-                           backoff=(0.01, 0.05))
+    opened = []
+
+    def opener():
+        opened.append(1)
+        return DisconnectingCapture(cv2.VideoCapture(str(sample_clip)), 40)
+
+    source = CaptureSource(opener, "flaky camera", latest=True, reconnect=True, backoff=(0.01, 0.05))
     stats = app.run(Classifier(int8_model), source, app.RunOptions(max_frames=150, out=open(os.devnull, "w")))
     assert stats.frames == 150
-    assert source.stats.reconnects >= 2 and FlakyCamera.opened == source.stats.reconnects + 1
+    assert source.stats.reconnects >= 2 and len(opened) == source.stats.reconnects + 1
+
+
+def test_cli_soak_mode_recovers_every_disconnect(int8_model, sample_clip):
+    proc = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--max-frames", 500,
+                    "--simulate-disconnect-every", 100)
+    assert proc.returncode == 0, proc.stderr
+    import re
+
+    reconnects = int(re.search(r"reconnects: (\d+)", proc.stderr).group(1))
+    assert "500 frames" in proc.stderr and "corrupt frames skipped: 0" in proc.stderr
+    assert reconnects in (4, 5)  # the decode thread may already have reopened after frame 500
 
 
 def test_camera_that_never_opens_fails_cleanly():
