@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Prove the device runtime needs only numpy + OpenCV + a TFLite interpreter, on both device stacks:
+#   (a) ai-edge-litert with numpy 2 and OpenCV 5
+#   (b) tflite-runtime 2.14 with numpy 1.26 and OpenCV 4.x (the Raspberry Pi OS Bookworm stack)
+# Each venv gets the project's edge_runtime only (no torch / tensorflow / onnx) and runs the real
+# runtime on the sample clip with a converted model, checking its output and that nothing heavy loaded.
+# Usage: tools/device_env_check.sh MODEL.tflite [WORKDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=$(realpath "$1")
+WORK=${2:-build/device-envs}
+mkdir -p "$WORK"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+check() {
+  local name=$1; shift
+  local venv="$WORK/$name"
+  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q "$@"
+  echo "== device env $name: $("$venv/bin/python" -c 'import numpy, cv2; print("numpy", numpy.__version__, "opencv", cv2.__version__)')"
+  PYTHONPATH="$PWD" "$venv/bin/python" - "$MODEL" <<'PY'
+import io, json, sys, contextlib
+for heavy in ("torch", "tensorflow", "onnx", "onnxruntime"):
+    try:
+        __import__(heavy)
+    except ImportError:
+        continue
+    sys.exit(f"{heavy} is importable in the device environment")
+from edge_runtime.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    rc = main(["--source", "samples/sample_clip.mp4", "--model", sys.argv[1], "--json", "--max-frames", "30"])
+lines = [json.loads(l) for l in out.getvalue().splitlines()]
+assert rc == 0 and len(lines) == 30, (rc, len(lines))
+first = lines[0]["top"][0]["label"]
+assert first in ("lemon", "orange"), first
+from edge_runtime.interpreter import find_backend
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow", "onnx"))
+assert not loaded, loaded
+print(f"ok: {find_backend()[1]} classified 30 frames, first frame: {first}")
+PY
+}
+
+check litert-numpy2 "numpy>=2" "opencv-python-headless>=4.10" "ai-edge-litert"
+check tflite-runtime-numpy1 "numpy==1.26.4" "opencv-python-headless>=4.8,<4.11" "tflite-runtime==2.14.0"
