@@ -100,18 +100,26 @@ class NetFile:
                 codes = np.array([lookup[float(v)] for v in flat[pos]], np.uint8)
             except KeyError as e:
                 raise NetFormatError(f"{name}: weight {e.args[0]} is not in the layer's codebook") from None
-            gaps = np.diff(np.concatenate([[-1], pos])) - 1
-            # Gaps over 15 are bridged by code-0 filler entries, each covering 16 positions.
-            fill = gaps // (MAX_GAP + 1)
-            n = len(pos) + int(fill.sum())
-            all_codes = np.zeros(n, np.uint8)
-            all_gaps = np.full(n, MAX_GAP, np.uint8)
-            real = np.cumsum(fill + 1) - 1
+            all_gaps, real = relative_index(pos)
+            all_codes = np.zeros(len(all_gaps), np.uint8)
             all_codes[real] = codes
-            all_gaps[real] = gaps % (MAX_GAP + 1)
             layers.append(NetLayer(name, shape, codebook, np.asarray(state[f"{name}.bias"], np.float32),
                                    all_codes, all_gaps))
         return cls(layers)
+
+
+def relative_index(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-bit relative indexing of sorted flat positions, as Deep Compression stores them.
+
+    Returns (gaps of every entry incl. fillers, index of the real entries among them); a gap over 15
+    is bridged by filler entries (code 0, gap 15) each covering 16 positions.
+    """
+    gaps = np.diff(np.concatenate([[-1], np.asarray(positions, np.int64)])) - 1
+    fill = gaps // (MAX_GAP + 1)
+    all_gaps = np.full(len(gaps) + int(fill.sum()), MAX_GAP, np.uint8)
+    real = np.cumsum(fill + 1) - 1
+    all_gaps[real] = gaps % (MAX_GAP + 1)
+    return all_gaps, real
 
 
 class _Reader:

@@ -198,7 +198,9 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
 
     with open(path, "rb") as f:
         head = f.read(16)
-    for magic, loader in CONTAINER_LOADERS:
+    from .compress.container import MAGIC, load_container
+
+    for magic, loader in [(MAGIC, load_container), *CONTAINER_LOADERS]:
         if head.startswith(magic):
             return loader(path)
     if path.suffix == ".net" or (record is not None and record.fmt == "net"):

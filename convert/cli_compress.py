@@ -1,0 +1,53 @@
+"""``python -m convert compress``: pruning, weight sharing and Huffman coding into a .sqz container."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EXAMPLES = """examples:
+  python -m convert compress --weights deep-compression --out build/squeezenet1_0.sqz --lossless
+  python -m convert compress --weights deep-compression --out build/squeezenet1_0_8bit.sqz --bits 8 \\
+      --val ../shared/imagenet/val500
+  python -m convert compress --weights deep-compression --out build/squeezenet1_0_6bit.sqz --bits 6 \\
+      --finetune-images calib_data --val ../shared/imagenet/val500
+  python -m convert tflite --weights build/squeezenet1_0_8bit.sqz --out build/squeezenet1_0_8bit_int8.tflite
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code into a .sqz file",
+                       description="Magnitude pruning, per-layer k-means weight sharing, optional centroid "
+                                   "fine-tuning by distillation, and Huffman coding into a .sqz container that "
+                                   "`evaluate` and `tflite` accept as --weights.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="named weights or a weights file (.net, .pth, .sqz)")
+    p.add_argument("--out", required=True, type=Path, help="the .sqz container to write")
+    p.add_argument("--bits", default="8", help="bits per layer: '8' or '8,classifier.1=6,features.12=7' (default 8)")
+    p.add_argument("--sparsity", help="extra pruning per layer prefix, e.g. 'features.12.expand3x3=0.8'")
+    p.add_argument("--lossless", action="store_true", help="keep a .net release's codebooks and codes (Huffman only)")
+    p.add_argument("--finetune-images", type=Path, help="unlabelled photos for centroid fine-tuning by distillation")
+    p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default 150)")
+    p.add_argument("--val", type=Path, help="labelled images: report float and compressed top-1")
+    p.add_argument("--sensitivity", action="store_true", help="print the per-layer sensitivity table (needs --val)")
+    p.add_argument("--limit", type=int, default=100, help="images of --val for the sensitivity table (default 100)")
+    p.add_argument("--report", type=Path, help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .compress.pipeline import CompressOptions, compress
+
+    report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
+                                      lossless=args.lossless, finetune_images=args.finetune_images,
+                                      finetune_steps=args.finetune_steps, val=args.val,
+                                      sensitivity=args.sensitivity, limit=args.limit, quiet=args.quiet))
+    line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
+    if "top1_compressed" in report:
+        line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"
+    print(line)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1) + "\n")
+    return 0

@@ -1,0 +1,1 @@
+"""Deep Compression for the SqueezeNet family: pruning, weight sharing, Huffman-coded storage."""

@@ -1,0 +1,169 @@
+"""``compress``: prune -> share weights -> (fine-tune centroids) -> Huffman container, measured."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConvertError
+from . import container as sqz
+from .share import for_layer, layer_spec, prune_mask, share_layer
+
+
+@dataclass
+class CompressOptions:
+    weights: str
+    out: Path
+    bits: str | None = "8"  # "8" or "8,classifier.1=6" ; ignored with lossless
+    sparsity: str | None = None  # "features.12.expand3x3=0.8,..." extra pruning (fraction of zeros)
+    lossless: bool = False  # keep a .net release's own codebooks and codes (Huffman only)
+    finetune_images: Path | None = None
+    finetune_steps: int = 150
+    val: Path | None = None
+    sensitivity: bool = False
+    limit: int | None = None  # images of --val used for the sensitivity table
+    quiet: bool = False
+
+
+def _record_key(record) -> str:
+    from ..weights import WEIGHTS
+
+    base = record.name.removesuffix("_compressed")
+    for key, r in WEIGHTS.items():
+        if r.name == base:
+            return key
+    raise ConvertError(f"weights {record.name!r} have no named record (deep-compression, squeezenet1_0, ...): "
+                       "a container must name the preprocessing its weights expect")
+
+
+def _conv_names(model) -> list[str]:
+    return [k[:-7] for k, v in model.state_dict().items() if k.endswith(".weight") and v.dim() == 4]
+
+
+def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.SharedLayer]:
+    """The model's convolutions pruned and shared as the options say."""
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    names = _conv_names(model)
+    if opts.lossless:
+        from ..deepcompression import decode_net
+        from ..weights import resolve
+
+        path = Path(weights) if Path(weights).is_file() else resolve(weights)
+        if path.suffix != ".net":
+            raise ConvertError("--lossless needs a Deep Compression .net source")
+        net = decode_net(path.read_bytes())
+        layers = []
+        for l in net.layers:
+            dense = np.zeros(int(np.prod(l.shape)), np.uint8)
+            dense[l.positions()] = l.codes
+            layers.append(sqz.SharedLayer(l.name, l.shape, l.codebook.copy(), l.bias.copy(), dense))
+        return layers
+    bits, sparsity = layer_spec(opts.bits, 8), layer_spec(opts.sparsity, 0.0)
+    layers = []
+    for name in names:
+        w, b = state[f"{name}.weight"], state[f"{name}.bias"]
+        mask = prune_mask(w, for_layer(sparsity, name), mask=w != 0)
+        nbits = int(for_layer(bits, name))
+        if not 1 <= nbits <= 8:
+            raise ConvertError(f"--bits {nbits} for {name}: 1..8 expected")
+        layers.append(share_layer(name, w, b, nbits, mask))
+    return layers
+
+
+def _apply(model, layers):
+    import torch
+
+    model = __import__("copy").deepcopy(model)
+    sd = model.state_dict()
+    for l in layers:
+        sd[f"{l.name}.weight"] = torch.from_numpy(l.weight())
+        sd[f"{l.name}.bias"] = torch.from_numpy(l.bias)
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def _top1(model, record, val, limit=None) -> float:
+    from ..evaluate import evaluate_torch
+
+    return evaluate_torch(model, record, str(val), limit=limit, progress=False).top1
+
+
+def sensitivity_table(model, record, val: Path, limit: int | None = 100, quiet: bool = False) -> list[dict]:
+    """Top-1 after pruning one layer at a time to 50% of its surviving weights, and after sharing it at 4 bits."""
+    base = _top1(model, record, val, limit)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    rows = []
+    for name in _conv_names(model):
+        w, b = state[f"{name}.weight"], state[f"{name}.bias"]
+        alive = float((w != 0).mean())
+        pruned = share_layer(name, w, b, 8, prune_mask(w, 1 - alive / 2, mask=w != 0))
+        four = share_layer(name, w, b, 4, w != 0)
+        row = {"layer": name, "weights": int(w.size), "nonzero": int((w != 0).sum()),
+               "top1_prune_half": _top1(_apply(model, [pruned]), record, val, limit) - base,
+               "top1_4bit": _top1(_apply(model, [four]), record, val, limit) - base}
+        rows.append(row)
+        if not quiet:
+            print(f"  {name:28} {row['nonzero']:8d} nz  prune 50%: {row['top1_prune_half']:+5.1f}  "
+                  f"4-bit: {row['top1_4bit']:+5.1f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def compress(opts: CompressOptions) -> dict:
+    """Run the stage; writes the container atomically and returns the report."""
+    from ..calibration import load_views
+    from ..calibration_data import list_calibration_images
+    from ..pixel_model import PixelModel
+    from ..weights import load_model
+
+    t0 = time.perf_counter()
+    say = (lambda m: None) if opts.quiet else (lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}",
+                                                              file=sys.stderr, flush=True))
+    model, record = load_model(opts.weights)
+    key = _record_key(record)
+    report: dict = {"weights": record.name, "sha256": record.sha256}
+    if opts.sensitivity:
+        if not opts.val:
+            raise ConvertError("--sensitivity needs --val (labelled images)")
+        say("sensitivity analysis (one layer at a time)")
+        report["sensitivity"] = sensitivity_table(model, record, opts.val, opts.limit, opts.quiet)
+    say("pruning and weight sharing")
+    layers = shared_layers(model, opts.weights, opts)
+    if opts.finetune_images:
+        paths, _ = list_calibration_images(opts.finetune_images)
+        crops, _ = load_views(paths, record.preprocessing, scales=(1.0, 1.15, 1.3, 1.6))
+        say(f"fine-tuning centroids by distillation on {len(crops)} views of {len(paths)} photos")
+        from .finetune import finetune_centroids
+
+        teacher = PixelModel(model, record.preprocessing)
+        student = PixelModel(_apply(model, layers), record.preprocessing)
+        layers = finetune_centroids(student, teacher, layers, crops, steps=opts.finetune_steps, progress=not opts.quiet)
+    c = sqz.Container(record=key, arch=record.arch, num_classes=record.num_classes, layers=layers)
+    data = sqz.encode(c)
+    t = time.perf_counter()
+    back = sqz.decode(data)
+    decode_s = time.perf_counter() - t
+    for a, b in zip(c.layers, back.layers):  # the container must give back exactly what was stored
+        if not (np.array_equal(a.weight(), b.weight()) and np.array_equal(a.bias, b.bias)):
+            raise ConvertError(f"internal error: {a.name} does not decode bit-exactly")
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, out)
+    nz = sum(int(np.count_nonzero(l.codes)) for l in layers)
+    report.update({"out": str(out), "bytes": len(data), "decode_seconds": round(decode_s, 3),
+                   "nonzero_weights": nz, "bits": {l.name: l.bits for l in layers},
+                   "finetuned": bool(opts.finetune_images)})
+    if opts.val:
+        say("evaluating float and compressed models")
+        report["top1_float"] = _top1(model, record, opts.val)
+        compressed, _ = load_model(str(out))
+        report["top1_compressed"] = _top1(compressed, record, opts.val)
+    say(f"wrote {out} ({len(data):,} bytes)")
+    return report
