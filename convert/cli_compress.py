@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=Path, help="labelled images: report float and compressed top-1")
     p.add_argument("--sensitivity", action="store_true", help="print the per-layer sensitivity table (needs --val)")
     p.add_argument("--limit", type=int, default=100, help="images of --val for the sensitivity table (default 100)")
+    p.add_argument("--tflite", type=Path, help="also convert the container to an int8 .tflite here and report it")
     p.add_argument("--report", type=Path, help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -42,11 +43,17 @@ def run(args: argparse.Namespace) -> int:
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       lossless=args.lossless, finetune_images=args.finetune_images,
                                       finetune_steps=args.finetune_steps, val=args.val,
-                                      sensitivity=args.sensitivity, limit=args.limit, quiet=args.quiet))
+                                      sensitivity=args.sensitivity, limit=args.limit, quiet=args.quiet,
+                                      tflite=args.tflite))
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"
     print(line)
+    if "int8" in report and report["int8"]["top1"] is not None:
+        i = report["int8"]
+        print(f"| model | bytes | top-1 |\n| --- | --- | --- |\n| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
+              f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
+              f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1) + "\n")

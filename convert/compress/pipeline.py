@@ -28,6 +28,7 @@ class CompressOptions:
     sensitivity: bool = False
     limit: int | None = None  # images of --val used for the sensitivity table
     quiet: bool = False
+    tflite: Path | None = None  # also convert the container to int8 TFLite and report it
 
 
 def _record_key(record) -> str:
@@ -166,4 +167,14 @@ def compress(opts: CompressOptions) -> dict:
         compressed, _ = load_model(str(out))
         report["top1_compressed"] = _top1(compressed, record, opts.val)
     say(f"wrote {out} ({len(data):,} bytes)")
+    if opts.tflite:
+        from ..pipeline import ConvertOptions, convert
+
+        say("decode -> int8 TFLite")
+        conv = convert(ConvertOptions(out=Path(opts.tflite), weights=str(out), val=opts.val, min_agreement=None,
+                                      max_top1_drop=None, quiet=opts.quiet))
+        val = conv["validation"].get("val", {})
+        report["int8"] = {"out": str(opts.tflite), "bytes": conv["sizes"]["int8_tflite"],
+                          "top1": val.get("int8_top1"), "top1_float_compressed": val.get("float_top1"),
+                          "agreement": val.get("agreement")}
     return report

@@ -1,0 +1,99 @@
+"""The Deep Compression stage on the real release: Huffman, container, pruning, sharing, figures."""
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from convert.compress import container as sqz
+from convert.compress import huffman
+from convert.compress.pipeline import CompressOptions, compress
+from convert.compress.share import kmeans_share, prune_mask
+from convert.deepcompression import decode_net
+
+
+@pytest.fixture(scope="module")
+def release(dc_net_file):
+    return decode_net(dc_net_file.read_bytes())
+
+
+def test_huffman_round_trip_on_real_streams(release):
+    for layer in release.layers[::5]:
+        for stream, n in ((layer.codes, 256), (layer.gaps, 16)):
+            lengths = huffman.code_lengths(np.bincount(stream, minlength=n))
+            data = huffman.encode(stream, lengths)
+            assert len(data) < len(stream) * (1 if n == 256 else 0.5)  # it does compress
+            assert np.array_equal(huffman.decode(data, lengths, len(stream)), stream)
+    with pytest.raises(huffman.HuffmanError, match="ends before"):
+        huffman.decode(data[: len(data) // 2], lengths, len(stream))
+
+
+def test_lossless_container_decodes_to_the_release(tmp_path, weights_env, release):
+    rep = compress(CompressOptions(weights="deep-compression", out=tmp_path / "l.sqz", lossless=True, quiet=True))
+    assert rep["bytes"] < 675_763 * 0.86  # Huffman coding alone: about 565 KB
+    back = sqz.decode((tmp_path / "l.sqz").read_bytes()).state_dict()
+    for k, v in release.state_dict().items():
+        assert np.array_equal(back[k], v), k  # bit-exact
+
+
+def test_shared_container_round_trip_and_goal(tmp_path, weights_env, val500_dir):
+    out = tmp_path / "c.sqz"
+    rep = compress(CompressOptions(weights="deep-compression", out=out, bits="8,features.12=7,features.10=7",
+                                   val=val500_dir, quiet=True))
+    # the issue's goal: at most 500,000 bytes, top-1 within 1.0 point of the release's 65.4%
+    assert rep["bytes"] <= 500_000 and rep["top1_compressed"] >= 65.4 - 1.0, rep
+    c = sqz.decode(out.read_bytes())
+    assert {l.bits for l in c.layers} == {7, 8}
+    again = sqz.encode(c)
+    assert again == out.read_bytes()
+
+
+def test_corrupt_and_truncated_containers(tmp_path, weights_env):
+    out = tmp_path / "c.sqz"
+    compress(CompressOptions(weights="deep-compression", out=out, bits="4", quiet=True))
+    data = out.read_bytes()
+    with pytest.raises(sqz.ContainerError, match="checksum"):
+        sqz.decode(data[:-100] + data[-4:])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    with pytest.raises(sqz.ContainerError, match="checksum"):
+        sqz.decode(bytes(flipped))
+    with pytest.raises(sqz.ContainerError, match="magic"):
+        sqz.decode(b"NOPE" + data[4:])
+    v2 = bytearray(data[:-4])
+    v2[4:6] = struct.pack("<H", 2)
+    with pytest.raises(sqz.ContainerError, match="version 2"):
+        sqz.decode(bytes(v2) + struct.pack("<I", zlib.crc32(bytes(v2))))
+    short = data[:200]
+    with pytest.raises(sqz.ContainerError, match="truncated"):
+        sqz.decode(short[:-4] + struct.pack("<I", zlib.crc32(short[:-4])))
+
+
+def test_pruning_and_sharing():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 32, 3, 3)).astype(np.float32)
+    mask = prune_mask(w, 0.7)
+    assert abs((~mask).mean() - 0.7) < 1e-3
+    assert np.abs(w[~mask]).max() <= np.abs(w[mask]).min()
+    keep_old = prune_mask(w, 0.8, mask=mask)
+    assert not (keep_old & ~mask).any()  # pruned weights stay pruned
+    book, codes = kmeans_share(w[mask], 5)
+    assert len(book) == 32 and book[0] == 0.0 and codes.min() >= 1 and codes.max() <= 31
+    err = np.abs(book[codes] - w[mask]).max()
+    assert err < (w.max() - w.min()) / 31  # within a cluster's width
+
+
+def test_cli_errors(tmp_path, weights_env):
+    cmd = [sys.executable, "-m", "convert", "compress"]
+    for args, expect in ((["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.sqz")], "no such"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--sensitivity"], "--val"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8")):
+        proc = subprocess.run(cmd + args, capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
+    bad = tmp_path / "bad.sqz"
+    bad.write_bytes(b"SQZC" + b"\x00" * 40)
+    proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(bad), "--images", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "checksum" in proc.stderr and "Traceback" not in proc.stderr
