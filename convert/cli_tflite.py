@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="activation range: largest per-image percentile over the calibration views (default 99.99)")
     p.add_argument("--output-margin", type=float, default=2.0,
                    help="factor on the calibrated max of the output logits (default 2.0)")
+    p.add_argument("--calib-scales", default="1.0,1.3",
+                   help="resize scales of the calibration views, each also mirrored (default 1.0,1.3)")
     p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
     p.add_argument("--input-size", help="with --onnx: HxW (default: from the ONNX input)")
     p.add_argument("--resize", type=int, help="with --onnx: resize the shorter side to this before the center crop")
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                           val=args.val, input_type=args.input_type, report=args.report,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
+                          calib_scales=tuple(float(x) for x in args.calib_scales.split(",")),
                           equalize=args.equalize, percentile=args.percentile, output_margin=args.output_margin,
                           preprocessing=pp, labels=labels, model_name=args.name, quiet=args.quiet)
     try:

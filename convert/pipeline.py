@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
+from edge_runtime.fileio import atomic_write
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.metadata import ModelInfo
 from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingError
@@ -44,6 +45,7 @@ class ConvertOptions:
     equalize: float = 0.5
     percentile: float = 99.99
     output_margin: float = 2.0
+    calib_scales: tuple[float, ...] = (1.0, 1.3)
     preprocessing: Preprocessing | None = None  # for --onnx
     labels: list[str] | None = None  # for --onnx
     model_name: str | None = None
@@ -196,17 +198,6 @@ def _compare(f: np.ndarray, q: np.ndarray) -> dict:
             "mean_abs_logit_error": round(float(err.mean()), 5), "max_abs_logit_error": round(float(err.max()), 5)}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def convert(opts: ConvertOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises ConvertError / GateError."""
     import torch
@@ -229,7 +220,7 @@ def convert(opts: ConvertOptions) -> dict:
     pp = src.preprocessing
     calib_dir = Path(opts.calib) if opts.calib else default_calib_dir()
     used, held, skipped = _calibration_sets(calib_dir, pp)
-    crops, _ = load_views(used, pp)
+    crops, _ = load_views(used, pp, scales=opts.calib_scales)
     held_crops, _ = load_views(held, pp, scales=(1.0,), mirror=False)
     _progress(opts, t0, f"calibration: {len(used)} images -> {len(crops)} views, {len(held)} held out, "
                         f"{len(skipped)} skipped")
@@ -296,13 +287,12 @@ def convert(opts: ConvertOptions) -> dict:
                   "calibration": calibration, "validation": validation,
                   "gates": _gates(opts, validation)}
         if opts.report:
-            Path(opts.report).parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
+            atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})")
-        _atomic_write(float_onnx_out, float_onnx.read_bytes())
-        _atomic_write(float_tflite_out, float_tflite.read_bytes())
-        _atomic_write(out, final)
+        atomic_write(float_onnx_out, float_onnx.read_bytes())
+        atomic_write(float_tflite_out, float_tflite.read_bytes())
+        atomic_write(out, final)
     _progress(opts, t0, f"wrote {out} ({len(final)} bytes)")
     return report
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_runtime.fileio import atomic_write
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.preprocess import Preprocessing
 
@@ -122,16 +122,7 @@ def _download(url: str, dest: Path, record: WeightsRecord,
             f"or pass its path with --weights") from None
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise WeightsError(f"{url}: more than {MAX_CHECKPOINT_BYTES} bytes, refusing")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _verify(Path(tmp), record)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(dest, data, check=lambda tmp: _verify(tmp, record))
 
 
 def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | None = None) -> Path:

@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from convert.artifact import op_report
-from convert.pipeline import ConvertOptions, convert, sibling_paths
-from convert.errors import ConvertError
+from convert.pipeline import sibling_paths
 from edge_runtime.classify import Classifier
 from edge_runtime.metadata import read_model_info
 

@@ -9,14 +9,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_runtime import bench  # noqa: E402
+from edge_runtime.fileio import atomic_write  # noqa: E402
 
 EXAMPLES = """examples:
   python tools/benchmark.py --model build/squeezenet1_0_int8.tflite --threads 1,2,4
@@ -48,18 +47,6 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def prepare_qdq(int8_model: Path) -> Path | None:
     """ONNX Runtime's own int8 (QDQ) version of the float ONNX, calibrated on calib_data/."""
     target = bench.peer_path(int8_model, "onnxruntime-int8")
@@ -87,10 +74,9 @@ def prepare_qdq(int8_model: Path) -> Path | None:
         def get_next(self):
             return next(self.it, None)
 
-    tmp = target.with_name(f".{target.name}.tmp.onnx")
-    quantize_static(str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    os.replace(tmp, target)
+    atomic_write(target, b"", check=lambda tmp: quantize_static(
+        str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))
     return target
 
 
@@ -178,11 +164,7 @@ def plot(results: list[dict], path: Path) -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
     return None
 
 

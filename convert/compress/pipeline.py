@@ -1,14 +1,14 @@
 """``compress``: prune -> share weights -> (fine-tune centroids) -> Huffman container, measured."""
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge_runtime.fileio import atomic_write
 
 from ..errors import ConvertError
 from . import container as sqz
@@ -152,11 +152,7 @@ def compress(opts: CompressOptions) -> dict:
         if not (np.array_equal(a.weight(), b.weight()) and np.array_equal(a.bias, b.bias)):
             raise ConvertError(f"internal error: {a.name} does not decode bit-exactly")
     out = Path(opts.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    atomic_write(out, data)
     nz = sum(int(np.count_nonzero(l.codes)) for l in layers)
     report.update({"out": str(out), "bytes": len(data), "decode_seconds": round(decode_s, 3),
                    "nonzero_weights": nz, "bits": {l.name: l.bits for l in layers},
