@@ -1,7 +1,7 @@
 """Calibration samples for post-training quantization: real photos through the one preprocessing.
 
 Each photo gives several deterministic views (the center crop, its mirror image, and tighter
-crops at larger scales), so a few dozen scenes cover the range of object sizes and positions a
+crops at three larger scales), so a few dozen scenes cover the range of object sizes and positions a
 camera sees. Crops come from :func:`edge_runtime.preprocess.resize_crop`, exactly as on the device.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 
 from edge_runtime.preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
 
-# Scales of the resize relative to the record's resize (1.0 = the validation view).
-DEFAULT_SCALES = (1.0, 1.3)
+# Scales of the resize relative to the record's resize (1.0 = the validation view). Measured on
+# val500 (top-1 agreement int8 vs float, all else default): (1.0, 1.3) 93.6%, these four 94.6%.
+DEFAULT_SCALES = (1.0, 1.3, 1.7, 2.2)
 
 
 def views(image_bgr: np.ndarray, pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,

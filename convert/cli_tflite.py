@@ -59,8 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="activation range: largest per-image percentile over the calibration views (default 99.99)")
     p.add_argument("--output-margin", type=float, default=2.0,
                    help="factor on the calibrated max of the output logits (default 2.0)")
-    p.add_argument("--calib-scales", default="1.0,1.3",
-                   help="resize scales of the calibration views, each also mirrored (default 1.0,1.3)")
+    from .calibration import DEFAULT_SCALES
+
+    scales = ",".join(f"{v:g}" for v in DEFAULT_SCALES)
+    p.add_argument("--calib-scales", default=scales,
+                   help=f"resize scales of the calibration views, each also mirrored (default {scales})")
     p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
     p.add_argument("--input-size", help="with --onnx: HxW (default: from the ONNX input)")
     p.add_argument("--resize", type=int, help="with --onnx: resize the shorter side to this before the center crop")

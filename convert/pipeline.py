@@ -23,7 +23,7 @@ from edge_runtime.labels import imagenet_classes
 from edge_runtime.metadata import ModelInfo
 from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingError
 
-from .calibration import load_views
+from .calibration import DEFAULT_SCALES, load_views
 from .errors import ConvertError, GateError
 
 MIN_CALIB_IMAGES = 20
@@ -45,7 +45,7 @@ class ConvertOptions:
     equalize: float = 0.5
     percentile: float = 99.99
     output_margin: float = 2.0
-    calib_scales: tuple[float, ...] = (1.0, 1.3)
+    calib_scales: tuple[float, ...] = DEFAULT_SCALES
     preprocessing: Preprocessing | None = None  # for --onnx
     labels: list[str] | None = None  # for --onnx
     model_name: str | None = None

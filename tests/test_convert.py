@@ -59,7 +59,7 @@ def test_report_figures(converted):
     val = converted["validation"]["val"]
     assert abs(val["float_top1"] - 65.4) <= 0.4
     # what the converter reliably achieves (CI gates use the same floor); the target is 95 / 1.0
-    assert val["agreement"] >= 92.0, val
+    assert val["agreement"] >= 94.0, val
     assert val["top1_drop"] <= 1.0, val
     assert converted["sizes"]["int8_tflite"] <= 1_400_000
     assert converted["sizes"]["int8_tflite"] == Path(converted["out"]).stat().st_size
