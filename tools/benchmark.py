@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         elif r is base:
             r["agreement"] = 100.0
     out = {"machine": bench.machine(), "settings": {k: str(v) for k, v in vars(args).items()},
-           "notes": notes + ["each case ran in its own child process (ONNX Runtime with spinning off)"],
+           "notes": notes + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
            "results": results}
     print(table(results))
     for n in out["notes"] + ([out["machine"]["warning"]] if "warning" in out["machine"] else []):
