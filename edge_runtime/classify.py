@@ -111,8 +111,9 @@ class Classifier:
         """Copy an already cropped HxWx3 uint8 image (in the model's channel order) into the input."""
         if self.input_dtype == np.uint8:
             data = crop
-        elif self.input_dtype == np.int8:
-            data = (crop.astype(np.int16) - 128).astype(np.int8)
+        elif self.input_dtype == np.int8:  # quantize with the model's own input parameters
+            scale = self.input_scale or 1.0
+            data = np.clip(np.round(crop / scale + self.input_zero_point), -128, 127).astype(np.int8)
         else:
             data = crop.astype(np.float32)
         self.interpreter.set_tensor(self.input_index, data[None])

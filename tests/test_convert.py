@@ -169,3 +169,28 @@ def test_offline_and_reproducible(tmp_path, int8_model, weights_env, val500_dir)
     proc = _run(["--out", str(out), "--quiet", "--no-gates", "--val", str(val500_dir)], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes() == Path(int8_model).read_bytes()
+
+
+def test_users_onnx_classifier(tmp_path):
+    """A user's own ONNX classifier (RGB, normalized input, 10 classes) converts with its labels."""
+    import torch
+
+    from convert.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10).eval()
+    onnx_path = tmp_path / "mine.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(onnx_path), dynamo=False)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class_{i}" for i in range(10)))
+    out = tmp_path / "mine_int8.tflite"
+    proc = _run(["--onnx", str(onnx_path), "--labels", str(labels), "--out", str(out), "--no-gates", "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = read_model_info(out)
+    assert info.labels[3] == "class_3" and info.preprocessing.input_size == (224, 224)
+    assert info.preprocessing.channel_order == "RGB" and info.input_channel_order == "BGR"
+    assert set(op_report(out.read_bytes())["ops"]) <= INTEGER_OPS
+    from edge_runtime.preprocess import read_image
+
+    preds = Classifier(out).classify(read_image(str(ROOT / "calib_data" / "skimage_coffee.jpg")), k=3)
+    assert len(preds) == 3 and all(p.label.startswith("class_") for p in preds)
