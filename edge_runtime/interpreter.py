@@ -1,6 +1,7 @@
 """Find and create a TFLite interpreter: ai-edge-litert, then tflite-runtime, then tf.lite."""
 from __future__ import annotations
 
+import ctypes
 import importlib
 from typing import Any
 
@@ -65,6 +66,7 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
     delegates = []
     if edgetpu:
         try:
+            ctypes.CDLL(EDGETPU_LIBRARY)  # fail here, before the interpreter's Delegate half-exists
             delegates.append(mod.load_delegate(EDGETPU_LIBRARY))
         except (ValueError, OSError, AttributeError) as e:
             raise InterpreterUnavailable(

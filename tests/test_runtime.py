@@ -195,3 +195,14 @@ def test_runtime_never_imports_heavy_packages(int8_model, sample_clip):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 3
+
+
+def test_plain_tflite_and_missing_edgetpu(int8_model, sample_clip):
+    from convert.pipeline import sibling_paths
+
+    plain = sibling_paths(int8_model)[1]  # the float TFLite kept beside the artifact has no metadata
+    proc = _runtime("--source", sample_clip, "--model", plain, "--json", "--max-frames", 2)
+    assert proc.returncode == 0 and "no embedded metadata" in proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] in ("lemon", "orange")
+    proc = _runtime("--source", sample_clip, "--model", int8_model, "--edgetpu", "--max-frames", 2)
+    assert proc.returncode == 2 and "libedgetpu" in proc.stderr and "Traceback" not in proc.stderr
