@@ -179,17 +179,7 @@ def _onnx_predict(path: Path):
 def _int8_predict(path: Path):
     from edge_runtime.classify import Classifier
 
-    clf = Classifier(path, threads=2)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        out = []
-        for crop in batch:
-            clf.set_crop(crop)
-            clf.invoke()
-            out.append(clf.logits())
-        return np.stack(out)
-
-    return predict
+    return Classifier(path, threads=2).predict_batch
 
 
 def _compare(f: np.ndarray, q: np.ndarray) -> dict:

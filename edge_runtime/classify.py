@@ -141,6 +141,15 @@ class Classifier:
         probs = e[idx] / e.sum()
         return [Prediction(int(i), self.info.labels[i], float(p)) for i, p in zip(idx, probs)]
 
+    def predict_batch(self, crops: np.ndarray) -> np.ndarray:
+        """Dequantized logits (N x classes) for N cropped images: the evaluator's ``predict``."""
+        out = []
+        for crop in crops:
+            self.set_crop(crop)
+            self.invoke()
+            out.append(self.logits())
+        return np.stack(out)
+
     def classify(self, frame_bgr: np.ndarray, k: int = 5) -> list[Prediction]:
         self.set_frame(frame_bgr)
         self.invoke()

@@ -54,22 +54,11 @@ def test_figures_are_sane(bench_run, int8_model):
 def test_accuracy_equals_the_evaluator(bench_run, int8_model):
     from edge_runtime.classify import Classifier
     from edge_runtime.evaluation import evaluate, find_labelled_images
-    import numpy as np
-
     _, out, images = bench_run
     data = json.loads((out / "b.json").read_text())
     clf = Classifier(int8_model)
-
-    def predict(batch):
-        res = []
-        for c in batch:
-            clf.set_crop(c)
-            clf.invoke()
-            res.append(clf.logits())
-        return np.stack(res)
-
-    r = evaluate(find_labelled_images(images, clf.info.wnids, clf.info.labels), predict, clf.preprocessing,
-                 progress=False)
+    r = evaluate(find_labelled_images(images, clf.info.wnids, clf.info.labels), clf.predict_batch,
+                 clf.preprocessing, progress=False)
     assert data["results"][0]["accuracy"]["top1"] == r.top1 and data["results"][0]["accuracy"]["top5"] == r.top5
 
 
