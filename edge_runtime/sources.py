@@ -100,16 +100,19 @@ class CaptureSource:
                 delay = min(delay * 2, self.backoff[1])
         raise SourceError(f"cannot open {self.name}")
 
-    def _reopen(self) -> Any | None:
+    def _reopen(self, quiet: bool = False) -> Any | None:
         delay = self.backoff[0]
+        say = log.debug if quiet else log.warning
         while not self._stop.is_set():
             self.stats.attempts += 1
-            log.warning("%s: reopening (attempt %d)", self.name, self.stats.attempts)
+            say("%s: reopening (attempt %d)", self.name, self.stats.attempts)
             cap = self._try_open()
             if cap is not None:
+                if quiet:
+                    return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
                 self.stats.events.append(f"reconnected after {self.stats.attempts} attempts")
-                log.warning("%s: reconnected", self.name)
+                say("%s: reconnected", self.name)
                 return cap
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])
@@ -154,16 +157,21 @@ class CaptureSource:
                     self.stats.corrupt += 1
                     continue
                 failures += 1
-                if not self.reconnect and self._at_end(cap):
-                    break
-                if failures < self.failures_before_reopen and not self._at_end(cap):
-                    self.stats.corrupt += 1  # a frame that failed to decode mid-stream
+                length = self._length(cap)
+                at_end = bool(length) and cap.get(cv2.CAP_PROP_POS_FRAMES) >= length
+                if not self.reconnect:  # a file: its end, or a frame that failed to decode
+                    if at_end or not length or failures >= self.failures_before_reopen:
+                        break
+                    self.stats.corrupt += 1
                     continue
-                if not self.reconnect:
-                    break
-                log.warning("%s stopped delivering frames", self.name)
+                if not at_end and failures < self.failures_before_reopen:
+                    continue  # a live source may fail a read or two before it recovers by itself
+                if at_end:  # a looping file: start again, nothing went wrong
+                    log.debug("%s: end of file, starting again", self.name)
+                else:
+                    log.warning("%s stopped delivering frames", self.name)
                 cap.release()
-                cap = self._reopen()
+                cap = self._reopen(quiet=at_end)
                 failures = 0
                 if cap is None:
                     break
@@ -173,11 +181,9 @@ class CaptureSource:
             self._publish(_END)
 
     @staticmethod
-    def _at_end(cap: Any) -> bool:
-        if not hasattr(cap, "get"):
-            return True
-        total = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        return not total or total <= 0 or cap.get(cv2.CAP_PROP_POS_FRAMES) >= total
+    def _length(cap: Any) -> float:
+        """Frame count of a file; 0 for live devices and streams (they have no end)."""
+        return float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if hasattr(cap, "get") else 0.0
 
     def read(self, timeout: float | None = None) -> np.ndarray | None:
         """The next frame (newest for cameras), or None at the end of the source."""
