@@ -14,6 +14,8 @@ from .errors import ConvertError
 # onnx2tf fetches this file from the network for image-shaped inputs unless it is in the working
 # directory; we always write it there (from the calibration photos), so conversion never goes online.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+BIAS_CORRECTION_CROPS = 96
+CALIBRATOR_CROPS = 8
 
 
 @contextlib.contextmanager
@@ -71,7 +73,9 @@ def _calibrate(saved_model: Path, crops: np.ndarray, log) -> bytes:
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([c[None].astype(np.float32)] for c in crops)
+    # set_ranges replaces every statistic, so a few crops suffice to create the annotated model
+    few = crops[::max(1, len(crops) // CALIBRATOR_CROPS)][:CALIBRATOR_CROPS]
+    converter.representative_dataset = lambda: ([c[None].astype(np.float32)] for c in few)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter._experimental_calibrate_only = True  # noqa: SLF001 (documented TF hook for custom ranges)
     with contextlib.redirect_stdout(log):
@@ -97,10 +101,11 @@ def _output_chain(sg, model) -> set[int]:
 
 def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_margin: float,
                progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
-    """Replace min/max statistics: each activation's max becomes the largest per-image
-    ``percentile`` over the calibration crops (trims single-pixel outliers, keeps every image's
-    bulk); the output logits keep their full max widened by ``output_margin`` (photos from a
-    camera are often more confident than calibration photos, and a clipped logit ties).
+    """Replace min/max statistics: each activation's max (min) becomes the largest (smallest)
+    per-image ``percentile`` (100 - ``percentile``) over the calibration crops (trims single-pixel
+    outliers, keeps every image's bulk); the output logits keep their full range widened by
+    ``output_margin`` (photos from a camera are often more confident than calibration photos, and
+    a clipped logit ties); the input is pixels, 0..255 by definition.
     """
     import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
@@ -115,16 +120,19 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]["index"]
     hi = np.zeros((len(crops), len(stat)), np.float64)
+    lo = np.zeros((len(crops), len(stat)), np.float64)
     top = np.zeros(len(stat))
+    bottom = np.zeros(len(stat))
     for k, crop in enumerate(crops):
         interp.set_tensor(inp, crop[None].astype(np.float32))
         interp.invoke()
         for j, i in enumerate(stat):
             v = interp.get_tensor(i).ravel()
             top[j] = max(top[j], float(v.max()))
+            bottom[j] = min(bottom[j], float(v.min()))
             if v.size > 50_000:  # a fixed stride keeps it deterministic and fast
                 v = v[:: v.size // 50_000]
-            hi[k, j] = np.percentile(v, percentile)
+            lo[k, j], hi[k, j] = np.percentile(v, (100 - percentile, percentile))
         if progress and (k + 1) % 50 == 0:
             progress(f"range statistics {k + 1}/{len(crops)}")
     del interp
@@ -132,11 +140,12 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
     for j, i in enumerate(stat):
         q = sg.tensors[i].quantization
         if i in inputs:
-            continue
-        new_max = top[j] * output_margin if i in outputs else hi[:, j].max()
-        if float(q.min[0]) < 0:  # signed activations: scale the negative side the same way
-            ratio = new_max / max(float(q.max[0]), 1e-12)
-            q.min = np.array([float(q.min[0]) * ratio], np.float32)
+            new_min, new_max = 0.0, 255.0
+        elif i in outputs:
+            new_min, new_max = bottom[j] * output_margin, top[j] * output_margin
+        else:
+            new_min, new_max = lo[:, j].min(), hi[:, j].max()
+        q.min = np.array([min(new_min, 0.0)], np.float32)
         q.max = np.array([max(new_max, 1e-6)], np.float32)
         changed += 1
     summary = {"method": f"per-image p{percentile:g} max (activations), output max x{output_margin:g}",
@@ -145,13 +154,15 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
 
 
 def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8", percentile: float = 99.99,
-                  output_margin: float = 2.0, log_path: Path | None = None,
+                  output_margin: float = 2.0, bias_correction: float = 0.5, log_path: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
     """Full-integer post-training quantization: int8 per-channel weights, int8 activations,
     integer-only builtin ops, int8 output, ``input_type`` input (uint8 | int8 | float32).
 
     Args:
         crops: N x H x W x 3 uint8 calibration crops (pixels as the artifact receives them).
+        bias_correction: strength of the empirical bias correction (0 = off), measured on at most
+            BIAS_CORRECTION_CROPS evenly spaced crops.
     Returns:
         (the .tflite bytes, a summary of the range method).
     """
@@ -168,13 +179,36 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
                     tuned, fully_quantize=True,
                     input_data_type=tf.float32 if input_type == "float32" else tf.int8,
                     output_data_type=tf.int8)
+            if bias_correction > 0:
+                from .bias_correction import correct_biases
+
+                subset = crops[::max(1, -(-len(crops) // BIAS_CORRECTION_CROPS))]
+                with contextlib.redirect_stdout(sink):
+                    model, bc_summary = correct_biases(bytes(model), calibrated, subset, bias_correction,
+                                                       progress)
+                summary.update(bc_summary)
             if input_type == "uint8":
                 model = uint8_input(bytes(model))
+            model = compact_names(bytes(model))
     except ConvertError:
         raise
     except Exception as e:
         raise ConvertError(f"TFLite int8 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
     return bytes(model), summary
+
+
+def compact_names(model_bytes: bytes) -> bytes:
+    """Shorten the converter's fused tensor names ("a/Relu;a/Add;a/convolution;Const_49") to their
+    first part; the file is smaller and the graph reads the same (inputs and outputs keep theirs)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    sg = model.subgraphs[0]
+    keep = {int(i) for i in sg.inputs} | {int(i) for i in sg.outputs}
+    for i, tensor in enumerate(sg.tensors):
+        if i not in keep and tensor.name and b";" in tensor.name:
+            tensor.name = tensor.name.split(b";")[0]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def uint8_input(model_bytes: bytes) -> bytes:

@@ -1,0 +1,49 @@
+"""Empirical bias correction on the real converted model: it must undo a known shift of one bias."""
+from pathlib import Path
+
+import numpy as np
+
+from convert.bias_correction import _bias_offset, _channel_stats, _interpreter, _unshare_biases, correct_biases
+from convert.calibration import load_views
+from convert.pipeline import sibling_paths
+from edge_runtime.metadata import read_model_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bias(model: bytes, op: dict) -> tuple[np.ndarray, int]:
+    tensor = int(op["inputs"][2])
+    n = int(_interpreter(model)[0].get_tensor(tensor).size)
+    start = _bias_offset(bytearray(model), tensor)
+    return np.frombuffer(model[start:start + 4 * n], np.int32).copy(), start
+
+
+def test_correction_undoes_a_shifted_bias(int8_model):
+    """Shift one channel of a middle layer by 30% of its mean output; correction against the float
+    model must bring it back to within 15% of the shift, and leave the other channels near where they were."""
+    model = _unshare_biases(int8_model.read_bytes())
+    float_model = sibling_paths(int8_model)[1].read_bytes()
+    info = read_model_info(int8_model)
+    photos = sorted((ROOT / "calib_data").glob("*.jpg"))[:12]
+    crops, _ = load_views(photos, info.preprocessing, scales=(1.0,), mirror=False)
+
+    layer = 5
+    it, ops = _interpreter(model)
+    means, _ = _channel_stats(it, [ops[layer]], crops)
+    channel = int(np.argmax(means[0]))
+    scales = {d["index"]: d["quantization_parameters"]["scales"] for d in it.get_tensor_details()}
+    inp, w = (int(i) for i in ops[layer]["inputs"][:2])
+    shift = int(round(0.3 * means[0][channel] / (scales[inp][0] * scales[w][channel])))
+    assert shift > 100
+    original, start = _bias(model, ops[layer])
+    bad = original.copy()
+    bad[channel] += shift
+    shifted = bytearray(model)
+    shifted[start:start + 4 * len(bad)] = bad.tobytes()
+
+    fixed, summary = correct_biases(bytes(shifted), float_model, crops, strength=1.0)
+    after, _ = _bias(fixed, ops[layer])
+    assert summary["bias_correction"]["layers"] == len(ops)
+    assert abs(int(after[channel]) - int(original[channel])) < 0.15 * shift, (original[channel], shift, after[channel])
+    others = np.delete(np.abs(after.astype(np.int64) - original), channel)
+    assert np.median(others) < 0.15 * shift
