@@ -40,20 +40,29 @@ def peer_path(int8_path: Path, runtime: str) -> Path:
             "pytorch": int8_path.with_name(f"{stem}_float.onnx")}[runtime]
 
 
+# Instruction-set features that decide int8 versus float speed (XNNPACK's int8 kernels use them):
+# x86 AVX2 / AVX-512 / VNNI, ARM dot product (asimddp) and i8mm.
+INT8_ISA = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+
+
 def machine() -> dict:
     """The machine record: CPU, cores, OS, Python, package versions, frequency governor."""
     import cv2
 
     from .interpreter import backend_version, find_backend
 
-    cpu = platform.processor() or ""
+    info: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.lower().startswith(("model name", "hardware", "model\t")):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, sep, value = line.partition(":")
+            if sep:
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    # x86: "model name"; Raspberry Pi: "Model" (the board) or "Hardware"; x86's lowercase "model" is a number
+    cpu = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or ""
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = sorted(flags & INT8_ISA)
     governor = None
     try:
         governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
@@ -64,7 +73,7 @@ def machine() -> dict:
         version = backend_version(backend)
     except Exception as e:  # noqa: BLE001 (reported, not fatal)
         backend, version = f"none ({e})", ""
-    rec = {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
+    rec = {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
            "python": platform.python_version(), "interpreter": backend, "interpreter_version": version,
            "numpy": np.__version__, "opencv": cv2.__version__, "governor": governor}
     if governor and governor != "performance":

@@ -46,7 +46,11 @@ def test_figures_are_sane(bench_run, int8_model):
         assert r["accuracy"]["images"] == 20 and 0 <= r["accuracy"]["top1"] <= r["accuracy"]["top5"] <= 100
     first = ok[0]
     assert first["agreement"] == 100.0 and first["pipeline"]["frames"] == 180 and first["pipeline"]["fps"] > 0
-    assert data["machine"]["cores"] and data["machine"]["interpreter"]
+    m = data["machine"]
+    assert m["cores"] and m["interpreter"] and isinstance(m["isa"], list)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "model name" in cpuinfo:  # x86: the CPU's name, not the family's model number printed above it
+        assert m["cpu"] in cpuinfo and not m["cpu"].isdigit(), m["cpu"]
     rows = list(csv.DictReader(open(out / "b.csv")))
     assert len(rows) == 10 and (out / "b.png").stat().st_size > 10_000
 
@@ -73,6 +77,17 @@ def test_reference_regression_and_atomic_results(bench_run, int8_model, tmp_path
     proc = _bench("--model", int8_model, "--runs", "5", "--min-seconds", "0", "--reference", tmp_path / "ref.json",
                   "--fail-on-regression", "--json", tmp_path / "keep.json")
     assert proc.returncode == 1 and "regression:" in proc.stdout
+    assert "note: reference measured on" not in proc.stdout  # same machine: no cross-machine note
     assert json.loads((tmp_path / "keep.json").read_text())["results"]  # replaced whole, never partial
     bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--json", tmp_path / "x.json")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
+
+
+def test_reference_from_another_cpu_is_named():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from benchmark import machine_difference
+
+    here = {"cpu": "AMD EPYC", "isa": ["avx2"], "cores": 2, "arch": "x86_64"}
+    assert machine_difference(here, dict(here)) is None
+    note = machine_difference(dict(here, cpu="Intel Xeon", isa=["avx2", "avx512_vnni"]), here)
+    assert "Intel Xeon" in note and "avx512_vnni" in note and "AMD EPYC" in note

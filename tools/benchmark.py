@@ -115,6 +115,20 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def machine_difference(reference: dict, current: dict) -> str | None:
+    """A line when the reference was measured on another CPU (latencies then compare across machines)."""
+    keys = ("cpu", "isa", "cores", "arch")
+    if not reference or not current or all(reference.get(k) == current.get(k) for k in keys):
+        return None
+
+    def show(m: dict) -> str:
+        isa = m.get("isa")
+        flags = "ISA not recorded" if isa is None else "/".join(isa) or "no int8 ISA flags"
+        return f"{m.get('cpu') or '?'} ({m.get('cores')} cores, {flags})"
+    return f"reference measured on {show(reference)}, this machine is {show(current)}: latency differences " \
+           "include the CPU, not only the model"
+
+
 def compare(results: list[dict], reference: dict, tolerance: float) -> list[str]:
     ref = {r["label"]: r for r in reference.get("results", []) if "error" not in r}
     worse = []
@@ -226,6 +240,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2
+        note = machine_difference(reference.get("machine", {}), out["machine"])
+        if note:
+            print(f"note: {note}")
         worse = compare(results, reference, args.tolerance)
         for w in worse:
             print(f"regression: {w}")
