@@ -32,14 +32,10 @@ def _interpreter(model: bytes):
 
 
 def _feed(it, crop: np.ndarray) -> None:
+    from edge_runtime.classify import input_tensor
+
     d = it.get_input_details()[0]
-    if d["dtype"] == np.float32:
-        it.set_tensor(d["index"], crop[None].astype(np.float32))
-        return
-    scale, zero = d["quantization"]
-    info = np.iinfo(d["dtype"])
-    q = np.clip(np.round(crop.astype(np.float32) / scale + zero), info.min, info.max)
-    it.set_tensor(d["index"], q[None].astype(d["dtype"]))
+    it.set_tensor(d["index"], input_tensor(crop, d["dtype"], *d["quantization"])[None])
 
 
 def _channel_stats(it, ops: list[dict], crops: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -92,15 +88,17 @@ def _unshare_biases(model: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(m)) if changed else model
 
 
-def _bias_offset(model: bytearray, tensor: int) -> int:
-    """Byte offset of a constant tensor's data inside the flatbuffer."""
+def read_bias(model: bytes | bytearray, tensor: int, channels: int) -> tuple[np.ndarray, int]:
+    """(the int32 values of a bias tensor, their byte offset inside the flatbuffer)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     root = schema.Model.GetRootAs(model, 0)
     buf = root.Buffers(root.Subgraphs(0).Tensors(tensor).Buffer())
-    if buf.DataLength() == 0:
-        raise ConvertError("bias correction: a bias tensor has no data in the model")
-    return buf._tab.Vector(buf._tab.Offset(4))  # noqa: SLF001 (field 0 of Buffer: data)
+    if buf.DataLength() != 4 * channels:
+        raise ConvertError(f"bias correction: a bias tensor holds {buf.DataLength()} bytes, "
+                           f"{4 * channels} expected")
+    start = buf._tab.Vector(buf._tab.Offset(4))  # noqa: SLF001 (field 0 of Buffer: data)
+    return np.frombuffer(bytes(model[start:start + 4 * channels]), np.int32).copy(), start
 
 
 def _levels(ops: list[dict]) -> list[list[int]]:
@@ -144,9 +142,8 @@ def correct_biases(int8_model: bytes, float_model: bytes, crops: np.ndarray, str
             inp, w, b = (int(i) for i in qops[k]["inputs"][:3])
             bias_scale = details[inp]["scales"][0] * np.asarray(details[w]["scales"], np.float64)
             err = (q_mean - f_means[k]) / np.maximum(f_active[k], MIN_ACTIVE)
-            start = _bias_offset(data, b)
-            bias = np.frombuffer(bytes(data[start:start + 4 * len(err)]), np.int32).astype(np.int64)
-            new = bias - np.round(strength * err / bias_scale).astype(np.int64)
+            bias, start = read_bias(data, b, len(err))
+            new = bias.astype(np.int64) - np.round(strength * err / bias_scale).astype(np.int64)
             new = np.clip(new, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
             data[start:start + 4 * len(err)] = new.tobytes()
             shifts.append(float(np.mean(np.abs(err)) / max(float(np.mean(np.abs(f_means[k]))), 1e-9)))

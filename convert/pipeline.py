@@ -237,7 +237,8 @@ def convert(opts: ConvertOptions) -> dict:
         saved_model, float_tflite = onnx_to_saved_model(to_tf, work / "tf", crops)
         _progress(opts, t0, "calibrating and quantizing to int8")
         int8, cal_summary = quantize_int8(saved_model, crops, opts.input_type, opts.percentile, opts.output_margin,
-                                          bias_correction=opts.bias_correction, log_path=work / "tflite.log", progress=lambda m: _progress(opts, t0, m))
+                                          bias_correction=opts.bias_correction, log_path=work / "tflite.log",
+                                          progress=lambda m: _progress(opts, t0, m))
         conversion_s = time.perf_counter() - t_conv
         calibration = {"images": len(used), "views": int(len(crops)), "held_out": len(held),
                        "skipped": len(skipped), "folder": calib_dir.name,

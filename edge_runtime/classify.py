@@ -30,6 +30,16 @@ class Prediction:
     score: float  # softmax probability
 
 
+def input_tensor(crop: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """An HxWx3 uint8 crop as a model input of ``dtype``: uint8 as it is, int8 quantized with the
+    model's own input parameters, float32 as pixel values 0..255."""
+    if dtype == np.uint8:
+        return crop
+    if dtype == np.int8:
+        return np.clip(np.round(crop / (scale or 1.0) + zero_point), -128, 127).astype(np.int8)
+    return crop.astype(np.float32)
+
+
 class Classifier:
     """A TFLite image classifier driven by its embedded metadata.
 
@@ -109,13 +119,7 @@ class Classifier:
 
     def set_crop(self, crop: np.ndarray) -> None:
         """Copy an already cropped HxWx3 uint8 image (in the model's channel order) into the input."""
-        if self.input_dtype == np.uint8:
-            data = crop
-        elif self.input_dtype == np.int8:  # quantize with the model's own input parameters
-            scale = self.input_scale or 1.0
-            data = np.clip(np.round(crop / scale + self.input_zero_point), -128, 127).astype(np.int8)
-        else:
-            data = crop.astype(np.float32)
+        data = input_tensor(crop, self.input_dtype, self.input_scale, self.input_zero_point)
         self.interpreter.set_tensor(self.input_index, data[None])
 
     def invoke(self) -> None:

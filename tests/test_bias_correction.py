@@ -3,19 +3,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.bias_correction import _bias_offset, _channel_stats, _interpreter, _unshare_biases, correct_biases
+from convert.bias_correction import _channel_stats, _interpreter, _unshare_biases, correct_biases, read_bias
 from convert.calibration import load_views
 from convert.pipeline import sibling_paths
 from edge_runtime.metadata import read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bias(model: bytes, op: dict) -> tuple[np.ndarray, int]:
-    tensor = int(op["inputs"][2])
-    n = int(_interpreter(model)[0].get_tensor(tensor).size)
-    start = _bias_offset(bytearray(model), tensor)
-    return np.frombuffer(model[start:start + 4 * n], np.int32).copy(), start
 
 
 def test_correction_undoes_a_shifted_bias(int8_model):
@@ -35,14 +28,15 @@ def test_correction_undoes_a_shifted_bias(int8_model):
     inp, w = (int(i) for i in ops[layer]["inputs"][:2])
     shift = int(round(0.3 * means[0][channel] / (scales[inp][0] * scales[w][channel])))
     assert shift > 100
-    original, start = _bias(model, ops[layer])
+    bias_tensor, channels = int(ops[layer]["inputs"][2]), len(means[0])
+    original, start = read_bias(model, bias_tensor, channels)
     bad = original.copy()
     bad[channel] += shift
     shifted = bytearray(model)
     shifted[start:start + 4 * len(bad)] = bad.tobytes()
 
     fixed, summary = correct_biases(bytes(shifted), float_model, crops, strength=1.0)
-    after, _ = _bias(fixed, ops[layer])
+    after, _ = read_bias(fixed, bias_tensor, channels)
     assert summary["bias_correction"]["layers"] == len(ops)
     assert abs(int(after[channel]) - int(original[channel])) < 0.15 * shift, (original[channel], shift, after[channel])
     others = np.delete(np.abs(after.astype(np.int64) - original), channel)
