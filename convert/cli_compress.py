@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
               f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
               f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
     if args.report:
+        from edge_runtime.fileio import atomic_write
+
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write(args.report, (json.dumps(report, indent=1) + "\n").encode())
     return 0

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="factor on the calibrated max of the output logits (default 2.0)")
     p.add_argument("--bias-correction", type=float, default=0.5,
                    help="strength of the empirical bias correction of the int8 layers, 0 to disable (default 0.5)")
+    p.add_argument("--weight-rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="SqueezeNet weights onto the int8 grid: gptq = minimize each convolution's output error "
+                        "on the calibration views (default), nearest = TFLite's own rounding")
     from .calibration import DEFAULT_SCALES
 
     scales = ",".join(f"{v:g}" for v in DEFAULT_SCALES)
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
                           calib_scales=tuple(float(x) for x in args.calib_scales.split(",")),
                           equalize=args.equalize, percentile=args.percentile, output_margin=args.output_margin,
-                          bias_correction=args.bias_correction,
+                          bias_correction=args.bias_correction, weight_rounding=args.weight_rounding,
                           preprocessing=pp, labels=labels, model_name=args.name, quiet=args.quiet)
     try:
         report = convert(opts)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .models.squeezenet import Fire, SqueezeNet
+from .observe import observe
 
 
 def _pairs(model: SqueezeNet) -> list[tuple[list[tuple[nn.Conv2d, int]], list[nn.Conv2d]]]:
@@ -47,13 +48,7 @@ def channel_ranges(model: nn.Module, convs: list[nn.Conv2d], batches: Iterable[t
             ranges[conv] = np.maximum(ranges.get(conv, q), q)
         return fn
 
-    handles = [c.register_forward_hook(hook(c)) for c in convs]
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    observe(model, convs, hook, batches)
     return ranges
 
 

@@ -27,6 +27,7 @@ from .calibration import DEFAULT_SCALES, load_views
 from .errors import ConvertError, GateError
 
 MIN_CALIB_IMAGES = 20
+ROUNDING_CROPS = 96  # calibration views whose convolution inputs drive GPTQ weight rounding
 HOLDOUT_EVERY = 5  # every 5th calibration image is held out to validate on unseen photos
 
 
@@ -46,6 +47,7 @@ class ConvertOptions:
     percentile: float = 99.99
     output_margin: float = 2.0
     bias_correction: float = 0.5
+    weight_rounding: str = "gptq"  # gptq | nearest (TFLite's own rounding)
     calib_scales: tuple[float, ...] = DEFAULT_SCALES
     preprocessing: Preprocessing | None = None  # for --onnx
     labels: list[str] | None = None  # for --onnx
@@ -195,6 +197,7 @@ def convert(opts: ConvertOptions) -> dict:
 
     from .export import export_onnx
     from .equalize import equalize
+    from .rounding import gptq_round
     from .tflite import onnx_to_saved_model, quantize_int8
     from .calibration_data import default_calib_dir
 
@@ -205,6 +208,9 @@ def convert(opts: ConvertOptions) -> dict:
     _check_writable(out)
     if opts.input_type not in ("uint8", "int8", "float32"):
         raise ConvertError(f"--input-type {opts.input_type}: uint8, int8 or float32 expected")
+    if opts.weight_rounding not in ("gptq", "nearest"):
+        raise ConvertError(f"--weight-rounding {opts.weight_rounding}: gptq or nearest expected")
+    rounding_summary: dict = {"weight_rounding": {"method": "nearest (TFLite's quantizer)"}}
     float_onnx_out, float_tflite_out = sibling_paths(out)
     _progress(opts, t0, "loading model")
     src = _load_source(opts)
@@ -218,32 +224,45 @@ def convert(opts: ConvertOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="convert-", dir=out.parent) as tmpdir:
         work = Path(tmpdir).resolve()  # onnx2tf runs with its own working directory
         float_onnx = work / "float.onnx"
-        to_tf = work / "equalized.onnx"
+        to_tf = work / "equalized.onnx"  # float-equivalent: the float TFLite and the float reference
+        to_quantize: Path | None = None  # the model with weights rounded onto the int8 grid, if any
+        t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
         _progress(opts, t0, "exporting ONNX")
         if src.torch_model is not None:
             folded = src.torch_model.folded()
             export_onnx(folded, pp.input_size, float_onnx)
+            x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
             if opts.equalize > 0:
-                x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+                _progress(opts, t0, "equalizing channel ranges")
                 eq = equalize(folded, [x[i:i + 32] for i in range(0, len(x), 32)], strength=opts.equalize)
                 export_onnx(eq, pp.input_size, to_tf)
             else:
-                to_tf = float_onnx
+                eq, to_tf = folded, float_onnx
+            if opts.weight_rounding == "gptq":
+                _progress(opts, t0, "rounding weights onto the int8 grid (GPTQ)")
+                subset = x[::max(1, -(-len(x) // ROUNDING_CROPS))]
+                rounded, rounding_summary = gptq_round(eq, [subset[i:i + 16] for i in range(0, len(subset), 16)])
+                to_quantize = work / "rounded.onnx"
+                export_onnx(rounded, pp.input_size, to_quantize)
         else:
             _onnx_with_normalization(src.onnx_path, pp, float_onnx)
             to_tf = float_onnx
-        t_conv = time.perf_counter()
         _progress(opts, t0, "onnx2tf: ONNX -> TensorFlow")
         saved_model, float_tflite = onnx_to_saved_model(to_tf, work / "tf", crops)
+        reference = None
+        if to_quantize is not None:
+            reference = saved_model
+            saved_model, _ = onnx_to_saved_model(to_quantize, work / "tf_rounded", crops)
         _progress(opts, t0, "calibrating and quantizing to int8")
         int8, cal_summary = quantize_int8(saved_model, crops, opts.input_type, opts.percentile, opts.output_margin,
+                                          reference=reference,
                                           bias_correction=opts.bias_correction, log_path=work / "tflite.log",
                                           progress=lambda m: _progress(opts, t0, m))
         conversion_s = time.perf_counter() - t_conv
         calibration = {"images": len(used), "views": int(len(crops)), "held_out": len(held),
                        "skipped": len(skipped), "folder": calib_dir.name,
                        "equalization_strength": opts.equalize if src.torch_model is not None else 0.0,
-                       **cal_summary}
+                       **rounding_summary, **cal_summary}
         info = ModelInfo(preprocessing=pp, labels=src.labels, model_name=src.name, input_dtype=opts.input_type,
                          input_channel_order="BGR", wnids=src.wnids,
                          extra={"weights_sha256": src.sha256, "calibration": calibration,

@@ -154,7 +154,8 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
 
 
 def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8", percentile: float = 99.99,
-                  output_margin: float = 2.0, bias_correction: float = 0.5, log_path: Path | None = None,
+                  output_margin: float = 2.0, bias_correction: float = 0.5,
+                  reference: Path | None = None, log_path: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
     """Full-integer post-training quantization: int8 per-channel weights, int8 activations,
     integer-only builtin ops, int8 output, ``input_type`` input (uint8 | int8 | float32).
@@ -163,6 +164,8 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
         crops: N x H x W x 3 uint8 calibration crops (pixels as the artifact receives them).
         bias_correction: strength of the empirical bias correction (0 = off), measured on at most
             BIAS_CORRECTION_CROPS evenly spaced crops.
+        reference: the float SavedModel bias correction aims at, when ``saved_model`` approximates it
+            (weights already rounded onto the int8 grid); default ``saved_model`` itself.
     Returns:
         (the .tflite bytes, a summary of the range method).
     """
@@ -184,7 +187,8 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
 
                 subset = crops[::max(1, -(-len(crops) // BIAS_CORRECTION_CROPS))]
                 with contextlib.redirect_stdout(sink):
-                    model, bc_summary = correct_biases(bytes(model), calibrated, subset, bias_correction,
+                    target = _calibrate(reference, crops, sink) if reference is not None else calibrated
+                    model, bc_summary = correct_biases(bytes(model), target, subset, bias_correction,
                                                        progress)
                 summary.update(bc_summary)
             if input_type == "uint8":

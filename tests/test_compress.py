@@ -73,9 +73,10 @@ def test_compressed_model_feeds_the_converter(goal):
     assert int8["top1_float_compressed"] == rep["top1_compressed"]
     assert set(op_report(Path(int8["out"]).read_bytes())["ops"]) <= {
         "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE"}
-    # regression floor at what it reliably achieves (measured 63.6% / 92.6% agreement); the issue's
-    # target, within 1.0 point of the compressed float model, is met by the 7-bit fine-tuned model only
-    assert int8["top1"] >= rep["top1_compressed"] - 1.5 and int8["agreement"] >= 91.0, int8
+    # the figure with the converter's gates: int8 top-1 within 1.0 point of the compressed
+    # float model, top-1 agreement >= 95% (measured 64.4% vs 64.8%, 96.2%)
+    assert int8["gates"]["passed"] and int8["gates"]["min_agreement"] == 0.95, int8
+    assert int8["top1_drop"] <= 1.0 and int8["agreement"] >= 95.0, int8
 
 
 def test_corrupt_and_truncated_containers(tmp_path, weights_env):

@@ -68,6 +68,7 @@ def test_report_figures(converted):
     hold = converted["validation"]["calibration_holdout"]
     assert hold["images"] >= 10 and hold["agreement"] >= 80.0
     assert converted["calibration"]["bias_correction"]["layers"] == 26
+    assert converted["calibration"]["weight_rounding"]["layers"] == 26
 
 
 def test_int8_top1_matches_float_on_real_photos(int8_model, float_model):

@@ -166,11 +166,11 @@ def compress(opts: CompressOptions) -> dict:
     if opts.tflite:
         from ..pipeline import ConvertOptions, convert
 
-        say("decode -> int8 TFLite")
-        conv = convert(ConvertOptions(out=Path(opts.tflite), weights=str(out), val=opts.val, min_agreement=None,
-                                      max_top1_drop=None, quiet=opts.quiet))
+        say("decode -> int8 TFLite (the converter's own gates)")
+        conv = convert(ConvertOptions(out=Path(opts.tflite), weights=str(out), val=opts.val, quiet=opts.quiet))
         val = conv["validation"].get("val", {})
         report["int8"] = {"out": str(opts.tflite), "bytes": conv["sizes"]["int8_tflite"],
                           "top1": val.get("int8_top1"), "top1_float_compressed": val.get("float_top1"),
-                          "agreement": val.get("agreement")}
+                          "top1_drop": val.get("top1_drop"), "agreement": val.get("agreement"),
+                          "gates": conv["gates"]}
     return report
