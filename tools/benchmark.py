@@ -100,6 +100,11 @@ def build_cases(args) -> tuple[list[bench.Case], list[str]]:
     return cases, notes
 
 
+def _cell(value: float | None, width: int) -> str:
+    """A figure with one decimal, or "-" when it was not measured."""
+    return f"{value:{width}.1f}" if value is not None else f"{'-':>{width}}"
+
+
 def table(results: list[dict]) -> str:
     head = f"{'case':34} {'size KB':>8} {'load ms':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'RSS MB':>7} {'top-1':>6} {'agree':>6} {'e2e FPS':>8}"
     rows = [head, "-" * len(head)]
@@ -110,8 +115,7 @@ def table(results: list[dict]) -> str:
         L, acc, pipe = r["latency_ms"], r.get("accuracy", {}), r.get("pipeline", {})
         rows.append(f"{r['label'][:34]:34} {r['size_bytes'] / 1024:8.0f} {r['load_ms']:8.1f} {L['p50']:8.2f} "
                     f"{L['p90']:8.2f} {L['p99']:8.2f} {L['mean']:8.2f} {r['peak_rss_mb']:7.1f} "
-                    f"{acc.get('top1', float('nan')):6.1f} {r.get('agreement', float('nan')):6.1f} "
-                    f"{pipe.get('fps', float('nan')):8.1f}")
+                    f"{_cell(acc.get('top1'), 6)} {_cell(r.get('agreement'), 6)} {_cell(pipe.get('fps'), 8)}")
     return "\n".join(rows)
 
 
