@@ -91,7 +91,7 @@ def _apply(model, layers):
 def _top1(model, record, val, limit=None) -> float:
     from ..evaluate import evaluate_torch
 
-    return evaluate_torch(model, record, str(val), limit=limit, progress=False).top1
+    return round(evaluate_torch(model, record, str(val), limit=limit, progress=False).top1, 3)
 
 
 def sensitivity_table(model, record, val: Path, limit: int | None = 100, quiet: bool = False) -> list[dict]:
