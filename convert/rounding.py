@@ -68,9 +68,8 @@ def round_to_grid(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
     live = scale > 0
     s = torch.where(live, scale, torch.ones_like(scale))
     H = hessian.clone()
-    dead = torch.diag(H) == 0
+    dead = torch.diag(H) == 0  # inputs never active on the calibration views: rounded to nearest, kept
     H[dead, dead] = 1
-    W[:, dead] = 0
     H += DAMPING * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
