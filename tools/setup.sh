@@ -2,6 +2,24 @@
 # Create .venv with the converter + runtime + test dependencies. Idempotent; offline-safe once cached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages the tests and tools use: Fashion-MNIST (training tests), Chromium + its driver (the
+# browser test of the web view), ffmpeg. Installed only when missing, so local runs stay fast.
+APT_PACKAGES="dataset-fashion-mnist chromium chromium-driver ffmpeg"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "setup: error: Debian packages missing:$missing (install them with your system's package manager)" >&2
+    exit 1
+  fi
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages:$missing" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
