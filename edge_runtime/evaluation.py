@@ -93,6 +93,37 @@ def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequenc
     return out
 
 
+HALVES = ("tune", "report")
+
+
+def class_half(index: int) -> str:
+    """The half of a labelled set that class ``index`` belongs to: the rule every figure follows.
+
+    Classes are dealt out in pairs by index: 0-1 "tune", 2-3 "report", 4-5 "tune", ... i.e.
+    ``"tune" if (index // 2) % 2 == 0 else "report"``. Settings are chosen on the tuning half only and
+    quoted on the reporting half, whose images and classes no choice has seen. On val500 (one image of
+    every even ImageNet class) the tuning half is the classes with ``index % 4 == 0`` and the reporting
+    half those with ``index % 4 == 2``: 250 images each, the same mix of animals, objects and scenes.
+    """
+    if index < 0:
+        raise ValueError(f"class index {index}: >= 0 expected")
+    return HALVES[(index // 2) % 2]
+
+
+def split_by_class(images: LabelledImages, half: str) -> LabelledImages:
+    """The images of ``images`` whose class lies in ``half`` ("tune" or "report"), order kept.
+
+    Deterministic and disjoint: a class, and so every image of it, is in exactly one half.
+    Raises DatasetError for another half name or when the half holds no image.
+    """
+    if half not in HALVES:
+        raise DatasetError(f"half {half!r}: one of {', '.join(HALVES)} expected")
+    keep = [i for i, t in enumerate(images.targets) if class_half(t) == half]
+    if not keep:
+        raise DatasetError(f"the {half} half holds no image (classes {sorted(set(images.targets))[:10]}...)")
+    return LabelledImages([images.paths[i] for i in keep], [images.targets[i] for i in keep], list(images.skipped))
+
+
 def iter_crops(paths: Iterable[Path], pp: Preprocessing, rgb: bool = False):
     """Yield (index, crop or None) for each path; None marks an unreadable image."""
     for i, path in enumerate(paths):

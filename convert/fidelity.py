@@ -1,0 +1,90 @@
+"""Figures of an int8 model against its float model, with 95% intervals, overall and per half.
+
+Agreement is the fraction of images where both name the same top-1 class (no labels needed); the
+top-1 drop is float top-1 minus int8 top-1 on labelled images, a paired difference. Halves follow
+:func:`edge_runtime.evaluation.class_half`: settings are chosen on "tune", figures quoted on "report".
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.evaluation import HALVES, class_half
+from edge_runtime.intervals import clustered_interval, paired_difference, percent_interval
+
+
+def agreement_figures(f_scores: np.ndarray, q_scores: np.ndarray) -> dict:
+    """Top-1 agreement (percent, with its Wilson 95% interval), logit errors and exact ties at the top."""
+    f_top, q_top = f_scores.argmax(1), q_scores.argmax(1)
+    same = int(np.sum(f_top == q_top))
+    err = np.abs(f_scores.astype(np.float64) - q_scores)
+    ties = int(np.sum((q_scores == q_scores.max(1, keepdims=True)).sum(1) > 1))
+    return {"agreement": round(100.0 * same / len(f_top), 3), "agreement_ci95": percent_interval(same, len(f_top)),
+            "int8_ties_at_top": ties, "mean_abs_logit_error": round(float(err.mean()), 5),
+            "max_abs_logit_error": round(float(err.max()), 5)}
+
+
+def labelled_figures(f_scores: np.ndarray, q_scores: np.ndarray, targets: np.ndarray) -> dict:
+    """Top-1 of both models, the top-1 drop with Newcombe's paired 95% interval, and the agreement figures."""
+    t = np.asarray(targets)
+    f_ok, q_ok = f_scores.argmax(1) == t, q_scores.argmax(1) == t
+    drop, lo, hi = paired_difference(f_ok.tolist(), q_ok.tolist())
+    return {"images": int(len(t)), "float_top1": round(100.0 * float(f_ok.mean()), 3),
+            "int8_top1": round(100.0 * float(q_ok.mean()), 3), "top1_drop": round(100.0 * drop, 3),
+            "top1_drop_ci95": [round(100 * lo, 1), round(100 * hi, 1)], **agreement_figures(f_scores, q_scores)}
+
+
+def half_figures(f_scores: np.ndarray, q_scores: np.ndarray, targets) -> dict:
+    """:func:`labelled_figures` on each half by class, and report minus tune for agreement and drop."""
+    t = np.asarray(targets)
+    halves = np.array([class_half(int(c)) for c in t])
+    out: dict = {}
+    for half in HALVES:
+        keep = halves == half
+        if keep.any():
+            out[half] = labelled_figures(f_scores[keep], q_scores[keep], t[keep])
+    if len(out) == 2:
+        out["report_minus_tune"] = {k: round(out["report"][k] - out["tune"][k], 3)
+                                    for k in ("agreement", "top1_drop")}
+    return out
+
+
+# The views every unlabelled check uses (fixed: a tuning setting must not change what it is judged on)
+CHECK_SCALES = (1.0, 1.3, 1.7, 2.2)
+
+
+def group_of(path: Path) -> str:
+    """Views of one file, and files named ``<clip>_<frame number>``, form one correlated group."""
+    return re.sub(r"_\d+$", "", Path(path).stem)
+
+
+def check_views(paths: list[Path], pp) -> tuple[np.ndarray, list[str], list[str]]:
+    """(N x H x W x 3 uint8 views, the group of each view, unreadable files) of unlabelled photos:
+    each photo at CHECK_SCALES, each also mirrored, through the one preprocessing."""
+    from edge_runtime.preprocess import PreprocessingError, read_image
+
+    from .calibration import views
+
+    crops, groups, skipped = [], [], []
+    for path in paths:
+        try:
+            vs = views(read_image(str(path)), pp, CHECK_SCALES, mirror=True)
+        except PreprocessingError:
+            skipped.append(str(path))
+            continue
+        crops += vs
+        groups += [group_of(path)] * len(vs)
+    return (np.stack(crops) if crops else np.zeros((0, *pp.input_size, 3), np.uint8)), groups, skipped
+
+
+def unlabelled_figures(f_scores: np.ndarray, q_scores: np.ndarray, groups: list[str]) -> dict:
+    """Agreement on unlabelled views with a cluster-robust 95% interval (groups of correlated views)."""
+    same = f_scores.argmax(1) == q_scores.argmax(1)
+    keys = sorted(set(groups))
+    g = np.array(groups)
+    stats = clustered_interval([int(same[g == k].sum()) for k in keys], [int((g == k).sum()) for k in keys])
+    ties = int(np.sum((q_scores == q_scores.max(1, keepdims=True)).sum(1) > 1))
+    return {**stats, "int8_ties_at_top": ties,
+            "mean_abs_logit_error": round(float(np.abs(f_scores.astype(np.float64) - q_scores).mean()), 5)}

@@ -1,0 +1,60 @@
+"""The val500 halves (settings chosen on one, figures quoted on the other) and the intervals of figures."""
+import numpy as np
+import pytest
+
+from edge_runtime.evaluation import DatasetError, class_half, find_labelled_images, split_by_class
+from edge_runtime.intervals import paired_difference, wilson
+
+
+def test_val500_halves_are_by_class_disjoint_and_deterministic(val500_dir, float_model):
+    _, record = float_model
+    images = find_labelled_images(val500_dir, record.wnids, record.labels)
+    tune, report = split_by_class(images, "tune"), split_by_class(images, "report")
+    assert len(tune.paths) == len(report.paths) == 250
+    assert not set(tune.paths) & set(report.paths)
+    assert not set(tune.targets) & set(report.targets)  # no class on both sides
+    assert set(tune.paths) | set(report.paths) == set(images.paths)
+    assert all(t % 4 == 0 for t in tune.targets) and all(t % 4 == 2 for t in report.targets)
+    again = split_by_class(find_labelled_images(val500_dir, record.wnids, record.labels), "report")
+    assert again.paths == report.paths  # same rule, same order, every time
+    # the rule is by class index alone: classes 0,1 tune, 2,3 report, ...
+    assert [class_half(i) for i in range(6)] == ["tune", "tune", "report", "report", "tune", "tune"]
+    assert record.labels[tune.targets[0]] == "tench" and record.labels[report.targets[0]] == "great_white_shark"
+    with pytest.raises(DatasetError, match="tune, report"):
+        split_by_class(images, "train")
+
+
+def test_wilson_interval():
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and abs(hi - 0.2775) < 1e-4  # the textbook value
+    lo, hi = wilson(475, 500)  # 95%: about +-2 points on 500 images
+    assert 0.926 < lo < 0.929 and 0.965 < hi < 0.967
+    with pytest.raises(ValueError):
+        wilson(11, 10)
+
+
+def test_paired_difference_interval_covers_about_95_percent():
+    """Simulated top-1 drops on 250 images: 63% both right, 4% only float right, 2% only int8 right."""
+    rng = np.random.default_rng(0)
+    covered, widths = 0, []
+    for _ in range(400):
+        kind = rng.choice(4, size=250, p=[0.63, 0.04, 0.02, 0.31])  # both, float only, int8 only, neither
+        f_ok, q_ok = np.isin(kind, (0, 1)), np.isin(kind, (0, 2))
+        d, lo, hi = paired_difference(list(f_ok), list(q_ok))
+        assert lo <= d <= hi
+        widths.append(hi - lo)
+        covered += lo <= 0.02 <= hi
+    assert 0.91 <= covered / 400 <= 0.99, covered
+    assert np.mean(widths) < 0.07  # paired: far narrower than two independent 65% figures (~0.17)
+    d, lo, hi = paired_difference([True, False] * 50, [True, False] * 50)
+    assert d == 0.0 and lo < 0 < hi
+
+
+def test_clustered_interval_counts_correlated_views_once():
+    from edge_runtime.intervals import clustered_interval
+
+    same = clustered_interval([8, 8, 0, 8], [8, 8, 8, 8])  # whole photos agree or not
+    spread = clustered_interval([6, 6, 6, 6], [8, 8, 8, 8])  # same 75%, spread evenly
+    assert same["agreement"] == spread["agreement"] == 75.0
+    assert same["design_effect"] > 4 and spread["design_effect"] == 1.0
+    assert same["agreement_ci95"][1] - same["agreement_ci95"][0] > spread["agreement_ci95"][1] - spread["agreement_ci95"][0]
