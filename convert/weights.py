@@ -8,7 +8,6 @@ variable ``SQUEEZENET_EDGE_WEIGHTS_DIR``; the per-user cache; a download from th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import sys
 import urllib.request
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.fileio import atomic_write
+from edge_runtime.fileio import atomic_write, sha256_file
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.preprocess import Preprocessing
 
@@ -88,14 +87,6 @@ CONTAINER_LOADERS: list[tuple[bytes, Callable[[Path], tuple[dict, WeightsRecord]
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "squeezenet-edge" / "weights"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verify(path: Path, record: WeightsRecord) -> str:

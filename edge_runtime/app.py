@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import cv2
+import numpy as np
 
 from .classify import Classifier
 from .overlay import FpsMeter, draw, summary_line
@@ -68,6 +69,20 @@ class _Recorder:
             self.writer = None
 
 
+def result_record(frame_no: int, preds: list, infer_ms: float, fps: float) -> dict:
+    """The result of one classified frame: the ``--json`` line, ``/predictions`` and ``/events``
+    all carry exactly this record (one schema, built here only)."""
+    return {"frame": frame_no, "time": round(time.time(), 3), "inference_ms": round(infer_ms, 2),
+            "fps": round(fps, 1),
+            "top": [{"index": p.index, "label": p.label, "score": round(p.score, 4)} for p in preds]}
+
+
+# Called once per classified frame with (frame, record, annotated): the BGR frame, the
+# result_record, and whether the overlay is already drawn on it. The loop never touches the frame
+# again after the call; the observer must return at once and must not modify the frame.
+Observer = Callable[[np.ndarray, dict, bool], None]
+
+
 def install_stop_signals(stop: threading.Event, source=None) -> None:
     """SIGTERM and SIGINT set ``stop`` (and end the source) so the loop ends cleanly and releases
     the camera and finalizes the recording."""
@@ -84,8 +99,11 @@ def install_stop_signals(stop: threading.Event, source=None) -> None:
 
 
 def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event | None = None,
-        on_result: Callable[[int, list], None] | None = None) -> RunStats:
-    """Classify frames from ``source`` until it ends, ``max_frames``, or ``stop`` is set."""
+        on_result: Callable[[int, list], None] | None = None, observer: Observer | None = None) -> RunStats:
+    """Classify frames from ``source`` until it ends, ``max_frames``, or ``stop`` is set.
+
+    ``on_result(frame_no, predictions)`` and ``observer(frame, record, annotated)`` (see
+    :data:`Observer`, e.g. the web service's ``publish``) are called once per classified frame."""
     stop = stop or threading.Event()
     stats, fps_meter = RunStats(), FpsMeter()
     recorder = _Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0)) if opts.record else None
@@ -108,25 +126,26 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
                 stats.first_result_seconds = t1 - t_start
             if on_result:
                 on_result(stats.frames, preds)
+            record = result_record(stats.frames, preds, infer_ms, fps) if opts.json_lines or observer else None
             if opts.json_lines:
-                opts.out.write(json.dumps({
-                    "frame": stats.frames, "time": round(time.time(), 3), "inference_ms": round(infer_ms, 2),
-                    "fps": round(fps, 1),
-                    "top": [{"index": p.index, "label": p.label, "score": round(p.score, 4)} for p in preds]}) + "\n")
+                opts.out.write(json.dumps(record) + "\n")
                 opts.out.flush()
             elif not opts.display and t1 - last_log >= opts.log_interval:
                 opts.out.write(f"frame {stats.frames}: {summary_line(preds, infer_ms, fps)}\n")
                 opts.out.flush()
                 last_log = t1
-            if opts.display or recorder:
+            annotated = bool(opts.display or recorder)
+            if annotated:
                 draw(frame, preds, infer_ms, fps)
                 if recorder:
                     recorder.write(frame)
-                if opts.display:
-                    cv2.imshow("edge_runtime", frame)
-                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                        stats.stopped_by = "user"
-                        break
+            if observer:
+                observer(frame, record, annotated)
+            if opts.display:
+                cv2.imshow("edge_runtime", frame)
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    stats.stopped_by = "user"
+                    break
             if opts.max_frames and stats.frames >= opts.max_frames:
                 stats.stopped_by = "max frames"
                 break

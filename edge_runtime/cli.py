@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from . import serve
 from .classify import Classifier, ModelError
 from .interpreter import InterpreterUnavailable
 from .preprocess import Preprocessing, PreprocessingError
@@ -17,6 +18,8 @@ EXAMPLES = """examples:
   python -m edge_runtime --camera 0
   python -m edge_runtime --source samples/sample_clip.mp4 --headless --json --max-frames 50
   python -m edge_runtime --source rtsp://192.0.2.10/stream --model build/squeezenet1_0_int8.tflite --threads 4
+  python -m edge_runtime --camera 0 --serve 8080                 # then open http://127.0.0.1:8080/
+  EDGE_RUNTIME_TOKEN=long-secret python -m edge_runtime --camera 0 --serve 0.0.0.0:8080
 """
 
 
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--simulate-disconnect-every", type=int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
+    p.add_argument("--simulate-disconnect-seconds", type=float, default=0.0, metavar="S",
+                   help="with --simulate-disconnect-every: the camera stays unplugged S seconds each time "
+                        "(default 0: it comes back at the first reopen attempt)")
     p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--channel-order", choices=("BGR", "RGB"), default="BGR",
                      help="channel order the model's input expects")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.add_arguments(p)
     return p
 
 
@@ -73,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from .sources import SourceError, open_source
 
     try:
+        serve_opts = serve.options_from_args(args)
+    except serve.ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
                          preprocessing=_fallback_preprocessing(args))
     except ModelError as e:
@@ -85,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
-                             disconnect_every=args.simulate_disconnect_every)
+                             disconnect_every=args.simulate_disconnect_every,
+                             disconnect_seconds=args.simulate_disconnect_seconds)
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -94,11 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     app.install_stop_signals(stop, source)
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
                           json_lines=args.json, display=display, record=args.record, log_interval=args.log_interval)
+    service = None
     try:
-        stats = app.run(clf, source, opts, stop)
+        if serve_opts:
+            try:
+                service = serve.start(clf, source, serve_opts)
+            except OSError as e:
+                print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
+                return 2
+        stats = app.run(clf, source, opts, stop, observer=service.publish if service else None)
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if service:
+            service.close()
+        source.close()
     s = source.stats
     print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
           f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend}; corrupt frames "

@@ -279,16 +279,20 @@ class _Picamera2Capture:
 class DisconnectingCapture:
     """Wraps a capture so it "unplugs" after ``every`` frames: read() then fails until the source
     reopens it, as a USB camera pulled out does. For soak tests and for rehearsing a deployment
-    (``--simulate-disconnect-every``); the recovery path exercised is the real one."""
+    (``--simulate-disconnect-every``); the recovery path exercised is the real one.
+    ``on_unplug`` is called once when it unplugs."""
 
-    def __init__(self, cap: Any, every: int) -> None:
-        self.cap, self.every, self.delivered = cap, every, 0
+    def __init__(self, cap: Any, every: int, on_unplug: Callable[[], None] | None = None) -> None:
+        self.cap, self.every, self.delivered, self.on_unplug = cap, every, 0, on_unplug
 
     def isOpened(self) -> bool:
         return self.cap.isOpened()
 
     def read(self):
         if self.delivered >= self.every:
+            if self.on_unplug:
+                self.on_unplug()
+                self.on_unplug = None
             return False, None
         ok, frame = self.cap.read()
         if not ok:  # a looping device: wrap around at the end of the file
@@ -304,13 +308,31 @@ class DisconnectingCapture:
         self.cap.release()
 
 
+class SimulatedCamera:
+    """A video file played as a camera unplugged every ``every`` frames that stays away for
+    ``down_seconds`` (reopen attempts fail meanwhile, as with a cable pulled out)."""
+
+    def __init__(self, path: str, every: int, down_seconds: float = 0.0) -> None:
+        self.path, self.every, self.down_seconds = path, every, down_seconds
+        self.unplugged_at: float | None = None
+
+    def _unplugged(self) -> None:
+        self.unplugged_at = time.monotonic()
+
+    def open(self) -> DisconnectingCapture | None:
+        if self.unplugged_at is not None and time.monotonic() - self.unplugged_at < self.down_seconds:
+            return None
+        return DisconnectingCapture(cv2.VideoCapture(self.path), self.every, on_unplug=self._unplugged)
+
+
 def _is_stream(spec: str) -> bool:
     return "://" in spec
 
 
 def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False, loop: bool = False,
                 startup_attempts: int = 3, size: tuple[int, int] = (640, 480),
-                backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0):
+                backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0,
+                disconnect_seconds: float = 0.0):
     """Open a frame source.
 
     Args:
@@ -318,6 +340,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         picamera: use Picamera2 for the camera (Raspberry Pi OS's libcamera stack).
         loop: restart a video file at its end (soak tests, demos).
         disconnect_every: with a video file, simulate a camera unplugged every N frames.
+        disconnect_seconds: how long the simulated camera stays unplugged each time.
 
     Raises:
         SourceError: cannot be opened; the message names the alternative.
@@ -359,7 +382,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     if not path.is_file():
         raise SourceError(f"{spec}: no such file, folder or stream URL")
     if disconnect_every:
-        return CaptureSource(lambda: DisconnectingCapture(cv2.VideoCapture(str(path)), disconnect_every),
+        return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,
                              reconnect=True, backoff=(0.05, 1.0))
     try:
