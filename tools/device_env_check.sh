@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prove the device runtime needs only numpy + OpenCV + a TFLite interpreter, on both device stacks:
-#   (a) ai-edge-litert with numpy 2 and OpenCV 5
+#   (a) ai-edge-litert with numpy 2 and OpenCV 5, plus the optional prometheus_client (the metrics extra)
 #   (b) tflite-runtime 2.14 with numpy 1.26 and OpenCV 4.x (the Raspberry Pi OS Bookworm stack)
 # Each venv gets the project's edge_runtime only (no torch / tensorflow / onnx) and runs the real
 # runtime on the sample clip with a converted model, checking its output and that nothing heavy loaded.
@@ -40,7 +40,9 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorfl
 assert not loaded, loaded
 print(f"ok: {find_backend()[1]} classified 30 frames, first frame: {first}")
 PY
+  # the web service (--serve) in the same environment; /metrics only where prometheus_client is installed
+  PYTHONPATH="$PWD" "$venv/bin/python" tools/serve_check.py "$MODEL"
 }
 
-check litert-numpy2 "numpy>=2" "opencv-python-headless>=4.10" "ai-edge-litert"
+check litert-numpy2 "numpy>=2" "opencv-python-headless>=4.10" "ai-edge-litert" "prometheus_client>=0.17"
 check tflite-runtime-numpy1 "numpy==1.26.4" "opencv-python-headless>=4.8,<4.11" "tflite-runtime==2.14.0"
