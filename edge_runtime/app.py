@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -17,6 +16,8 @@ import numpy as np
 
 from .classify import Classifier
 from .overlay import FpsMeter, draw, summary_line
+from .preprocess import ImageTooLarge
+from .record import Recorder, RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class RunOptions:
     json_lines: bool = False
     display: bool = False
     record: Path | None = None
+    record_segment: float = 0.0  # seconds of video per recorded file (0: one file)
     log_interval: float = 1.0  # seconds between headless text lines
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
@@ -40,40 +42,21 @@ class RunStats:
     invoke_seconds: float = 0.0
     first_result_seconds: float | None = None
     stopped_by: str = "end of source"
+    too_large: int = 0  # frames refused by the preprocessing's pixel budget, skipped
+    error: str | None = None  # why the run failed (the recording could not be written...)
+    recorded: list[Path] = field(default_factory=list)  # finished recording files
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-class _Recorder:
-    """Writes frames to a temporary file, renamed to its final name when closed (even on SIGTERM)."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps, self.writer = path, fps or 15.0, None
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-
-    def write(self, frame) -> None:
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v") else "MJPG"))
-            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (frame.shape[1], frame.shape[0]))
-            if not self.writer.isOpened():
-                raise OSError(f"cannot write video {self.path}")
-        self.writer.write(frame)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            os.replace(self.tmp, self.path)
-            self.writer = None
-
-
-def result_record(frame_no: int, preds: list, infer_ms: float, fps: float) -> dict:
+def result_record(frame_no: int, preds: list, infer_ms: float, fps: float, file: str | None = None) -> dict:
     """The result of one classified frame: the ``--json`` line, ``/predictions`` and ``/events``
-    all carry exactly this record (one schema, built here only)."""
-    return {"frame": frame_no, "time": round(time.time(), 3), "inference_ms": round(infer_ms, 2),
-            "fps": round(fps, 1),
+    all carry exactly this record (one schema, built here only). ``file`` names the image a
+    folder source's frame comes from."""
+    return {"frame": frame_no, **({"file": file} if file else {}), "time": round(time.time(), 3),
+            "inference_ms": round(infer_ms, 2), "fps": round(fps, 1),
             "top": [{"index": p.index, "label": p.label, "score": round(p.score, 4)} for p in preds]}
 
 
@@ -85,7 +68,8 @@ Observer = Callable[[np.ndarray, dict, bool], None]
 
 def install_stop_signals(stop: threading.Event, source=None) -> None:
     """SIGTERM and SIGINT set ``stop`` (and end the source) so the loop ends cleanly and releases
-    the camera and finalizes the recording."""
+    the camera and finalizes the recording. Install it before opening anything: every wait of the
+    runtime checks ``stop`` at least every 0.1 s, so the process ends within 2 s in any state."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -106,15 +90,23 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     :data:`Observer`, e.g. the web service's ``publish``) are called once per classified frame."""
     stop = stop or threading.Event()
     stats, fps_meter = RunStats(), FpsMeter()
-    recorder = _Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0)) if opts.record else None
     t_start = last_log = time.perf_counter()
+    recorder = None
     try:
+        if opts.record:
+            recorder = Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0),
+                                segment_seconds=opts.record_segment)
         for frame in source:
             if stop.is_set():
                 stats.stopped_by = "signal"
                 break
             t0 = time.perf_counter()
-            classifier.set_frame(frame)
+            try:
+                classifier.set_frame(frame)
+            except ImageTooLarge as e:  # a thin strip that resizing would blow up: skip it, go on
+                stats.too_large += 1
+                log.warning("skipping %s%s", f"{_file_name(source)}: " if _file_name(source) else "", e)
+                continue
             classifier.invoke()
             t1 = time.perf_counter()
             preds = [p for p in classifier.top_k(opts.top_k) if p.score >= opts.threshold]
@@ -126,12 +118,14 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
                 stats.first_result_seconds = t1 - t_start
             if on_result:
                 on_result(stats.frames, preds)
-            record = result_record(stats.frames, preds, infer_ms, fps) if opts.json_lines or observer else None
+            name = _file_name(source)
+            record = result_record(stats.frames, preds, infer_ms, fps, name) if opts.json_lines or observer else None
             if opts.json_lines:
                 opts.out.write(json.dumps(record) + "\n")
                 opts.out.flush()
             elif not opts.display and t1 - last_log >= opts.log_interval:
-                opts.out.write(f"frame {stats.frames}: {summary_line(preds, infer_ms, fps)}\n")
+                opts.out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: "
+                               f"{summary_line(preds, infer_ms, fps)}\n")
                 opts.out.flush()
                 last_log = t1
             annotated = bool(opts.display or recorder)
@@ -154,11 +148,29 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
                 stats.stopped_by = "signal"
     except KeyboardInterrupt:
         stats.stopped_by = "interrupt"
+    except RecordingError as e:
+        stats.stopped_by, stats.error = "recording error", str(e)
     finally:
         stats.seconds = time.perf_counter() - t_start
         source.close()
         if recorder:
-            recorder.close()
+            try:
+                recorder.close()
+            except RecordingError as e:
+                stats.error = stats.error or str(e)
+            stats.recorded = list(recorder.files)
         if opts.display:
             cv2.destroyAllWindows()
     return stats
+
+
+def _file_name(source) -> str | None:
+    """The image file a folder source's current frame comes from, relative to the folder."""
+    path = getattr(source, "current_path", None)
+    if path is None:
+        return None
+    root = getattr(source, "root", None)
+    try:
+        return str(path.relative_to(root)) if root else path.name
+    except ValueError:
+        return path.name

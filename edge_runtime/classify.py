@@ -13,7 +13,7 @@ import numpy as np
 
 from .interpreter import create_interpreter
 from .labels import imagenet_classes
-from .metadata import MetadataError, ModelInfo, read_model_info
+from .metadata import MAX_LABELS, MetadataError, ModelInfo, read_model_info
 from .preprocess import Preprocessing, resize_crop
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class Classifier:
         self.input_scale, self.input_zero_point = inp[0]["quantization"]
         self.output_scale, self.output_zero_point = out[0]["quantization"]
         self.num_classes = int(out[0]["shape"][1])
+        if not 1 <= self.num_classes <= MAX_LABELS:
+            raise ModelError(f"{path}: output of {self.num_classes} classes: 1..{MAX_LABELS} expected")
         h, w = int(inp[0]["shape"][1]), int(inp[0]["shape"][2])
         if info is None:
             if preprocessing is None:

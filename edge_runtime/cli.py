@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   python -m edge_runtime --source rtsp://192.0.2.10/stream --model build/squeezenet1_0_int8.tflite --threads 4
   python -m edge_runtime --camera 0 --serve 8080                 # then open http://127.0.0.1:8080/
   EDGE_RUNTIME_TOKEN=long-secret python -m edge_runtime --camera 0 --serve 0.0.0.0:8080
+  python -m edge_runtime --camera 0 --headless --record rec/cam.mkv --record-segment 300
 """
 
 
@@ -39,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
     p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
     p.add_argument("--max-frames", type=int, help="stop after N classified frames")
-    p.add_argument("--record", type=Path, metavar="OUT.mp4", help="record the annotated frames")
+    p.add_argument("--record", type=Path, metavar="OUT.mp4",
+                   help="record the annotated frames (.mp4, .mkv, .ts, .avi); finished only when closed: "
+                        "use --record-segment, and .mkv or .ts, to keep what was recorded if the device dies")
+    p.add_argument("--record-segment", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="cut the recording into files of SECONDS of video each (OUT-00001.mp4, ...); "
+                        "every finished file survives a kill or a power cut (default: one file)")
+    p.add_argument("--stream-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
+                        "(default 10)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--simulate-disconnect-every", type=int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
@@ -56,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.add_arguments(p)
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds expected") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text}: 0..86400 seconds expected")
+    return value
 
 
 def has_display() -> bool:
@@ -77,8 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app
+    from .record import RecordingError, check_target
     from .sources import SourceError, open_source
 
+    stop = threading.Event()
+    app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
+    if args.record:
+        try:
+            check_target(args.record)
+        except RecordingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         serve_opts = serve.options_from_args(args)
     except serve.ServeError as e:
@@ -94,19 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     except (InterpreterUnavailable, PreprocessingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if stop.is_set():
+        print("stopped by signal while loading the model", file=sys.stderr)
+        return 0
     try:
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
                              disconnect_every=args.simulate_disconnect_every,
-                             disconnect_seconds=args.simulate_disconnect_seconds)
+                             disconnect_seconds=args.simulate_disconnect_seconds, stream_timeout=args.stream_timeout,
+                             stop=stop)
     except SourceError as e:
+        if stop.is_set():
+            print("stopped by signal while opening the source", file=sys.stderr)
+            return 0
         print(f"error: {e}", file=sys.stderr)
         return 2
     display = not args.headless and not args.json and has_display()
-    stop = threading.Event()
-    app.install_stop_signals(stop, source)
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
-                          json_lines=args.json, display=display, record=args.record, log_interval=args.log_interval)
+                          json_lines=args.json, display=display, record=args.record,
+                          record_segment=args.record_segment, log_interval=args.log_interval)
     service = None
     try:
         if serve_opts:
@@ -116,17 +150,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
                 return 2
         stats = app.run(clf, source, opts, stop, observer=service.publish if service else None)
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # e.g. the reader of --json output went away
+        print(f"error: {e.strerror or e}", file=sys.stderr)
         return 2
     finally:
         if service:
             service.close()
         source.close()
     s = source.stats
+    too_large = s.too_large + stats.too_large
+    skipped = f"corrupt frames skipped: {s.corrupt}" + (f"; images over the pixel budget skipped: {too_large}"
+                                                        if too_large else "")
+    files = stats.recorded
+    recorded = "" if not files else f"; recorded {', '.join(p.name for p in files)}" if len(files) <= 3 else \
+        f"; recorded {len(files)} files ({files[0].name} .. {files[-1].name})"
     print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
-          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend}; corrupt frames "
-          f"skipped: {s.corrupt}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}", file=sys.stderr)
+          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend}; {skipped}; "
+          f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", file=sys.stderr)
+    if stats.error:
+        print(f"error: {stats.error}", file=sys.stderr)
+        return 1
     return 0
 
 

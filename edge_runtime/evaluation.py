@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
+from .preprocess import ImageTooLarge, Preprocessing, PreprocessingError, read_image, resize_crop
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _WNID = re.compile(r"^(n\d{8})")
@@ -125,12 +125,15 @@ def split_by_class(images: LabelledImages, half: str) -> LabelledImages:
 
 
 def iter_crops(paths: Iterable[Path], pp: Preprocessing, rgb: bool = False):
-    """Yield (index, crop or None) for each path; None marks an unreadable image."""
+    """Yield (index, crop, None) for each readable path, (index, None, why) for the others
+    (unreadable, or over the pixel budget: see :func:`edge_runtime.preprocess.read_image`)."""
     for i, path in enumerate(paths):
         try:
-            yield i, resize_crop(read_image(str(path)), pp, rgb=rgb)
+            yield i, resize_crop(read_image(str(path)), pp, rgb=rgb), None
+        except ImageTooLarge as e:
+            yield i, None, str(e).removeprefix(f"{path.name}: ")
         except PreprocessingError:
-            yield i, None
+            yield i, None, "unreadable image"
 
 
 def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_size: int = 16,
@@ -157,9 +160,9 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
         batch.clear()
         batch_idx.clear()
 
-    for i, crop in iter_crops(images.paths, pp, rgb=rgb):
+    for i, crop, why in iter_crops(images.paths, pp, rgb=rgb):
         if crop is None:
-            skipped.append(f"{images.paths[i].name} (unreadable image)")
+            skipped.append(f"{images.paths[i].name} ({why})")
         else:
             batch.append(crop)
             batch_idx.append(i)

@@ -3,26 +3,89 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``path``, created with mode 0666 less the umask (as ``open`` does;
+    ``tempfile.mkstemp`` would make it 0600, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's entries to the storage (a power cut keeps what was renamed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, data: bytes | str, check: Callable[[Path], None] | None = None) -> None:
     """Write ``data`` to a temporary file beside ``path``, optionally ``check`` it, then rename it
     into place. On any error the temporary file is removed and ``path`` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write_many({Path(path): data}, check={Path(path): check} if check else None)
+
+
+def atomic_write_many(files: dict[Path, bytes | str],
+                      check: dict[Path, Callable[[Path], None]] | None = None) -> None:
+    """Write a set of files that belong together (an artifact and its siblings): every one goes to
+    a temporary file first, and only when all are written (and checked) are they renamed into
+    place, so a failure (a full disk, a folder in the way) replaces none of them."""
+    temps: dict[Path, Path] = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(21, "Is a directory", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = _create_temp(path)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            if check and check.get(path) is not None:
+                check[path](tmp)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+        for folder in {p.parent for p in temps}:
+            fsync_path(folder)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def free_name(path: Path, tag: str) -> Path:
+    """``path`` itself when it does not exist, else ``STEM.TAG.EXT``, ``STEM.TAG-2.EXT``... (never an
+    existing file)."""
+    if not path.exists():
+        return path
+    for i in range(1, 10_000):
+        candidate = path.with_name(f"{path.stem}.{tag}{'' if i == 1 else f'-{i}'}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"{path}: no free name with .{tag}")
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this id exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_file(path: str | Path) -> str:

@@ -8,6 +8,7 @@ treats every byte as hostile: lengths are bounded, strings are sanitised, the sc
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ MAX_JSON_BYTES = 4 << 20
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 200
 MAX_MODEL_BYTES = 1 << 31
+MAX_JSON_DEPTH = 32  # nesting of objects and lists (the record itself uses 4)
 
 # TFLite schema field ids (tensorflow/lite/schema/schema.fbs)
 _MODEL_BUFFERS, _MODEL_METADATA = 4, 6
@@ -62,12 +64,7 @@ class ModelInfo:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> "ModelInfo":
-        if len(data) > MAX_JSON_BYTES:
-            raise MetadataError(f"metadata record is {len(data)} bytes: at most {MAX_JSON_BYTES} expected")
-        try:
-            record = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise MetadataError(f"metadata record is not UTF-8 JSON: {e}") from None
+        record = parse_json(data)
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             got = record.get("format") if isinstance(record, dict) else type(record).__name__
             raise MetadataError(f"metadata format {got!r}: {FORMAT!r} expected")
@@ -88,6 +85,48 @@ class ModelInfo:
                    model_name=clean_text(record.get("model_name", "unknown")),
                    input_dtype=dtype, input_channel_order=order,
                    wnids=_string_list(record.get("wnids", []), "wnids"), extra=extra)
+
+
+def _refuse_constant(name: str) -> float:
+    raise MetadataError(f"metadata record holds {name}: finite numbers expected")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MetadataError(f"metadata record holds the number {text[:20]}: finite numbers expected")
+    return value
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in a parsed JSON value, counting no further than ``limit + 1``."""
+    deepest, level = 0, [value]
+    while level and deepest <= limit:
+        deepest += 1
+        level = [v for x in level if isinstance(x, (list, dict)) for v in (x.values() if isinstance(x, dict) else x)
+                 if isinstance(v, (list, dict))]
+    return deepest if isinstance(value, (list, dict)) else 0
+
+
+def parse_json(data: bytes) -> Any:
+    """Untrusted JSON with bounded size and nesting and only finite numbers.
+
+    Raises:
+        MetadataError: too large, too deep, not UTF-8 JSON text, or NaN/Infinity/overflowing numbers.
+    """
+    if len(data) > MAX_JSON_BYTES:
+        raise MetadataError(f"metadata record is {len(data)} bytes: at most {MAX_JSON_BYTES} expected")
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except MetadataError:
+        raise
+    except RecursionError:  # the parser's own bound, far above ours
+        raise MetadataError(f"metadata record nests too deeply: at most {MAX_JSON_DEPTH} levels expected") from None
+    except (UnicodeDecodeError, ValueError) as e:  # also integers over Python's 4300 digits
+        raise MetadataError(f"metadata record is not readable JSON ({str(e)[:120]})") from None
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise MetadataError(f"metadata record nests more than {MAX_JSON_DEPTH} levels deep")
+    return value
 
 
 def clean_text(value: Any, limit: int = MAX_LABEL_CHARS) -> str:

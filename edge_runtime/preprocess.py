@@ -6,11 +6,21 @@ arithmetic (mean/std) is folded into the model graph, so the device never does f
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
+
+from .image_size import ImageHeaderError, image_size
+
+# The pixel budget of one image: larger ones are refused from their header, before decoding (a
+# decoded image costs 3 bytes per pixel, and a small file can claim any size). 50 megapixels is an
+# 8160x6120 photo, 150 MB decoded.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_BYTES = 256 << 20  # an image file larger than this is not read at all
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 _ORDERS = ("BGR", "RGB")
@@ -18,6 +28,10 @@ _ORDERS = ("BGR", "RGB")
 
 class PreprocessingError(ValueError):
     """A preprocessing record or an image does not fit what is expected."""
+
+
+class ImageTooLarge(PreprocessingError):
+    """An image over the pixel (or file size) budget, refused before decoding."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +72,9 @@ class Preprocessing:
                 f"interpolation {self.interpolation!r}: one of {sorted(_INTERPOLATIONS)} expected")
         if self.crop != "center":
             raise PreprocessingError(f"crop {self.crop!r}: 'center' expected")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise PreprocessingError(f"mean {self.mean} / std {self.std}: 3 values, std > 0 expected")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) \
+                or any(s <= 0 for s in self.std):
+            raise PreprocessingError(f"mean {self.mean} / std {self.std}: 3 finite values, std > 0 expected")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,16 +110,40 @@ class Preprocessing:
         return max(self.input_size[0], round(height * rh / width)), rh
 
 
-def _pair(v: Any, t: type) -> tuple[int, int]:
+def _int(v: Any) -> int:
+    """A whole number from untrusted JSON (an int, or a float with no fraction), bounded."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PreprocessingError(f"a whole number expected, got {clean(v)}")
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        raise PreprocessingError(f"a whole number expected, got {clean(v)}")
+    if not -(1 << 31) <= v < 1 << 31:
+        raise PreprocessingError(f"{clean(v)}: out of range")
+    return int(v)
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise PreprocessingError(f"a finite number expected, got {clean(v)}")
+    return float(v)
+
+
+def clean(v: Any, limit: int = 40) -> str:
+    """A short printable rendering of an untrusted value for an error message."""
+    text = repr(v) if not isinstance(v, (list, dict)) else type(v).__name__
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _pair(v: Any, t: type = int) -> tuple[int, int]:
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise PreprocessingError(f"a pair expected, got {v!r}")
-    return (t(v[0]), t(v[1]))
+        raise PreprocessingError(f"a pair expected, got {clean(v)}")
+    return (_int(v[0]), _int(v[1]))
 
 
 def _triple(v: Any) -> tuple[float, float, float]:
     if not isinstance(v, (list, tuple)) or len(v) != 3:
-        raise PreprocessingError(f"three values expected, got {v!r}")
-    return (float(v[0]), float(v[1]), float(v[2]))
+        raise PreprocessingError(f"three values expected, got {clean(v)}")
+    return (_float(v[0]), _float(v[1]), _float(v[2]))
 
 
 def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None = None,
@@ -123,6 +162,7 @@ def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None
 
     Raises:
         PreprocessingError: the image is empty or not 8-bit, 1- or 3-channel.
+        ImageTooLarge: the resized image would exceed :data:`MAX_IMAGE_PIXELS`.
     """
     if image_bgr is None or not isinstance(image_bgr, np.ndarray) or image_bgr.size == 0:
         raise PreprocessingError("empty image: an HxWx3 uint8 array expected")
@@ -136,6 +176,9 @@ def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None
         image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_BGRA2BGR)
     h, w = image_bgr.shape[:2]
     rh, rw = pp.resized_shape(h, w)
+    if rh * rw > MAX_IMAGE_PIXELS:  # a thin strip resized by its shorter side grows without bound
+        raise ImageTooLarge(f"image of {w}x{h} pixels: resized to {rw}x{rh} it would exceed the budget of "
+                            f"{MAX_IMAGE_PIXELS:,} pixels")
     resized = image_bgr if (rh, rw) == (h, w) else cv2.resize(
         image_bgr, (rw, rh), interpolation=_INTERPOLATIONS[pp.interpolation])
     ch, cw = pp.input_size
@@ -151,10 +194,35 @@ def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None
     return out
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode an image file to BGR uint8; raises PreprocessingError when it cannot be read."""
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an image file to BGR uint8, after checking its size from its header.
+
+    The one image reader of the project (runtime folder source, evaluator, calibration).
+
+    Raises:
+        ImageTooLarge: the header claims more than ``max_pixels`` pixels, or the file is over
+            :data:`MAX_IMAGE_BYTES`; nothing was decoded.
+        PreprocessingError: unreadable file, unknown format, corrupt data, or not enough memory.
+    """
+    name = os.path.basename(path)
+    try:
+        nbytes = os.stat(path).st_size
+        if nbytes > MAX_IMAGE_BYTES:
+            raise ImageTooLarge(f"{name}: {nbytes:,} bytes, over the image file budget of {MAX_IMAGE_BYTES:,} bytes")
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise PreprocessingError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        w, h, fmt = image_size(memoryview(data))
+    except ImageHeaderError as e:
+        raise PreprocessingError(f"{name}: not a readable image ({e})") from None
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"{name}: {fmt} of {w}x{h} pixels, over the budget of {max_pixels:,} pixels")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except (cv2.error, MemoryError) as e:  # out of memory, or a decoder's own limit
+        first = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+        raise PreprocessingError(f"{name}: cannot decode this {w}x{h} {fmt} ({first})") from None
     if image is None:
-        raise PreprocessingError(f"{path}: not a readable image")
+        raise PreprocessingError(f"{name}: not a readable image (corrupt {fmt} data)")
     return image

@@ -4,7 +4,10 @@
 (reproducible tests and benchmarks), by a decode thread that runs ahead of inference through a
 small bounded queue. Cameras and streams use a capture thread that keeps only the newest frame, so
 results never lag behind the scene; when the device stops delivering or disconnects it is reopened
-with exponential back-off while the process keeps running, and every attempt is logged.
+with exponential back-off while the process keeps running, and every attempt is logged. Network
+streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
+reconnect), never an end of file. Nothing here blocks the caller for more than a fraction of a
+second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
 """
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ import cv2
 import numpy as np
 
 from .evaluation import IMAGE_SUFFIXES
-from .preprocess import PreprocessingError, read_image
+from .preprocess import ImageTooLarge, PreprocessingError, read_image
 
 log = logging.getLogger(__name__)
 
 _END = object()
+_POLL = 0.1  # seconds between checks of a stop request while waiting
+STREAM_TIMEOUT = 10.0  # seconds: open and read timeout of network streams
 
 
 class SourceError(RuntimeError):
@@ -36,6 +41,7 @@ class SourceError(RuntimeError):
 class SourceStats:
     frames: int = 0
     corrupt: int = 0  # frames that decoded to nothing usable, skipped
+    too_large: int = 0  # images over the pixel budget, skipped unread
     dropped: int = 0  # camera frames replaced by a newer one before inference took them
     reconnects: int = 0  # successful reopenings after a failure
     attempts: int = 0  # reopen attempts, successful or not
@@ -58,15 +64,22 @@ class CaptureSource:
         reconnect: reopen after a failure instead of ending (cameras, streams, looping files).
         backoff: (first, maximum) delay in seconds between reopen attempts.
         startup_attempts: how many times to try the first open before giving up.
+        live: a camera or stream: it has no end, a failure is always a disconnect.
+        stop: a stop request from outside (signals): ends the start-up and the frames promptly.
+
+    Raises:
+        SourceError: the source cannot be opened, or ``stop`` was set while opening it.
     """
 
     def __init__(self, opener: Callable[[], Any], name: str, latest: bool, reconnect: bool,
                  backoff: tuple[float, float] = (0.5, 8.0), startup_attempts: int = 1,
-                 queue_size: int = 4, failures_before_reopen: int = 5) -> None:
+                 queue_size: int = 4, failures_before_reopen: int = 5, live: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.opener, self.name, self.latest, self.reconnect = opener, name, latest, reconnect
-        self.backoff, self.failures_before_reopen = backoff, failures_before_reopen
+        self.backoff, self.failures_before_reopen, self.live = backoff, failures_before_reopen, live
         self.stats = SourceStats()
         self._stop = threading.Event()
+        self._outer_stop = stop
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._latest: Any = None
         self._cond = threading.Condition()
@@ -88,15 +101,29 @@ class CaptureSource:
         self.stats.fps_hint = float(fps) if fps and 0 < fps < 1000 else self.stats.fps_hint
         return cap
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (self._outer_stop is not None and self._outer_stop.is_set())
+
     def _open_first(self, attempts: int) -> Any:
+        """The first open, in a helper thread so that a stop request is obeyed while a driver or a
+        network connection blocks (the helper is abandoned: it ends by itself at its timeout)."""
         delay = self.backoff[0]
         for i in range(max(1, attempts)):
-            cap = self._try_open()
-            if cap is not None:
-                return cap
+            box: list = []
+            helper = threading.Thread(target=lambda: box.append(self._try_open()), daemon=True,
+                                      name=f"open:{self.name}")
+            helper.start()
+            while helper.is_alive() and not self._stopping():
+                helper.join(_POLL)
+            if self._stopping():
+                raise SourceError(f"stopped while opening {self.name}")
+            if box and box[0] is not None:
+                return box[0]
             if i + 1 < attempts:
                 log.warning("cannot open %s (attempt %d/%d), retrying in %.1fs", self.name, i + 1, attempts, delay)
-                time.sleep(delay)
+                end = time.monotonic() + delay
+                while time.monotonic() < end and not self._stopping():
+                    time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
                 delay = min(delay * 2, self.backoff[1])
         raise SourceError(f"cannot open {self.name}")
 
@@ -157,7 +184,7 @@ class CaptureSource:
                     self.stats.corrupt += 1
                     continue
                 failures += 1
-                length = self._length(cap)
+                length = 0.0 if self.live else self._length(cap)
                 at_end = bool(length) and cap.get(cv2.CAP_PROP_POS_FRAMES) >= length
                 if not self.reconnect:  # a file: its end, or a frame that failed to decode
                     if at_end or not length or failures >= self.failures_before_reopen:
@@ -169,7 +196,8 @@ class CaptureSource:
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
                 else:
-                    log.warning("%s stopped delivering frames", self.name)
+                    self.stats.events.append("stopped delivering frames")
+                    log.warning("%s stopped delivering frames; reconnecting", self.name)
                 cap.release()
                 cap = self._reopen(quiet=at_end)
                 failures = 0
@@ -182,20 +210,33 @@ class CaptureSource:
 
     @staticmethod
     def _length(cap: Any) -> float:
-        """Frame count of a file; 0 for live devices and streams (they have no end)."""
-        return float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if hasattr(cap, "get") else 0.0
+        """Frame count of a file; 0 for live devices (they have no end)."""
+        n = float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if hasattr(cap, "get") else 0.0
+        return n if n > 0 else 0.0  # FFmpeg reports a huge negative count for streams
 
     def read(self, timeout: float | None = None) -> np.ndarray | None:
-        """The next frame (newest for cameras), or None at the end of the source."""
-        if self.latest:
-            with self._cond:
-                if not self._cond.wait_for(lambda: self._latest is not None, timeout=timeout):
-                    return None
-                frame, self._latest = self._latest, (None if self._latest is not _END else _END)
-        else:
-            frame = self._queue.get(timeout=timeout)
-            if frame is _END:
-                self._queue.put(_END)
+        """The next frame (newest for cameras), or None at the end of the source, after ``timeout``
+        seconds without a frame, or when a stop was requested (checked every 0.1 s)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stopping():
+                return None
+            wait = _POLL if end is None else min(_POLL, end - time.monotonic())
+            if wait <= 0:
+                return None
+            if self.latest:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._latest is not None, timeout=wait):
+                        continue
+                    frame, self._latest = self._latest, (None if self._latest is not _END else _END)
+            else:
+                try:
+                    frame = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                if frame is _END:
+                    self._queue.put(_END)
+            break
         if frame is _END:
             return None
         self.stats.frames += 1
@@ -212,37 +253,49 @@ class CaptureSource:
         """Ask the capture thread to end; safe to call from a signal handler."""
         self._stop.set()
 
-    def close(self) -> None:
+    def close(self, wait: float = 1.0) -> None:
+        """End the capture thread; one stuck in a driver or network read is left to end by itself
+        (it is a daemon and releases its device at its timeout), so closing never blocks long."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=wait)
+        if self._thread.is_alive():
+            log.debug("%s: capture thread still blocked in a read; not waiting for it", self.name)
 
 
 class FolderSource:
-    """Every image of a folder in name order; unreadable files are skipped and counted."""
+    """Every image of a folder in name order; unreadable files and images over the pixel budget
+    are skipped and counted. ``current_path`` names the file of the frame last yielded."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, stop: threading.Event | None = None) -> None:
         self.name = str(folder)
         self.paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise SourceError(f"{folder}: no images in this folder")
+        self.root = folder
         self.stats = SourceStats()
+        self.current_path: Path | None = None
+        self._stop = stop or threading.Event()
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        self._stopped = False
         for path in self.paths:
-            if self._stopped:
+            if self._stop.is_set():
                 return
             try:
                 frame = read_image(str(path))
-            except PreprocessingError:
+            except ImageTooLarge as e:
+                self.stats.too_large += 1
+                log.warning("skipping %s", e)
+                continue
+            except PreprocessingError as e:
                 self.stats.corrupt += 1
-                log.warning("skipping unreadable image %s", path.name)
+                log.warning("skipping %s", e)
                 continue
             self.stats.frames += 1
+            self.current_path = path
             yield frame
 
     def request_stop(self) -> None:
-        self._stopped = True
+        self._stop.set()
 
     def close(self) -> None:
         pass
@@ -329,10 +382,17 @@ def _is_stream(spec: str) -> bool:
     return "://" in spec
 
 
+def _stream_capture(url: str, timeout: float) -> Any:
+    """An FFmpeg capture of a network stream with open and read timeouts (OpenCV waits 30 s by default)."""
+    ms = int(1000 * timeout)
+    return cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+
+
 def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False, loop: bool = False,
                 startup_attempts: int = 3, size: tuple[int, int] = (640, 480),
                 backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0,
-                disconnect_seconds: float = 0.0):
+                disconnect_seconds: float = 0.0, stream_timeout: float = STREAM_TIMEOUT,
+                stop: threading.Event | None = None):
     """Open a frame source.
 
     Args:
@@ -341,9 +401,11 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         loop: restart a video file at its end (soak tests, demos).
         disconnect_every: with a video file, simulate a camera unplugged every N frames.
         disconnect_seconds: how long the simulated camera stays unplugged each time.
+        stream_timeout: seconds a network stream may take to open or to deliver the next packet.
+        stop: a stop request (signals): obeyed while opening and reading.
 
     Raises:
-        SourceError: cannot be opened; the message names the alternative.
+        SourceError: cannot be opened (the message names the alternative), or stopped while opening.
     """
     if camera:
         index = int(spec)
@@ -365,28 +427,36 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
                 return cap
         try:
             return CaptureSource(opener, f"camera {index}", latest=True, reconnect=True, backoff=backoff,
-                                 startup_attempts=startup_attempts)
-        except SourceError:
+                                 startup_attempts=startup_attempts, live=True, stop=stop)
+        except SourceError as e:
+            if stop is not None and stop.is_set():
+                raise
             raise SourceError(f"no camera found at index {index}; to classify a video file, an image folder "
                               f"or a stream instead use --source PATH_OR_URL") from None
     spec = str(spec)
     if _is_stream(spec):
+        if not 0 < stream_timeout <= 3600:
+            raise SourceError(f"stream timeout {stream_timeout} s: 0 < seconds <= 3600 expected")
         try:
-            return CaptureSource(lambda: cv2.VideoCapture(spec), spec, latest=True, reconnect=True,
-                                 backoff=backoff, startup_attempts=startup_attempts)
+            return CaptureSource(lambda: _stream_capture(spec, stream_timeout), spec, latest=True, reconnect=True,
+                                 backoff=backoff, startup_attempts=startup_attempts, live=True, stop=stop)
         except SourceError:
-            raise SourceError(f"cannot open stream {spec}") from None
+            if stop is not None and stop.is_set():
+                raise
+            raise SourceError(f"cannot open stream {spec} (no video within {stream_timeout:g} s)") from None
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(path)
+        return FolderSource(path, stop=stop)
     if not path.is_file():
         raise SourceError(f"{spec}: no such file, folder or stream URL")
     if disconnect_every:
         return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,
-                             reconnect=True, backoff=(0.05, 1.0))
+                             reconnect=True, backoff=(0.05, 1.0), stop=stop)
     try:
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
-                             backoff=(0.0, 0.0) if loop else backoff)
+                             backoff=(0.0, 0.0) if loop else backoff, stop=stop)
     except SourceError:
+        if stop is not None and stop.is_set():
+            raise
         raise SourceError(f"{spec}: not a video OpenCV can decode") from None

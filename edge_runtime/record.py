@@ -1,0 +1,238 @@
+"""Recordings that survive full disks, kills and power loss.
+
+Each video file is written under a hidden temporary name (``.NAME.PID.partial.EXT``), then closed,
+checked (it opens and holds the frames written), flushed to the storage (fsync) and renamed into
+place, so a reader never sees a half-written file and a good earlier recording is never replaced by
+a broken one. With ``segment_seconds`` the recording is cut into files ``STEM-00001.EXT``,
+``STEM-00002.EXT``... of that many seconds of video, as video recorders do: a killed or powered-off
+device keeps every finished segment. ``.mkv`` and ``.ts`` also keep the frames of the unfinished
+file (they play without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by
+a killed run are recovered (or removed when they hold nothing playable) the next time a recording
+starts in that folder.
+
+Free space is checked before every frame: when it falls below what the writer may still need
+(its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
+so, instead of the writer failing silently on a full disk. Frames of another size than the first
+are scaled into the recording (letterboxed), never dropped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .fileio import free_name, fsync_path, pid_alive
+
+log = logging.getLogger(__name__)
+
+FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".ts": "mp4v", ".avi": "MJPG"}
+WRITER_BUFFER = 256 << 10  # FFmpeg's writer flushes in steps of this size (measured); room for two
+TRAILER_BASE, TRAILER_PER_FRAME = 16 << 10, 32  # the container's index written at close
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
+
+
+class RecordingError(RuntimeError):
+    """A recording cannot be started or continued (the message says what and where)."""
+
+
+def check_target(path: Path) -> None:
+    """Fail early (before any model or camera is opened) when ``path`` cannot take a recording.
+
+    Raises:
+        RecordingError: unknown container, a folder in the way, or a folder that is not writable.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in FOURCC:
+        raise RecordingError(f"--record {path}: a video file expected ({', '.join(sorted(FOURCC))})")
+    if path.is_dir():
+        raise RecordingError(f"--record {path}: is a folder, a video file name expected")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecordingError(f"--record {path}: cannot create the folder {parent} ({e.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise RecordingError(f"--record {path}: the folder {parent} is not writable")
+
+
+def free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``frame`` scaled to fit ``size`` (width, height) keeping its proportions, on black."""
+    w, h = size
+    fh, fw = frame.shape[:2]
+    s = min(w / fw, h / fh)
+    nw, nh = max(1, min(w, round(fw * s))), max(1, min(h, round(fh * s)))
+    out = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = (h - nh) // 2, (w - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def readable(path: Path) -> tuple[bool, int]:
+    """(the first frame decodes, the frame count the container declares) of a video file."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return False, 0
+        ok = cap.read()[0]
+        return bool(ok), max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+    finally:
+        cap.release()
+
+
+def recover_partials(folder: Path, stem: str, suffix: str) -> list[str]:
+    """Finish what killed runs left in ``folder``: a playable partial file of this recording is
+    renamed to a visible name, an unplayable one is removed. Returns what was done, one line each."""
+    done = []
+    for p in sorted(folder.glob(f".{stem}*.partial{suffix}")):
+        m = _PARTIAL.match(p.name)
+        if not m or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
+            continue
+        ok, _ = readable(p)
+        if ok:
+            target = free_name(folder / f"{Path(m['name']).stem}{m['suffix']}", "recovered")
+            os.replace(p, target)
+            fsync_path(folder)
+            done.append(f"recovered {target.name} from an interrupted recording")
+        else:
+            size = p.stat().st_size
+            p.unlink()
+            done.append(f"removed {p.name}: an interrupted recording with nothing playable ({size:,} bytes)")
+    for line in done:
+        log.warning("%s", line)
+    return done
+
+
+class Recorder:
+    """Writes annotated frames to ``path`` (or to segments of ``segment_seconds`` next to it).
+
+    Args:
+        path: the video file (``.mp4``, ``.mkv``, ``.ts``, ``.avi``...).
+        fps: frame rate written into the file.
+        segment_seconds: cut the recording into files of this many seconds of video (0: one file).
+
+    Raises:
+        RecordingError: from the constructor when the target cannot be written; from
+            :meth:`write` when the storage is (nearly) full or the writer fails; from :meth:`close`
+            when the last file cannot be finished.
+    """
+
+    def __init__(self, path: Path, fps: float, segment_seconds: float = 0.0) -> None:
+        self.path = Path(path)
+        check_target(self.path)
+        self.fps = fps if fps and 0 < fps < 1000 else 15.0
+        self.segment_frames = max(1, round(segment_seconds * self.fps)) if segment_seconds else 0
+        self.folder, self.stem, self.suffix = self.path.parent, self.path.stem, self.path.suffix
+        self.size: tuple[int, int] | None = None  # (width, height) of the recording
+        self.files: list[Path] = []  # finished files, in order
+        self.frames = 0  # frames written over all files
+        self.recovered = recover_partials(self.folder, self.stem, self.suffix)
+        self._writer = None
+        self._tmp: Path | None = None
+        self._target: Path | None = None
+        self._in_file = 0
+        self._step = WRITER_BUFFER
+        self._last_size = 0
+        self._failed: str | None = None
+        self._next_index = self._first_free_index() if self.segment_frames else 0
+
+    def _first_free_index(self) -> int:
+        pattern = re.compile(rf"^{re.escape(self.stem)}-(\d+){re.escape(self.suffix)}$")
+        used = [int(m[1]) for p in self.folder.iterdir() if (m := pattern.match(p.name))]
+        return max(used, default=0) + 1
+
+    def _reserve(self) -> int:
+        """Bytes the writer may still need: two buffer flushes and the trailer."""
+        return 2 * self._step + TRAILER_BASE + TRAILER_PER_FRAME * self._in_file
+
+    def _open(self) -> None:
+        if self.segment_frames:
+            self._target = self.folder / f"{self.stem}-{self._next_index:05d}{self.suffix}"
+            self._next_index += 1
+        else:
+            self._target = self.path
+        self._tmp = self.folder / f".{self._target.stem}.{os.getpid()}.partial{self.suffix}"
+        self._check_space()
+        fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.suffix.lower()])
+        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self.size)
+        if not self._writer.isOpened():
+            self._writer = None
+            self._tmp.unlink(missing_ok=True)
+            raise RecordingError(f"cannot write video {self._target} (OpenCV's writer did not open)")
+        self._in_file, self._last_size = 0, 0
+
+    def _check_space(self) -> None:
+        free = free_bytes(self.folder)
+        if free < self._reserve():
+            raise RecordingError(f"storage full in {self.folder} ({free:,} bytes free, {self._reserve():,} needed "
+                                 "to finish the file): recording stopped")
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one BGR frame (scaled into the recording's size when its size differs)."""
+        if self._failed:
+            return
+        try:
+            if self.size is None:
+                h, w = frame.shape[:2]
+                self.size = (w - w % 2, h - h % 2)  # encoders want even sizes
+            if (frame.shape[1], frame.shape[0]) != self.size:
+                frame = letterbox(frame, self.size)
+            if self._writer is None:
+                self._open()
+            else:
+                self._check_space()
+            self._writer.write(frame)
+            self._in_file += 1
+            self.frames += 1
+            try:
+                grown = self._tmp.stat().st_size
+            except OSError as e:
+                raise RecordingError(f"{self._target}: the file being written disappeared ({e.strerror})") from None
+            self._step = max(self._step, grown - self._last_size)
+            self._last_size = grown
+            if self.segment_frames and self._in_file >= self.segment_frames:
+                self._finish()
+        except RecordingError as e:
+            self._failed = str(e)
+            raise
+
+    def _finish(self) -> None:
+        """Close the current file, check it, flush it to the storage and rename it into place."""
+        writer, tmp, target, n = self._writer, self._tmp, self._target, self._in_file
+        self._writer = None
+        if writer is None:
+            return
+        writer.release()
+        ok, declared = readable(tmp)
+        if not ok or (self.suffix.lower() in (".mp4", ".m4v", ".mov", ".avi") and declared != n):
+            tmp.unlink(missing_ok=True)
+            raise RecordingError(f"{target}: the file written is not playable ({declared} of {n} frames); "
+                                 + ("it was discarded, the earlier recording is kept" if target.exists()
+                                    else "it was discarded"))
+        if self._failed and target.exists():
+            target = free_name(target, "incomplete")  # a cut recording never replaces a whole one
+        fsync_path(tmp)
+        os.replace(tmp, target)
+        fsync_path(self.folder)
+        self.files.append(target)
+
+    def close(self) -> None:
+        """Finish the file being written (also after a failure: the frames before it are kept).
+
+        Raises:
+            RecordingError: the last file could not be finished.
+        """
+        try:
+            self._finish()
+        except OSError as e:
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+            raise RecordingError(f"{self._target}: cannot finish the recording ({e.strerror or e})") from None

@@ -1,0 +1,176 @@
+"""Real-world conditions for the reliability tests: small filesystems, stalled and dropping network
+streams, processes stopped by signals. Needs root for mount (CI runs as root): fails, never skips."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str = "2m", read_only: bool = False):
+    """A tmpfs of ``size`` mounted on ``folder`` (a full SD card in miniature), unmounted after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"cannot mount a tmpfs on {folder} (root needed, as in CI): {proc.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def clip_jpegs(clip: Path, limit: int | None = None) -> list[bytes]:
+    """The frames of a real clip, JPEG-encoded as an IP camera sends them."""
+    cap, out = cv2.VideoCapture(str(clip)), []
+    while limit is None or len(out) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    return out
+
+
+class MjpegServer:
+    """A local HTTP MJPEG camera (multipart/x-mixed-replace, as IP cameras serve it).
+
+    ``plan`` says what each successive connection does: ("send", n) sends n frames then closes the
+    connection (a dropped stream), ("stall", n) sends n frames then keeps the connection open and
+    silent, ("loop", 0) sends frames for ever. Connections after the plan loop.
+    """
+
+    def __init__(self, frames: list[bytes], plan: list[tuple[str, int]], fps: float = 30.0) -> None:
+        self.frames, self.plan, self.fps, self.connections = frames, list(plan), fps, 0
+        self.sent = 0
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                what, n = server.plan[server.connections] if server.connections < len(server.plan) else ("loop", 0)
+                server.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while what == "loop" or i < n:
+                        jpg = server.frames[i % len(server.frames)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpg) + jpg + b"\r\n")
+                        self.wfile.flush()
+                        server.sent += 1
+                        i += 1
+                        time.sleep(1 / server.fps)
+                    if what == "stall":
+                        server.release.wait(600)
+                except OSError:
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class SilentServer:
+    """Accepts TCP connections and never sends a byte (a camera that hangs during start-up)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.accepted: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/stream.mjpg"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        for c in self.accepted:
+            c.close()
+        self.sock.close()
+
+
+class Process:
+    """A ``python -m edge_runtime``/``convert`` process whose output is collected as it comes (so a
+    chatty process never blocks on a full pipe), stopped by a signal and timed."""
+
+    def __init__(self, module: str, *args, env: dict | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(s, l), daemon=True)
+                         for s, l in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def stop(self, sig: int, limit: float = 30.0) -> float:
+        """Send ``sig``; the seconds until the process ended."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=limit)
+        elapsed = time.monotonic() - t0
+        for t in self._readers:
+            t.join(timeout=5)
+        return elapsed
+
+    def wait(self, limit: float = 120.0) -> int:
+        rc = self.proc.wait(timeout=limit)
+        for t in self._readers:
+            t.join(timeout=5)
+        return rc
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.err)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def video_frames(path: Path) -> int:
+    """Frames that actually decode from a video file (0 when it does not open)."""
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n

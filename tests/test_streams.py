@@ -1,0 +1,82 @@
+"""Network streams and stop signals (issue 13, finding 3): a real local HTTP camera that stalls with
+its connection open, drops, or never answers; SIGTERM and Ctrl-C end the runtime within 2 s in every
+state, with the recording finished and no traceback."""
+import json
+import signal
+
+import pytest
+
+from realworld import MjpegServer, Process, SilentServer, clip_jpegs, video_frames, wait_for
+
+
+@pytest.fixture(scope="module")
+def jpegs(sample_clip):
+    return clip_jpegs(sample_clip)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_while_a_stream_stalls_finishes_the_recording(int8_model, jpegs, tmp_path, sig):
+    """The camera sends 30 frames, then keeps its TCP connection open and sends nothing."""
+    server = MjpegServer(jpegs, [("stall", 30)])
+    rec = tmp_path / "rec.mp4"
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json", "--record", rec,
+                      "--stream-timeout", 60)
+        wait_for(lambda: server.sent == 30, 60, "the camera to send its 30 frames")
+        wait_for(lambda: len(run.out) > 0, 30, "classified frames")
+        elapsed = run.stop(sig)
+    finally:
+        server.close()
+    assert elapsed < 2.0, elapsed
+    assert run.proc.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "stopped by signal" in run.stderr
+    assert json.loads(run.out[0])["top"][0]["label"] in ("orange", "lemon")  # the clip opens on an orange
+    assert 0 < video_frames(rec) <= 30 and video_frames(rec) == len(run.out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_during_start_up_against_a_silent_server(int8_model, tmp_path, sig):
+    """The server accepts the connection and never answers: the runtime is still opening it."""
+    server = SilentServer()
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--headless",
+                      "--record", tmp_path / "rec.mp4")
+        wait_for(lambda: server.accepted, 30, "the runtime to connect")
+        elapsed = run.stop(sig)
+    finally:
+        server.close()
+    assert elapsed < 2.0, elapsed
+    assert run.proc.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "stopped by signal while opening the source" in run.stderr
+    assert not list(tmp_path.iterdir())  # nothing recorded, nothing left behind
+
+
+def test_silent_server_times_out_with_one_line(int8_model):
+    server = SilentServer()
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--headless",
+                      "--stream-timeout", 1)
+        rc = run.wait(60)
+    finally:
+        server.close()
+    assert rc == 2 and "Traceback" not in run.stderr
+    errors = [l for l in run.err if l.startswith("error:")]
+    assert errors == [f"error: cannot open stream {server.url} (no video within 1 s)"]
+    assert len(server.accepted) == 3  # three start-up attempts, each given up after its timeout
+
+
+@pytest.mark.parametrize("failure", ["send", "stall"])
+def test_a_dropped_or_stalled_stream_is_a_reconnect(int8_model, jpegs, failure):
+    """The connection closes (send) or goes silent (stall) after 20 frames; the runtime says so as a
+    warning, reconnects, counts it, and goes on classifying."""
+    server = MjpegServer(jpegs, [(failure, 20)])
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json",
+                      "--stream-timeout", 1, "--max-frames", 40)
+        rc = run.wait(90)
+    finally:
+        server.close()
+    assert rc == 0, run.stderr
+    assert server.connections == 2 and len(run.out) == 40
+    assert any("WARNING" in l and "stopped delivering frames" in l for l in run.err), run.stderr
+    assert "reconnects: 1;" in run.stderr and "Traceback" not in run.stderr
