@@ -80,6 +80,7 @@ class CaptureSource:
         self.stats = SourceStats()
         self._stop = threading.Event()
         self._outer_stop = stop
+        self._closed = False
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._latest: Any = None
         self._cond = threading.Condition()
@@ -253,10 +254,14 @@ class CaptureSource:
         """Ask the capture thread to end; safe to call from a signal handler."""
         self._stop.set()
 
-    def close(self, wait: float = 1.0) -> None:
+    def close(self, wait: float = 0.5) -> None:
         """End the capture thread; one stuck in a driver or network read is left to end by itself
-        (it is a daemon and releases its device at its timeout), so closing never blocks long."""
+        (it is a daemon and releases its device at its timeout), so closing never blocks long.
+        Closing again returns at once."""
         self._stop.set()
+        if self._closed:
+            return
+        self._closed = True
         self._thread.join(timeout=wait)
         if self._thread.is_alive():
             log.debug("%s: capture thread still blocked in a read; not waiting for it", self.name)
