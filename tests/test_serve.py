@@ -8,7 +8,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -208,10 +207,11 @@ def test_predictions_follow_the_loop(server, labels):
     first = json.loads(body)
     assert status == 200 and headers["content-type"] == "application/json"
     check_record(first, labels)
-    time.sleep(0.3)
-    second = json.loads(server.request("/predictions")[2])
+    deadline = time.monotonic() + 10
+    while (second := json.loads(server.request("/predictions")[2]))["frame"] <= first["frame"]:
+        assert time.monotonic() < deadline, "the result does not follow the loop"
+        time.sleep(0.05)
     check_record(second, labels)
-    assert second["frame"] > first["frame"]
 
 
 def test_mjpeg_stream_decodes_capped_and_annotated(server):
@@ -269,7 +269,10 @@ def test_metrics_in_prometheus_text_format(server, int8_model):
     info = families["edge_runtime_model_info"].samples[0]
     assert info.labels == {"name": "squeezenet1_0_deep_compression", "classes": "1000", "interpreter": "ai-edge-litert",
                            "sha256": hashlib.sha256(int8_model.read_bytes()).hexdigest(), "input_size": "227x227"}
-    assert sample(metrics(server), "edge_runtime_frames", "edge_runtime_frames_total") > frames
+    deadline = time.monotonic() + 10
+    while sample(metrics(server), "edge_runtime_frames", "edge_runtime_frames_total") <= frames:
+        assert time.monotonic() < deadline, "the frame counter does not rise"
+        time.sleep(0.05)
     # every series the shipped Prometheus examples use exists
     names = {s.name for f in families.values() for s in f.samples}
     used = set(re.findall(r"edge_runtime_[a-z_]+", (ROOT / "examples" / "edge-runtime-alerts.yml").read_text()))
@@ -297,6 +300,21 @@ def test_bad_requests_get_4xx_and_never_disturb_the_loop(server):
     stalled.sendall(f"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
     dropped_before = sample(metrics(server), "edge_runtime_clients_dropped")
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    trickled: list[float] = []
+
+    def trickle():  # a byte of header every 0.3 s: no single read ever times out
+        t0 = time.monotonic()
+        with socket.create_connection((server.host, server.port)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            try:
+                for _ in range(100):
+                    s.sendall(b"X")
+                    time.sleep(0.3)
+            except OSError:
+                trickled.append(time.monotonic() - t0)  # the server closed it
+
+    slow = threading.Thread(target=trickle)
+    slow.start()
 
     def status_of(answer: bytes) -> int:
         assert answer.startswith(b"HTTP/1."), answer[:100]
@@ -349,7 +367,10 @@ def test_bad_requests_get_4xx_and_never_disturb_the_loop(server):
     assert len(results) == 30 and set(results) <= {200, 503}, results
     assert 1 <= results.count(503) <= 27 and results.count(200) >= 3, results
 
-    # the idle client is closed by the server (--client-timeout 2), the stalled stream is dropped
+    # the idle and the trickling clients are closed by the server (--client-timeout 2), the stalled stream
+    # is dropped
+    slow.join(35)
+    assert trickled and trickled[0] < 10, trickled
     idle.settimeout(15)
     assert idle.recv(100) == b""
     idle.close()
