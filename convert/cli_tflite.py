@@ -27,6 +27,16 @@ def _floats(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0.5 <= v <= 8 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated scales between 0.5 and 8 expected, e.g. 1,1.3")
+    return values
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tflite", help="convert to a fully int8 TFLite file with embedded metadata",
                        description="PyTorch or ONNX classifier -> ONNX -> onnx2tf -> fully int8 TFLite, "
@@ -67,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .calibration import DEFAULT_SCALES
 
     scales = ",".join(f"{v:g}" for v in DEFAULT_SCALES)
-    p.add_argument("--calib-scales", default=scales,
+    p.add_argument("--calib-scales", type=_scales, default=DEFAULT_SCALES,
                    help=f"resize scales of the calibration views, each also mirrored (default {scales})")
     p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
     p.add_argument("--input-size", help="with --onnx: HxW (default: from the ONNX input)")
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                           val=args.val, input_type=args.input_type, report=args.report,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
-                          calib_scales=tuple(float(x) for x in args.calib_scales.split(",")),
+                          calib_scales=args.calib_scales,
                           equalize=args.equalize, percentile=args.percentile, output_margin=args.output_margin,
                           bias_correction=args.bias_correction, weight_rounding=args.weight_rounding,
                           preprocessing=pp, labels=labels, model_name=args.name, quiet=args.quiet)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
-from edge_runtime.fileio import atomic_write
+from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.metadata import ModelInfo
 from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingError
@@ -27,6 +29,9 @@ from .calibration import DEFAULT_SCALES, load_views
 from .errors import ConvertError, GateError
 
 MIN_CALIB_IMAGES = 20
+WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
+_WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
+WORK_BYTES, WORK_PER_FLOAT_BYTE = 48 << 20, 10  # free space a conversion needs (measured: 46 MB at most)
 ROUNDING_CROPS = 96  # calibration views whose convolution inputs drive GPTQ weight rounding
 HOLDOUT_EVERY = 5  # every 5th calibration image is held out to validate on unseen photos
 
@@ -80,14 +85,55 @@ def _progress(opts: ConvertOptions, t0: float, msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, others: tuple[Path | None, ...] = ()) -> None:
+    """Every output can be written: checked before the long work starts."""
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConvertError(f"{out}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ConvertError(f"{out}: output path is not writable")
+    for path in (out, *others):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ConvertError(f"{path}: is a folder; a file path expected")
+        folder = path.parent if str(path.parent) else Path(".")
+        if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ConvertError(f"{path}: output path is not writable")
+
+
+def _check_space(folder: Path, float_bytes: int) -> None:
+    """Enough free space for the working folder and the outputs, before the long work starts."""
+    need = WORK_BYTES + WORK_PER_FLOAT_BYTE * float_bytes
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise ConvertError(f"{folder}: {free / 1e6:.1f} MB free, about {need / 1e6:.0f} MB needed for the "
+                           "conversion's working files and outputs")
+
+
+def _check_numbers(opts: ConvertOptions) -> None:
+    """The numeric settings are finite and in range (NaN would otherwise fail deep inside the work)."""
+    ranges = {"--percentile": (opts.percentile, 50.0, 100.0), "--output-margin": (opts.output_margin, 1.0, 100.0),
+              "--equalize": (opts.equalize, 0.0, 1.0), "--bias-correction": (opts.bias_correction, 0.0, 1.0),
+              "--min-agreement": (opts.min_agreement, 0.0, 1.0), "--max-top1-drop": (opts.max_top1_drop, 0.0, 100.0)}
+    for flag, (value, low, high) in ranges.items():
+        if value is not None and not low <= value <= high:  # also false for NaN
+            raise ConvertError(f"{flag} {value}: {low:g}..{high:g} expected")
+    if not opts.calib_scales or not all(0.5 <= v <= 8 for v in opts.calib_scales):
+        raise ConvertError(f"--calib-scales {opts.calib_scales}: scales between 0.5 and 8 expected")
+
+
+def remove_stale_work_dirs(folder: Path) -> list[str]:
+    """Remove working folders that conversions killed before they could clean up left in ``folder``
+    (``.convert-PID-*`` whose process is gone). Returns the names removed."""
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        m = _WORK_DIR.match(entry.name)
+        if m and entry.is_dir() and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _load_source(opts: ConvertOptions) -> Source:
@@ -98,6 +144,7 @@ def _load_source(opts: ConvertOptions) -> Source:
         if not Path(opts.onnx).is_file():
             raise ConvertError(f"{opts.onnx}: ONNX file not found")
         _, size, classes = classifier_signature(Path(opts.onnx))
+        _check_onnx_runs(Path(opts.onnx), size, classes)
         pp = opts.preprocessing or Preprocessing(input_size=size, resize=(round(size[0] * 256 / 224), 0),
                                                  channel_order="RGB", mean=(123.675, 116.28, 103.53),
                                                  std=(58.395, 57.12, 57.375))
@@ -116,6 +163,23 @@ def _load_source(opts: ConvertOptions) -> Source:
     return Source(opts.model_name or record.name, record.preprocessing, list(record.labels), list(record.wnids),
                   record.sha256, torch_model=PixelModel(model, record.preprocessing),
                   extra={"arch": record.arch, "weights": record.name})
+
+
+def _check_onnx_runs(path: Path, size: tuple[int, int], classes: int) -> None:
+    """Run the ONNX model once: it must load and give the output its graph declares (a model whose
+    declared shape is false would otherwise fail after the whole conversion)."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        out = sess.run(None, {inp.name: np.zeros((1, 3, *size), np.float32)})[0]
+    except Exception as e:  # onnxruntime raises its own types for models it cannot run
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConvertError(f"{path}: ONNX Runtime cannot run this model ({first})") from None
+    if tuple(np.shape(out)) != (1, classes):
+        raise ConvertError(f"{path}: the graph declares an output of shape (1, {classes}), running it gives "
+                           f"{tuple(np.shape(out))}")
 
 
 def _calibration_sets(calib: Path, pp: Preprocessing) -> tuple[list[Path], list[Path], list[str]]:
@@ -205,7 +269,10 @@ def convert(opts: ConvertOptions) -> dict:
     out = Path(opts.out)
     if out.suffix != ".tflite":
         raise ConvertError(f"--out {out}: a .tflite path expected")
-    _check_writable(out)
+    _check_writable(out, (*sibling_paths(out), Path(opts.report) if opts.report else None))
+    for name in remove_stale_work_dirs(out.parent if str(out.parent) else Path(".")):
+        _progress(opts, t0, f"removed {name}, left by a conversion that was killed")
+    _check_numbers(opts)
     if opts.input_type not in ("uint8", "int8", "float32"):
         raise ConvertError(f"--input-type {opts.input_type}: uint8, int8 or float32 expected")
     if opts.weight_rounding not in ("gptq", "nearest"):
@@ -214,6 +281,7 @@ def convert(opts: ConvertOptions) -> dict:
     float_onnx_out, float_tflite_out = sibling_paths(out)
     _progress(opts, t0, "loading model")
     src = _load_source(opts)
+    _check_space(out.parent if str(out.parent) else Path("."), _float_bytes(src))
     pp = src.preprocessing
     calib_dir = Path(opts.calib) if opts.calib else default_calib_dir()
     used, held, skipped = _calibration_sets(calib_dir, pp)
@@ -221,7 +289,8 @@ def convert(opts: ConvertOptions) -> dict:
     held_crops, _ = load_views(held, pp, scales=(1.0,), mirror=False)
     _progress(opts, t0, f"calibration: {len(used)} images -> {len(crops)} views, {len(held)} held out, "
                         f"{len(skipped)} skipped")
-    with tempfile.TemporaryDirectory(prefix="convert-", dir=out.parent) as tmpdir:
+    tmpdir = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent if str(out.parent) else ".")
+    try:
         work = Path(tmpdir).resolve()  # onnx2tf runs with its own working directory
         float_onnx = work / "float.onnx"
         to_tf = work / "equalized.onnx"  # float-equivalent: the float TFLite and the float reference
@@ -301,11 +370,20 @@ def convert(opts: ConvertOptions) -> dict:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})")
-        atomic_write(float_onnx_out, float_onnx.read_bytes())
-        atomic_write(float_tflite_out, float_tflite.read_bytes())
-        atomic_write(out, final)
+        # the artifact and its float siblings are replaced together or not at all
+        atomic_write_many({float_onnx_out: float_onnx.read_bytes(), float_tflite_out: float_tflite.read_bytes(),
+                           out: final})
+    finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
+        shutil.rmtree(tmpdir, ignore_errors=True)
     _progress(opts, t0, f"wrote {out} ({len(final)} bytes)")
     return report
+
+
+def _float_bytes(src: Source) -> int:
+    """Bytes of the float weights being converted (drives the free space a conversion needs)."""
+    if src.torch_model is not None:
+        return sum(p.numel() * 4 for p in src.torch_model.parameters())
+    return Path(src.onnx_path).stat().st_size
 
 
 def _gates(opts: ConvertOptions, validation: dict) -> dict:

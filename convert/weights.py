@@ -171,6 +171,10 @@ def apply_state_dict(model: nn.Module, state: dict, source: str) -> None:
     extra = [k for k in state if k not in own]
     if extra:
         raise WeightsError(f"{source}: unexpected key {extra[0]!r} for this model (wrong --arch?)")
+    for key in own:
+        value = torch.as_tensor(np.asarray(state[key])) if not isinstance(state[key], torch.Tensor) else state[key]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"{source}: {key} holds NaN or Inf (finite weights expected)")
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
                            for k, v in state.items()})
 

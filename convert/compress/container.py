@@ -157,6 +157,8 @@ def decode(data: bytes) -> Container:
         if n_bias != shape[0]:
             raise ContainerError(f"{name}: {n_bias} biases for {shape[0]} output channels")
         bias = np.frombuffer(r.take(4 * n_bias, f"{name} bias"), "<f4").astype(np.float32)
+        if not (np.isfinite(codebook).all() and np.isfinite(bias).all()):
+            raise ContainerError(f"{name}: the codebook or the bias holds NaN or Inf (finite weights expected)")
         (entries,) = r.unpack("<I", f"{name} entries")
         if entries > 2 * numel + 16:
             raise ContainerError(f"{name}: {entries} entries for {numel} weights")

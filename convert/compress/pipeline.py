@@ -1,6 +1,7 @@
 """``compress``: prune -> share weights -> (fine-tune centroids) -> Huffman container, measured."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -114,6 +115,28 @@ def sensitivity_table(model, record, val: Path, limit: int | None = 100, quiet: 
     return rows
 
 
+def check_inputs(opts: CompressOptions) -> None:
+    """Every flag a user can get wrong, checked before any work (and before the container is written).
+
+    Raises:
+        ConvertError: a folder that does not exist, an output that cannot be written, a bad spec.
+    """
+    layer_spec(opts.bits, 8)
+    layer_spec(opts.sparsity, 0.0)
+    for flag, folder in (("--val", opts.val), ("--finetune-images", opts.finetune_images)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ConvertError(f"{flag} {folder}: not a folder of images")
+    for flag, path in (("--out", opts.out), ("--tflite", opts.tflite)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise ConvertError(f"{flag} {path}: is a folder; a file path expected")
+        folder = path.parent if str(path.parent) else Path(".")
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise ConvertError(f"{flag} {path}: the folder {folder} is not writable")
+
+
 def compress(opts: CompressOptions) -> dict:
     """Run the stage; writes the container atomically and returns the report."""
     from ..calibration import load_views
@@ -124,6 +147,7 @@ def compress(opts: CompressOptions) -> dict:
     t0 = time.perf_counter()
     say = (lambda m: None) if opts.quiet else (lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}",
                                                               file=sys.stderr, flush=True))
+    check_inputs(opts)
     model, record = load_model(opts.weights)
     key = _record_key(record)
     report: dict = {"weights": record.name, "sha256": record.sha256}

@@ -1,8 +1,11 @@
 """Magnitude pruning and k-means weight sharing (Han et al., 2016), per convolution."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..errors import ConvertError
 from .container import SharedLayer
 
 
@@ -67,11 +70,15 @@ def layer_spec(spec: str | None, default: float) -> dict[str, float] | float:
         part = part.strip()
         if not part:
             continue
-        if "=" in part:
-            key, value = part.split("=", 1)
-            out[key.strip()] = float(value)
-        else:
-            out["*"] = float(part)
+        key, value = part.split("=", 1) if "=" in part else ("*", part)
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not math.isfinite(number):
+            raise ConvertError(f"{spec!r}: {value.strip()!r} is not a number (e.g. '8' or "
+                               "'8,classifier.1=6,features.12=7' expected)")
+        out[key.strip()] = number
     return out
 
 

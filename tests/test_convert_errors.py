@@ -1,0 +1,190 @@
+"""The converter's bad inputs and interrupted runs (issue 13, findings 7 and 8): one line and a
+non-zero exit, outputs checked before the long work, no mismatched siblings, no working folder left
+behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights refused."""
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.fileio import atomic_write, atomic_write_many
+from realworld import ROOT, Process, small_filesystem, wait_for
+
+
+def _convert(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _main(*args) -> subprocess.CompletedProcess:
+    """``python -m convert`` in this process (one import of the libraries for many bad inputs): an
+    uncaught exception fails the test as a traceback would."""
+    from convert.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, "", err.getvalue())
+
+
+def _one_error(proc) -> str:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def _tiny_onnx(path: Path, classes: int = 10, declared: int | None = None) -> Path:
+    """A small real ONNX image classifier (conv, ReLU, pooling, dense) with fixed weights; its graph
+    may declare a false number of classes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (classes, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, declared or classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_out_is_a_folder_or_unwritable_fails_before_any_work(tmp_path):
+    (tmp_path / "taken.tflite").mkdir()
+    err = _one_error(_main("tflite", "--out", tmp_path / "taken.tflite"))
+    assert "is a folder" in err
+    (tmp_path / "m_float.onnx").mkdir()  # a sibling in the way
+    assert "m_float.onnx: is a folder" in _one_error(_main("tflite", "--out", tmp_path / "m_int8.tflite"))
+    with small_filesystem(tmp_path / "ro", "1m", read_only=True) as ro:
+        assert "not writable" in _one_error(_main("tflite", "--out", ro / "m.tflite"))
+
+
+def test_full_storage_fails_before_the_long_work(weights_env, tmp_path):
+    with small_filesystem(tmp_path / "sd", "2m") as sd:
+        err = _one_error(_main("tflite", "--weights", "deep-compression", "--out", sd / "m_int8.tflite"))
+        assert "MB free, about" in err and "MB needed" in err
+        assert not list(sd.iterdir())
+
+
+def test_bad_flag_values_give_one_line(tmp_path):
+    for args in (["tflite", "--calib-scales", "x"], ["tflite", "--calib-scales", "1,nan"],
+                 ["tflite", "--percentile", "nan", "--out", tmp_path / "m.tflite"],
+                 ["tflite", "--mean", "nan,0,0", "--onnx", _tiny_onnx(tmp_path / "t.onnx"), "--out", tmp_path / "m.tflite"],
+                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--bits", "x"],
+                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "f=y"]):
+        proc = _main(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        _one_error(proc)
+    assert not list(tmp_path.glob("*.sqz")) and not list(tmp_path.glob("*.tflite"))
+
+
+def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path):
+    err = _one_error(_main("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz",
+                              "--val", tmp_path / "no_such_folder"))
+    assert "--val" in err and "not a folder" in err
+    assert not (tmp_path / "c.sqz").exists()
+
+
+def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
+    liar = _tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
+    err = _one_error(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))
+    assert "declares an output of shape (1, 5), running it gives (1, 10)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.onnx"]
+
+
+def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
+    """SIGTERM during the conversion removes its working folder at once; a kill -9 cannot, so the next
+    run in that folder removes what the dead one left. An earlier artifact is never touched."""
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "tiny_int8.tflite"
+    out.write_bytes(b"an earlier artifact")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        run = Process("convert", "tflite", "--onnx", model, "--out", out, "--no-gates")
+        wait_for(lambda: list(tmp_path.glob(".convert-*")), 240, "the conversion's working folder")
+        run.stop(sig, limit=60)
+        if sig == signal.SIGTERM:
+            assert run.proc.returncode == 143 and "Traceback" not in run.stderr, run.stderr
+            assert run.err[-1] == "terminated (SIGTERM): nothing was written"
+            assert not list(tmp_path.glob(".convert-*")) and not list(tmp_path.glob(".*.tmp"))
+    assert len(list(tmp_path.glob(".convert-*"))) == 1  # what kill -9 left
+    few = tmp_path / "three_photos"
+    few.mkdir()
+    for name in ("skimage_coffee.jpg", "opencv_orange.jpg", "opencv_baboon.jpg"):
+        (few / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
+    err = _one_error(_convert("tflite", "--onnx", model, "--out", out, "--calib", few))
+    assert "at least 20 expected" in err
+    assert not list(tmp_path.glob(".convert-*"))  # removed by the next run
+    assert out.read_bytes() == b"an earlier artifact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three_photos", "tiny.onnx", "tiny_int8.tflite"]
+
+
+def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
+    with small_filesystem(tmp_path / "sd", "1m") as sd:
+        old = {sd / "a_float.onnx": b"old onnx", sd / "a_float.tflite": b"old tflite", sd / "a_int8.tflite": b"old"}
+        for path, data in old.items():
+            path.write_bytes(data)
+        new = {sd / "a_float.onnx": b"n" * 300_000, sd / "a_float.tflite": b"n" * 300_000,
+               sd / "a_int8.tflite": b"n" * 600_000}  # the last one does not fit
+        with pytest.raises(OSError, match="No space left"):
+            atomic_write_many(new)
+        assert {p: p.read_bytes() for p in old} == old
+        assert sorted(p.name for p in sd.iterdir()) == sorted(p.name for p in old)  # no temporary file left
+        (sd / "a_float.tflite").unlink()
+        (sd / "a_float.tflite").mkdir()  # a folder in the way
+        with pytest.raises(IsADirectoryError):
+            atomic_write_many({sd / "a_int8.tflite": b"new", sd / "a_float.tflite": b"new"})
+        assert (sd / "a_int8.tflite").read_bytes() == b"old"
+
+
+def test_outputs_follow_the_umask(tmp_path, int8_model):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o640
+    assert int8_model.stat().st_mode & 0o777 == 0o666 & ~old  # the session's artifact, written by convert
+
+
+def test_non_finite_weights_are_refused(dc_net_file, weights_env, tmp_path):
+    import torch
+
+    from convert.compress import container as sqz
+    from convert.deepcompression import decode_net
+    from convert.errors import WeightsError
+    from convert.weights import load_model
+
+    net = decode_net(dc_net_file.read_bytes())
+    layers = []
+    for l in net.layers:
+        dense = np.zeros(int(np.prod(l.shape)), np.uint8)
+        dense[l.positions()] = l.codes
+        layers.append(sqz.SharedLayer(l.name, l.shape, l.codebook.copy(), l.bias.copy(), dense))
+    layers[3].codebook[7] = np.nan  # a valid container (its CRC matches) holding NaN
+    bad = tmp_path / "nan.sqz"
+    bad.write_bytes(sqz.encode(sqz.Container("deep-compression", "squeezenet1_0", 1000, layers)))
+    with pytest.raises(sqz.ContainerError, match="NaN or Inf"):
+        sqz.decode(bad.read_bytes())
+    err = _one_error(_main("evaluate", "--weights", bad, "--images", ROOT / "calib_data"))
+    assert "NaN or Inf" in err
+    model, _ = load_model("deep-compression")
+    state = model.state_dict()
+    state["features.0.bias"][0] = float("inf")
+    torch.save(state, tmp_path / "inf.pth")
+    with pytest.raises(WeightsError, match="features.0.bias holds NaN or Inf"):
+        load_model(str(tmp_path / "inf.pth"))
