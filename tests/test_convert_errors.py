@@ -165,16 +165,13 @@ def test_non_finite_weights_are_refused(dc_net_file, weights_env, tmp_path):
     import torch
 
     from convert.compress import container as sqz
-    from convert.deepcompression import decode_net
+    from convert.compress.pipeline import CompressOptions, shared_layers
     from convert.errors import WeightsError
     from convert.weights import load_model
 
-    net = decode_net(dc_net_file.read_bytes())
-    layers = []
-    for l in net.layers:
-        dense = np.zeros(int(np.prod(l.shape)), np.uint8)
-        dense[l.positions()] = l.codes
-        layers.append(sqz.SharedLayer(l.name, l.shape, l.codebook.copy(), l.bias.copy(), dense))
+    model, _ = load_model("deep-compression")
+    layers = shared_layers(model, str(dc_net_file), CompressOptions(weights=str(dc_net_file), out=tmp_path / "x",
+                                                                    lossless=True))
     layers[3].codebook[7] = np.nan  # a valid container (its CRC matches) holding NaN
     bad = tmp_path / "nan.sqz"
     bad.write_bytes(sqz.encode(sqz.Container("deep-compression", "squeezenet1_0", 1000, layers)))
@@ -182,7 +179,6 @@ def test_non_finite_weights_are_refused(dc_net_file, weights_env, tmp_path):
         sqz.decode(bad.read_bytes())
     err = _one_error(_main("evaluate", "--weights", bad, "--images", ROOT / "calib_data"))
     assert "NaN or Inf" in err
-    model, _ = load_model("deep-compression")
     state = model.state_dict()
     state["features.0.bias"][0] = float("inf")
     torch.save(state, tmp_path / "inf.pth")
