@@ -197,6 +197,30 @@ class _FlatBuffer:
         return default if pos is None else self._u(fmt, pos)
 
 
+def buffer_spans(model: bytes) -> list[tuple[int, int]]:
+    """(start, length) of every non-empty data buffer of a TFLite flatbuffer (the weights, the
+    metadata records), in buffer order, bounds-checked.
+
+    Raises:
+        MetadataError: the bytes are not a well-formed TFLite flatbuffer.
+    """
+    if len(model) < 8 or model[4:8] != b"TFL3":
+        raise MetadataError("not a TFLite model (file identifier 'TFL3' expected at byte 4)")
+    fb = _FlatBuffer(model)
+    buf_start, buf_n = fb.vector(fb.root(), _MODEL_BUFFERS)
+    spans = []
+    for i in range(buf_n):
+        buffer = fb.table_at(buf_start, i)
+        start, n = fb.vector(buffer, _BUFFER_DATA)
+        if n == 0:  # large models keep buffers after the flatbuffer, addressed by offset/size
+            start, n = fb.scalar(buffer, _BUFFER_OFFSET, "<Q"), fb.scalar(buffer, _BUFFER_SIZE, "<Q")
+        if n and start + n > len(model):
+            raise MetadataError(f"buffer {i} runs past the end of the model ({start} + {n} > {len(model)})")
+        if n:
+            spans.append((start, n))
+    return spans
+
+
 def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> bytes | None:
     """The raw bytes of the named metadata entry of a TFLite flatbuffer, or None when absent.
 
