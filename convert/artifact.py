@@ -1,29 +1,119 @@
-"""Embed the metadata record into a ``.tflite`` (converter side; the runtime reads it without TF)."""
+"""Write the finished ``.tflite`` artifact (converter side; the runtime reads it without TF).
+
+One file carries: the graph; the project's JSON record (preprocessing, labels, calibration,
+validation, how to read the output); the standard TFLite Metadata (what MediaPipe Tasks and other
+stock clients read) with the labels as an associated file in a zip appended to the flatbuffer;
+and, written last, the integrity checksum over all of it (:mod:`edge_runtime.integrity`).
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
+from edge_runtime import integrity
 from edge_runtime.metadata import METADATA_NAME, ModelInfo
 
+from .errors import ConvertError
 
-def embed_metadata(tflite: bytes, info: ModelInfo) -> bytes:
-    """The same model with ``info`` stored in the flatbuffer's standard ``metadata`` list.
 
-    Standard interpreters ignore unknown metadata names, so the file still loads everywhere.
-    An existing entry of the same name is replaced.
+def embed_metadata(tflite: bytes, info: ModelInfo, standard: bytes | None = None) -> bytes:
+    """The same model with ``info`` (and the standard ``TFLITE_METADATA`` record, when given)
+    stored in the flatbuffer's ``metadata`` list.
+
+    Standard interpreters ignore metadata entries, so the file still loads everywhere. Existing
+    entries of the same names are replaced.
     """
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from .standard_metadata import STANDARD_NAME
+
+    entries = [(METADATA_NAME, info.to_json_bytes())]
+    if standard is not None:
+        entries.append((STANDARD_NAME, standard))
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
-    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(info.to_json_bytes(), np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME.encode()
-    entry.buffer = len(model.buffers) - 1
-    model.metadata.append(entry)
+    names = {name.encode() for name, _ in entries}
+    for m in model.metadata or []:
+        if m.name in names:  # an entry being replaced: its buffer would otherwise stay as dead bytes
+            model.buffers[m.buffer].data = None
+    model.metadata = [m for m in (model.metadata or []) if m.name not in names]
+    for name, data in entries:
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = name.encode()
+        entry.buffer = len(model.buffers) - 1
+        model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def write_artifact(tflite: bytes, info: ModelInfo, description: str = "", version: str = "1",
+                   author: str = "squeezenet-edge", license: str = "") -> bytes:
+    """The finished artifact: both metadata records, the label file appended, the checksum sealed.
+
+    ``info.extra["output"]`` (from :func:`convert.head.score_head`) says how to read the output;
+    the standard record describes the same to stock clients.
+    """
+    from .standard_metadata import LABEL_FILE, ClassifierDescription, append_files, build, label_file
+
+    out = info.extra.get("output") or {}
+    floor = out.get("floor_logits")
+    desc = ClassifierDescription(
+        name=info.model_name, description=description or f"{info.model_name}: {len(info.labels)}-class image "
+        "classifier, integer arithmetic (int8 weights and activations)", version=version, author=author,
+        license=license or str(info.extra.get("license", "")), input_size=info.preprocessing.input_size,
+        input_float=info.input_dtype == "float32", labels=list(info.labels),
+        output_description=(f"{out['meaning']} (natural log of the class's probability relative to the best "
+                            "class; the best class reads 0, exactly)") if out else "class scores (logits)",
+        output_min=floor, output_max=0.0 if out else None)
+    sealed = dataclasses.replace(info, extra={**info.extra, integrity.DIGEST_KEY: integrity.PLACEHOLDER})
+    model = embed_metadata(tflite, sealed, build(desc))
+    model = append_files(model, {LABEL_FILE: label_file(info.labels)})
+    return integrity.seal(model)
+
+
+def rgb_input(tflite: bytes) -> bytes:
+    """The same model taking RGB instead of BGR pixels: the input channels of the first
+    convolution's filters are reversed (exact: the input's quantization is one scale for all
+    channels; stock clients such as MediaPipe feed RGB).
+
+    Raises:
+        ConvertError: the input does not feed convolutions over 3 channels directly.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    sg = model.subgraphs[0]
+    feeds = {int(sg.inputs[0])}
+    convs = []
+    for op in sg.operators:
+        if not any(int(i) in feeds for i in op.inputs):
+            continue
+        name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        if name == "QUANTIZE":
+            feeds.add(int(op.outputs[0]))
+        elif name == "CONV_2D" and int(op.inputs[0]) in feeds:
+            convs.append(op)
+        else:
+            raise ConvertError(f"the input feeds a {name}: only convolutions can take RGB by reordering filters")
+    if not convs:
+        raise ConvertError("no convolution reads the model input: cannot reorder its channels")
+    users = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            users[int(i)] = users.get(int(i), 0) + 1
+    for op in convs:
+        w = sg.tensors[int(op.inputs[1])]
+        buf = model.buffers[w.buffer]
+        if users.get(int(op.inputs[1]), 0) != 1 or int(w.shape[-1]) != 3 or buf.data is None:
+            raise ConvertError("the first convolution's filter is shared or not over 3 channels")
+        dtype = {9: np.int8, 0: np.float32}.get(int(w.type))
+        if dtype is None:
+            raise ConvertError(f"first convolution filter of type {w.type}: int8 or float32 expected")
+        data = np.frombuffer(bytes(buf.data), dtype).reshape([int(v) for v in w.shape])
+        buf.data = np.frombuffer(np.ascontiguousarray(data[..., ::-1]).tobytes(), np.uint8)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 

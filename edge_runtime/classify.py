@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import verify_file
 from .interpreter import create_interpreter
 from .labels import imagenet_classes
 from .metadata import MAX_LABELS, MetadataError, ModelInfo, read_model_info
@@ -49,19 +50,22 @@ class Classifier:
         preprocessing: used only for a plain model without embedded metadata (with a warning).
         edgetpu: load the Edge TPU delegate.
         backend: force one interpreter package ("ai-edge-litert", "tflite-runtime", "tensorflow").
+        verify: check the integrity checksum the converter recorded (a few ms); False loads a
+            damaged or edited file anyway (for experiments).
 
     Raises:
-        ModelError: missing/corrupt model, wrong input or output shape.
+        ModelError: missing/corrupt/damaged model, wrong input or output shape.
     """
 
     def __init__(self, model_path: str | Path, threads: int | None = 2,
                  preprocessing: Preprocessing | None = None, edgetpu: bool = False,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, verify: bool = True) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         try:
             info = read_model_info(path)
+            self.content_sha256 = verify_file(path) if verify else None
         except MetadataError as e:
             raise ModelError(str(e)) from None
         try:
@@ -117,10 +121,13 @@ class Classifier:
             resize_crop(frame_bgr, self.info.preprocessing, out=view[0], rgb=self._rgb)
             del view  # the interpreter refuses to invoke while a view of its memory is alive
         else:
-            self.set_crop(resize_crop(frame_bgr, self.info.preprocessing, rgb=self._rgb))
+            self.set_crop(resize_crop(frame_bgr, self.info.preprocessing))
 
     def set_crop(self, crop: np.ndarray) -> None:
-        """Copy an already cropped HxWx3 uint8 image (in the model's channel order) into the input."""
+        """Copy an already cropped HxWx3 uint8 BGR image (as resize_crop returns it) into the input;
+        models that take RGB get the channels swapped here."""
+        if self._rgb:
+            crop = np.ascontiguousarray(crop[..., ::-1])
         data = input_tensor(crop, self.input_dtype, self.input_scale, self.input_zero_point)
         self.interpreter.set_tensor(self.input_index, data[None])
 
@@ -131,7 +138,9 @@ class Classifier:
         return self.interpreter.get_tensor(self.output_index)[0]
 
     def logits(self) -> np.ndarray:
-        """The dequantized output of the last invoke, float32 (num_classes,)."""
+        """The dequantized output of the last invoke, float32 (num_classes,): logits, or for artifacts
+        with the exact score head (``info.extra["output"]``) each class's logit minus the best one's,
+        which ranks and softmaxes the same."""
         raw = self.raw_output()
         if raw.dtype in (np.int8, np.uint8, np.int16) and self.output_scale:
             return (raw.astype(np.int32) - self.output_zero_point).astype(np.float32) * self.output_scale

@@ -9,7 +9,7 @@ from typing import Any
 _BACKENDS = (
     ("ai_edge_litert.interpreter", "ai-edge-litert", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"),
-    ("tensorflow.lite", "tensorflow", "tensorflow"),
+    ("tensorflow.lite.python.interpreter", "tensorflow", "tensorflow"),  # tf.lite.Interpreter
 )
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 

@@ -227,6 +227,16 @@ def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> bytes | None
     Raises:
         MetadataError: the bytes are not a well-formed TFLite flatbuffer.
     """
+    span = metadata_span(model, name)
+    return None if span is None else bytes(model[span[0]:span[0] + span[1]])
+
+
+def metadata_span(model: bytes, name: str = METADATA_NAME) -> tuple[int, int] | None:
+    """(offset, length) in the file of the named metadata entry's bytes, or None when absent.
+
+    Raises:
+        MetadataError: the bytes are not a well-formed TFLite flatbuffer.
+    """
     if len(model) < 8 or model[4:8] != b"TFL3":
         raise MetadataError("not a TFLite model (file identifier 'TFL3' expected at byte 4)")
     fb = _FlatBuffer(model)
@@ -247,7 +257,7 @@ def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> bytes | None
             n = fb.scalar(buffer, _BUFFER_SIZE, "<Q")
         if n > MAX_JSON_BYTES or start + n > len(model):
             raise MetadataError(f"metadata {name!r} is {n} bytes at {start}: corrupt or over {MAX_JSON_BYTES}")
-        return bytes(model[start:start + n])
+        return start, n
     return None
 
 

@@ -1,0 +1,186 @@
+"""The artifact's outputs, standard metadata and integrity checksum, on the real converted model."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.classify import Classifier, ModelError
+from edge_runtime.metadata import read_model_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finished(int8_model, tmp_path_factory) -> Path:
+    """The converter's artifact in its finished form: exact uint8 score head, RGB input, both
+    metadata records, labels appended, checksum sealed."""
+    from convert.artifact import rgb_input, write_artifact
+    from convert.head import score_head
+
+    info = read_model_info(int8_model)
+    if "output" in info.extra:  # the converter already writes it
+        return Path(int8_model)
+    model, summary = score_head(Path(int8_model).read_bytes(), "uint8")
+    info = dataclasses.replace(info, input_channel_order="RGB", extra={**info.extra, "output": summary})
+    out = tmp_path_factory.mktemp("finished") / "squeezenet1_0_int8.tflite"
+    out.write_bytes(write_artifact(rgb_input(model), info))
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_crops(val500_dir, int8_model) -> np.ndarray:
+    from edge_runtime.preprocess import read_image, resize_crop
+
+    pp = read_model_info(int8_model).preprocessing
+    paths = sorted(val500_dir.glob("*.JPEG"))[::10]
+    return np.stack([resize_crop(read_image(str(p)), pp) for p in paths])
+
+
+def _scores(path: Path, crops: np.ndarray, interpreter_class, rgb: bool) -> np.ndarray:
+    it = interpreter_class(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()
+    assert len(out) == 1
+    rows = []
+    for crop in crops:
+        it.set_tensor(inp["index"], np.ascontiguousarray(crop[..., ::-1] if rgb else crop)[None])
+        it.invoke()
+        rows.append(it.get_tensor(out[0]["index"])[0].copy())
+    return np.stack(rows)
+
+
+def _exact_relative_sums(path: Path, crops: np.ndarray, rgb: bool) -> tuple[np.ndarray, float]:
+    """The reference: the model's last int8 feature map (the input of the pool, or of the exact
+    head's CAST) made the output, summed exactly in numpy, relative to the best class."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))
+    sg = model.subgraphs[0]
+    name = lambda op: flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)  # noqa: E731
+    op = next(op for op in sg.operators if name(op) == "MEAN" or (name(op) == "CAST" and len(
+        sg.tensors[int(op.inputs[0])].shape) == 4))
+    sg.outputs = [int(op.inputs[0])]
+    model.signatureDefs = []
+    it = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)), num_threads=1)
+    it.allocate_tensors()
+    sums = []
+    for crop in crops:
+        it.set_tensor(it.get_input_details()[0]["index"], np.ascontiguousarray(crop[..., ::-1] if rgb else crop)[None])
+        it.invoke()
+        sums.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int64).sum(axis=(0, 1, 2)))
+    sums = np.stack(sums)
+    return sums - sums.max(axis=1, keepdims=True), float(sg.tensors[int(op.inputs[0])].quantization.scale[0])
+
+
+def test_score_head_is_the_exact_integer_reduction(finished, int8_model, val_crops):
+    """uint8 scores = 255 + max(floor((S_c - max S) / d), -255), bit for bit, on two interpreters;
+    the best class alone reads 255 unless two int32 sums are equal. The RGB graph decides as the
+    BGR one did (its first filters are reordered, nothing else)."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from convert.artifact import op_report
+
+    ops = op_report(finished.read_bytes())
+    assert "MEAN" not in ops["ops"] and {"CAST", "SUM", "REDUCE_MAX"} <= set(ops["ops"])
+    assert "FLOAT32" not in ops["tensor_types"]
+    out = read_model_info(finished).extra["output"]
+    assert out["dtype"] == "uint8" and out["exact_top1"] and out["positions"] == 225
+    rel, map_scale = _exact_relative_sums(finished, val_crops, rgb=True)
+    d = round(out["step_logits"] / out["unit_logits"])
+    assert abs(out["unit_logits"] - map_scale / 225) < 1e-9 and d >= 1
+    expected = np.maximum(np.floor_divide(rel, d), -255) + 255
+    for cls in (Interpreter, tf.lite.Interpreter):
+        got = _scores(finished, val_crops, cls, rgb=True)
+        assert got.dtype == np.uint8 and np.array_equal(got.astype(np.int64), expected)
+    clf = Classifier(finished)
+    assert clf.info.input_channel_order == "RGB"
+    assert clf.output_zero_point == 255 and abs(clf.output_scale - out["step_logits"]) < 1e-6
+    assert np.array_equal(clf.predict_batch(val_crops).argmax(1), rel.argmax(1))
+    if "MEAN" in op_report(Path(int8_model).read_bytes())["ops"]:  # the BGR graph the head was made from
+        bgr, _ = _exact_relative_sums(int8_model, val_crops, rgb=False)
+        assert np.array_equal(bgr, rel)
+    clf.set_crop(val_crops[0])
+    clf.invoke()
+    top = clf.top_k(3)
+    assert top[0].index == int(rel[0].argmax()) and top[0].score > top[1].score >= top[2].score
+
+
+def test_standard_metadata_and_label_file(finished):
+    """TFLITE_METADATA (file identifier M001) names the model, the RGB image input and the score
+    output, whose TENSOR_AXIS_LABELS file is packed in the zip appended to the model."""
+    from edge_runtime.metadata import read_metadata_bytes
+
+    data = finished.read_bytes()
+    standard = read_metadata_bytes(data, "TFLITE_METADATA")
+    assert standard is not None and standard[4:8] == b"M001"
+    for text in (b"labels.txt", b"image_classifier", b"squeezenet", b"1.0.0"):
+        assert text in standard
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert z.namelist() == ["labels.txt"]
+        labels = z.read("labels.txt").decode().splitlines()
+    info = read_model_info(finished)
+    assert labels == info.labels and labels[281] == "tabby"
+
+
+def _flip(path: Path, dest: Path, offsets) -> Path:
+    data = bytearray(path.read_bytes())
+    for o in offsets:
+        data[o] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def _weight_offsets(path: Path, count: int = 16) -> list[int]:
+    """File offsets of ``count`` bytes inside the largest constant buffer (conv10's weights)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    data = path.read_bytes()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    big = max((b for b in model.buffers if b.data is not None), key=lambda b: len(b.data))
+    start = bytes(data).find(bytes(big.data[:64]))
+    assert start > 0
+    return [start + 1000 + 997 * i for i in range(count)]
+
+
+def test_damaged_weights_are_refused(finished, tmp_path):
+    """16 flipped bytes inside the weights: refused with one line; verify=False loads it."""
+    import time
+
+    from edge_runtime.integrity import verify_file
+
+    t0 = time.perf_counter()
+    assert len(verify_file(finished)) == 64
+    assert time.perf_counter() - t0 < 0.5  # a few ms; generous for a loaded CI machine
+    bad = _flip(finished, tmp_path / "damaged_int8.tflite", _weight_offsets(finished))
+    with pytest.raises(ModelError) as e:
+        Classifier(bad)
+    assert "integrity check failed" in str(e.value) and "\n" not in str(e.value)
+    assert Classifier(bad, verify=False).content_sha256 is None
+    # a flip in the metadata record or in the appended label file is caught too
+    data = finished.read_bytes()
+    for where in (data.find(b'"model_name"') + 3, len(data) - 200):
+        with pytest.raises(ModelError):
+            Classifier(_flip(finished, tmp_path / "m.tflite", [where]))
+
+
+def test_older_artifacts_without_a_checksum_still_load(finished, tmp_path):
+    """An artifact carrying only the project's JSON record (no checksum, no standard metadata, as
+    the converter wrote them before) loads with nothing to verify."""
+    from convert.artifact import embed_metadata
+    from edge_runtime.integrity import DIGEST_KEY
+
+    info = read_model_info(finished)
+    old = dataclasses.replace(info, extra={k: v for k, v in info.extra.items() if k != DIGEST_KEY})
+    path = tmp_path / "old_int8.tflite"
+    path.write_bytes(embed_metadata(finished.read_bytes(), old))
+    clf = Classifier(path)
+    assert clf.content_sha256 is None and clf.info.labels == info.labels
