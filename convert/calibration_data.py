@@ -14,6 +14,12 @@ def default_calib_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "calib_data"
 
 
+def default_check_dir() -> Path:
+    """The project's ``check_data/``: unlabelled photos and clip frames that calibration never sees,
+    judged by the gates when no labelled ``--val`` is given (see its README and MANIFEST.csv)."""
+    return Path(__file__).resolve().parents[1] / "check_data"
+
+
 def list_calibration_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     """Image files under ``folder`` in a deterministic order, and the other files skipped.
 

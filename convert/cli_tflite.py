@@ -52,14 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 artifact path; the float .onnx/.tflite are kept beside it "
                         "(default: build/squeezenet1_0_int8.tflite)")
     p.add_argument("--calib", type=Path, help="folder of calibration photos (default: the project's calib_data/)")
+    p.add_argument("--check", type=Path,
+                   help="unlabelled photos never used for calibration, judged by the gates when --val is not "
+                        "given, together with the held-out calibration photos (default: the project's check_data/)")
     p.add_argument("--val", type=Path, help="labelled images for the report and the gates "
                                             "(files named by WordNet id, or one sub-folder per class)")
+    p.add_argument("--val-half", choices=("tune", "report"),
+                   help="use only this half of --val, split by class (edge_runtime.evaluation.class_half): "
+                        "settings are chosen on 'tune', figures quoted on 'report' (default: all of --val, "
+                        "reported whole and per half)")
     p.add_argument("--input-type", choices=("uint8", "int8", "float32"), default="uint8",
                    help="input tensor type (default uint8: camera pixels go in unchanged)")
     p.add_argument("--report", type=Path, help="write the validation report as JSON here")
     p.add_argument("--min-agreement", type=float, default=0.95,
                    help="gate: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
-                        "on --val, else on held-out calibration photos)")
+                        "on --val, else on the unlabelled check views)")
     p.add_argument("--max-top1-drop", type=float, default=1.0,
                    help="gate: maximum top-1 drop in points on --val (default 1.0)")
     p.add_argument("--no-gates", action="store_true", help="report the figures but never fail on them")
@@ -124,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             except (OSError, UnicodeDecodeError) as e:
                 raise ConvertError(f"--labels {args.labels}: cannot read ({e})") from None
     opts = ConvertOptions(out=args.out, weights=args.weights, arch=args.arch, onnx=args.onnx, calib=args.calib,
-                          val=args.val, input_type=args.input_type, report=args.report,
+                          check=args.check,
+                          val=args.val, val_half=args.val_half, input_type=args.input_type, report=args.report,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
                           calib_scales=args.calib_scales,

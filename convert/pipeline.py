@@ -19,14 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
+from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images, split_by_class
 from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.metadata import ModelInfo
 from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingError
 
 from .calibration import DEFAULT_SCALES, load_views
+from .calibration_data import default_check_dir, list_calibration_images
 from .errors import ConvertError, GateError
+from .fidelity import check_views, half_figures, labelled_figures, unlabelled_figures
 
 MIN_CALIB_IMAGES = 20
 WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
@@ -43,7 +45,9 @@ class ConvertOptions:
     arch: str | None = None
     onnx: Path | None = None
     calib: Path | None = None
+    check: Path | None = None  # unlabelled photos for the gates without --val (default: check_data/)
     val: Path | None = None
+    val_half: str | None = None  # "tune" | "report": only that half (by class) of --val
     input_type: str = "uint8"
     report: Path | None = None
     min_agreement: float | None = 0.95  # fraction, top-1 agreement int8 vs float
@@ -249,12 +253,6 @@ def _int8_predict(path: Path):
     return Classifier(path, threads=2).predict_batch
 
 
-def _compare(f: np.ndarray, q: np.ndarray) -> dict:
-    err = np.abs(f - q)
-    return {"agreement": round(100.0 * float(np.mean(f.argmax(1) == q.argmax(1))), 3),
-            "mean_abs_logit_error": round(float(err.mean()), 5), "max_abs_logit_error": round(float(err.max()), 5)}
-
-
 def convert(opts: ConvertOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises ConvertError / GateError."""
     import torch
@@ -286,9 +284,14 @@ def convert(opts: ConvertOptions) -> dict:
     calib_dir = Path(opts.calib) if opts.calib else default_calib_dir()
     used, held, skipped = _calibration_sets(calib_dir, pp)
     crops, _ = load_views(used, pp, scales=opts.calib_scales)
-    held_crops, _ = load_views(held, pp, scales=(1.0,), mirror=False)
+    check_dir = Path(opts.check) if opts.check else default_check_dir()
+    check_paths = list_calibration_images(check_dir)[0]
+    if {p.resolve() for p in check_paths} & {p.resolve() for p in used}:
+        raise ConvertError(f"--check {check_dir}: holds calibration photos; the check must be unseen photos")
+    held_views, held_groups, _ = check_views(held, pp)
+    extra_views, extra_groups, _ = check_views(check_paths, pp)
     _progress(opts, t0, f"calibration: {len(used)} images -> {len(crops)} views, {len(held)} held out, "
-                        f"{len(skipped)} skipped")
+                        f"{len(skipped)} skipped; check: {len(held_views) + len(extra_views)} views")
     tmpdir = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent if str(out.parent) else ".")
     try:
         work = Path(tmpdir).resolve()  # onnx2tf runs with its own working directory
@@ -344,20 +347,30 @@ def convert(opts: ConvertOptions) -> dict:
         _progress(opts, t0, "validating int8 against float")
         f_pred, q_pred = _onnx_predict(float_onnx), _int8_predict(candidate)
         validation: dict = {}
-        if len(held_crops):
-            validation["calibration_holdout"] = {"images": int(len(held_crops)),
-                                                 **_compare(f_pred(held_crops), q_pred(held_crops))}
+        all_views = np.concatenate([held_views, extra_views])
+        f_check, q_check = f_pred(all_views), q_pred(all_views)
+        validation["unlabelled"] = {"folders": [calib_dir.name + f" (every {HOLDOUT_EVERY}th, held out)",
+                                                check_dir.name],
+                                    **unlabelled_figures(f_check, q_check, held_groups + extra_groups)}
+        if len(held_views):
+            k = len(held_views)
+            validation["calibration_holdout"] = {"images": len(held),
+                                                 **unlabelled_figures(f_check[:k], q_check[:k], held_groups)}
         if opts.val:
             try:
                 images = find_labelled_images(opts.val, src.wnids, src.labels)
+                if opts.val_half:
+                    images = split_by_class(images, opts.val_half)
                 fr = evaluate(images, f_pred, pp, keep_scores=True, progress=not opts.quiet)
                 qr = evaluate(images, q_pred, pp, keep_scores=True, progress=not opts.quiet)
             except DatasetError as e:
                 raise ConvertError(f"--val: {e}") from None
-            validation["val"] = {"folder": Path(opts.val).name, "images": fr.n_used, "skipped": fr.n_skipped,
-                                 "float_top1": round(fr.top1, 3), "float_top5": round(fr.top5, 3),
-                                 "int8_top1": round(qr.top1, 3), "int8_top5": round(qr.top5, 3),
-                                 "top1_drop": round(fr.top1 - qr.top1, 3), **_compare(fr.scores, qr.scores)}
+            validation["val"] = {"folder": Path(opts.val).name, "half": opts.val_half or "all",
+                                 "skipped": fr.n_skipped, "float_top5": round(fr.top5, 3),
+                                 "int8_top5": round(qr.top5, 3),
+                                 **labelled_figures(fr.scores, qr.scores, fr.targets)}
+            if not opts.val_half:
+                validation["val"]["halves"] = half_figures(fr.scores, qr.scores, fr.targets)
         final = embed_metadata(int8, dataclasses.replace(info, extra={**info.extra, "validation": validation}))
         report = {"model": src.name, "out": str(out), "input_type": opts.input_type,
                   "sizes": {"float_onnx": float_onnx.stat().st_size, "float_tflite": float_tflite.stat().st_size,
@@ -388,7 +401,7 @@ def _float_bytes(src: Source) -> int:
 
 def _gates(opts: ConvertOptions, validation: dict) -> dict:
     failed = []
-    figures = validation.get("val") or validation.get("calibration_holdout") or {}
+    figures = validation.get("val") or validation.get("unlabelled") or {}
     if opts.min_agreement is not None and figures:
         if figures["agreement"] < 100 * opts.min_agreement:
             failed.append(f"top-1 agreement {figures['agreement']:.1f}% < {100 * opts.min_agreement:.1f}%")
@@ -397,6 +410,11 @@ def _gates(opts: ConvertOptions, validation: dict) -> dict:
             failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {opts.max_top1_drop:.2f}")
     return {"min_agreement": opts.min_agreement, "max_top1_drop": opts.max_top1_drop, "failed": failed,
             "passed": not failed}
+
+
+def _with_ci(figures: dict, key: str, unit: str) -> str:
+    ci = figures.get(f"{key}_ci95")
+    return f"{figures[key]:.1f}{unit}" + (f" (95% CI {ci[0]:.1f} to {ci[1]:.1f})" if ci else "")
 
 
 def markdown_table(report: dict) -> str:
@@ -409,10 +427,16 @@ def markdown_table(report: dict) -> str:
     if v:
         rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |",
                  f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |",
-                 f"| top-1 agreement ({v['images']} images) | {v['agreement']:.1f}% |",
+                 f"| top-1 drop ({v['images']} images) | {_with_ci(v, 'top1_drop', ' points')} |",
+                 f"| top-1 agreement ({v['images']} images) | {_with_ci(v, 'agreement', '%')} |",
                  f"| logit error mean / max | {v['mean_abs_logit_error']:.3f} / {v['max_abs_logit_error']:.3f} |"]
-    h = report["validation"].get("calibration_holdout")
-    if h:
-        rows.append(f"| agreement on {h['images']} held-out calibration photos | {h['agreement']:.1f}% |")
+        for half, h in v.get("halves", {}).items():
+            if half in ("tune", "report"):
+                rows.append(f"| {half} half ({h['images']} images): agreement / top-1 drop | "
+                            f"{_with_ci(h, 'agreement', '%')} / {_with_ci(h, 'top1_drop', ' points')} |")
+    u = report["validation"].get("unlabelled")
+    if u:
+        rows.append(f"| agreement on {u['views']} unlabelled views ({u['groups']} photos or clips never used "
+                    f"for calibration) | {_with_ci(u, 'agreement', '%')} |")
     rows.append(f"| gates | {'passed' if report['gates']['passed'] else 'FAILED: ' + '; '.join(report['gates']['failed'])} |")
     return "\n".join(rows)

@@ -1,4 +1,6 @@
 """The val500 halves (settings chosen on one, figures quoted on the other) and the intervals of figures."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,49 @@ def test_paired_difference_interval_covers_about_95_percent():
     assert np.mean(widths) < 0.07  # paired: far narrower than two independent 65% figures (~0.17)
     d, lo, hi = paired_difference([True, False] * 50, [True, False] * 50)
     assert d == 0.0 and lo < 0 < hi
+
+
+def test_report_carries_intervals_and_halves(converted):
+    val = converted["validation"]["val"]
+    assert val["half"] == "all" and val["images"] == 500
+    lo, hi = val["agreement_ci95"]
+    assert lo < val["agreement"] < hi and hi - lo < 5
+    lo, hi = val["top1_drop_ci95"]
+    assert lo <= val["top1_drop"] <= hi
+    halves = val["halves"]
+    assert halves["tune"]["images"] == halves["report"]["images"] == 250
+    for h in ("tune", "report"):
+        assert halves[h]["agreement_ci95"][0] < halves[h]["agreement"] < halves[h]["agreement_ci95"][1]
+    assert halves["report_minus_tune"]["agreement"] == pytest.approx(
+        halves["report"]["agreement"] - halves["tune"]["agreement"], abs=1e-6)
+    hold = converted["validation"]["calibration_holdout"]
+    assert len(hold["agreement_ci95"]) == 2
+
+
+def test_gates_without_val_judge_many_unlabelled_views(converted):
+    """Without --val the gates read the unlabelled check: held-out calibration photos and check_data/,
+    hundreds of views in dozens of independent groups, with a cluster-robust interval."""
+    from convert.pipeline import ConvertOptions, _gates
+
+    u = converted["validation"]["unlabelled"]
+    assert u["views"] >= 600 and u["groups"] >= 30, u
+    lo, hi = u["agreement_ci95"]
+    assert lo <= u["agreement"] <= hi and hi - lo < 10 and u["design_effect"] >= 1.0
+    without_val = {k: v for k, v in converted["validation"].items() if k != "val"}
+    opts = ConvertOptions(out=Path("x.tflite"))
+    strict = ConvertOptions(out=Path("x.tflite"), min_agreement=(u["agreement"] + 0.5) / 100)
+    assert _gates(opts, without_val)["passed"] == (u["agreement"] >= 95.0)
+    assert not _gates(strict, without_val)["passed"]
+
+
+def test_check_data_is_never_calibration_data():
+    from convert.calibration_data import default_calib_dir, default_check_dir, list_calibration_images
+
+    calib = {p.read_bytes() for p in list_calibration_images(default_calib_dir())[0]}
+    check = list_calibration_images(default_check_dir())[0]
+    assert len(check) >= 70 and not calib & {p.read_bytes() for p in check}
+    manifest = (default_check_dir() / "MANIFEST.csv").read_text().splitlines()
+    assert len(manifest) == len(check) + 1 and all(p.name in "\n".join(manifest) for p in check)
 
 
 def test_clustered_interval_counts_correlated_views_once():

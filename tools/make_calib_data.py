@@ -1,9 +1,11 @@
-"""Rebuild calib_data/ from redistributable photos installed on this machine.
+"""Rebuild calib_data/ (calibration) and check_data/ (unlabelled checking, never calibration) from
+redistributable photos and clips installed on this machine.
 
 Sources (both with clear terms):
   * scikit-image's bundled photos (public domain / CC0, per skimage.data docstrings);
   * Debian's opencv-doc sample images and clips (Apache-2.0 AND BSD-3-Clause per its copyright file).
 Usage: apt-get install opencv-doc && pip install scikit-image scikit-learn matplotlib && python tools/make_calib_data.py
+       (the same with --check rebuilds check_data/)
   * scikit-learn's two sample photos (CC BY 2.0, attribution in the manifest) and matplotlib's
     grace_hopper.jpg (public domain).
 """
@@ -64,6 +66,40 @@ CLIPS = [("data/vtest.avi", (0.5,), "pedestrians"), ("data/tree.avi", (0.5,), "t
          ("data/Megamind.avi", (0.02, 0.4, 0.6, 0.85), "animated film shot")]
 OCV_LICENCE = "Apache-2.0 AND BSD-3-Clause (Debian opencv-doc 4.6.0)"
 
+# check_data/: photos and frames that calibration never sees, for the converter's gates without --val.
+# Views of the calibration scenes themselves (aloeR, leuvenB, graf3, rubberwhale2, ...) are left out:
+# they would make the check look better than a new scene. Frames of one clip share a name up to their
+# last "_NNNN" (the converter treats them as one correlated group when it computes the interval).
+CHECK_SKIMAGE = {
+    # licences as skimage.data's docstrings state them (images without one there are left out)
+    "clock_motion.png": ("public domain (photographer Stefan van der Walt)", "wall clock, motion blur"),
+    "ihc.png": ("no known copyright restrictions (CMMI, via scikit-image)", "stained tissue under a microscope"),
+    "text.png": ("public domain (Wikipedia File:Corner.png, via scikit-image)", "text on a wall, grayscale"),
+    "horse.png": ("CC0 (Andreas Preuss, openclipart)", "horse silhouette"),
+}
+CHECK_OPENCV = {
+    "text/scenetext_segmented_word01.jpg": ("opencv_sign1", "sign"),
+    "text/scenetext_segmented_word02.jpg": ("opencv_sign2", "sign"),
+    "text/scenetext_segmented_word03.jpg": ("opencv_sign3", "sign"),
+    "text/scenetext_segmented_word04.jpg": ("opencv_sign4", "sign"),
+    "text/scenetext_segmented_word05.jpg": ("opencv_sign5", "sign"),
+    "data/text_defocus.jpg": ("opencv_text-defocus", "defocused printed text"),
+    "data/text_motion.jpg": ("opencv_text-motion", "motion-blurred printed text"),
+    "data/LinuxLogo.jpg": ("opencv_linux-logo", "penguin logo"),
+    "data/WindowsLogo.jpg": ("opencv_windows-logo", "window logo"),
+    "data/imageTextN.png": ("opencv_image-text", "text on a page"),
+    "ximgproc/peilin_plane.png": ("opencv_plane", "aeroplane shape"),
+    "data/left01.jpg": ("opencv_chessboard_01", "person holding a chessboard"),
+    "data/left04.jpg": ("opencv_chessboard_04", "person holding a chessboard"),
+    "data/left08.jpg": ("opencv_chessboard_08", "person holding a chessboard"),
+    "data/left12.jpg": ("opencv_chessboard_12", "person holding a chessboard"),
+    "data/right02.jpg": ("opencv_chessboard_22", "person holding a chessboard"),
+    "data/right09.jpg": ("opencv_chessboard_29", "person holding a chessboard"),
+}
+# (clip, every Nth frame, frames of it in calib_data/ to keep clear of, +- frames, description)
+CHECK_CLIPS = [("data/vtest.avi", 40, 30, "pedestrians"), ("data/Megamind.avi", 9, 8, "animated film shot"),
+               ("data/tree.avi", 6, 6, "tree in wind")]
+
 
 def shrink(image):
     h, w = image.shape[:2]
@@ -71,17 +107,73 @@ def shrink(image):
     return image if s >= 1 else cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
 
 
+def _write_manifest(out: Path, rows: list) -> None:
+    tmp = out / ".MANIFEST.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "source", "licence", "description", "sha256"])
+        w.writerows(sorted(rows))
+    os.replace(tmp, out / "MANIFEST.csv")
+    print(f"{len(rows)} images in {out}", file=sys.stderr)
+
+
+def _saver(out: Path, rows: list):
+    def save(image, name, source, licence, description):
+        path = out / name
+        cv2.imwrite(str(path), shrink(image), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        rows.append([name, source, licence, description, hashlib.sha256(path.read_bytes()).hexdigest()])
+    return save
+
+
+def _calib_frames(f: str, n: int) -> list[int]:
+    return [int(n * frac) for clip, fractions, _ in CLIPS if clip == f for frac in fractions]
+
+
+def make_check() -> int:
+    import skimage
+
+    sk_dir = Path(skimage.__file__).parent / "data"
+    out = ROOT / "check_data"
+    out.mkdir(exist_ok=True)
+    rows: list = []
+    save = _saver(out, rows)
+    for f, (licence, desc) in CHECK_SKIMAGE.items():
+        img = cv2.imread(str(sk_dir / f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"missing skimage/data/{f}")
+        save(img, f"skimage_{Path(f).stem.replace('_', '-')}.jpg",
+             f"scikit-image {skimage.__version__}: skimage/data/{f}", licence, desc)
+    for f, (name, desc) in CHECK_OPENCV.items():
+        img = cv2.imread(str(OCV / f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"missing {OCV / f} (apt-get install opencv-doc)")
+        save(img, f"{name}.jpg", f"opencv-doc: examples/{f}", OCV_LICENCE, desc)
+    for f, step, clear, desc in CHECK_CLIPS:
+        cap = cv2.VideoCapture(str(OCV / f))
+        taken = _calib_frames(f, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        i = 0
+        while True:  # decoded in order: some clips' frame counts (tree.avi: 444 for 68) are wrong
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % step == step // 2 and not any(abs(i - t) <= clear for t in taken):
+                save(frame, f"opencv_{Path(f).stem}_{i:04d}.jpg", f"opencv-doc: examples/{f} frame {i}",
+                     OCV_LICENCE, desc)
+            i += 1
+        cap.release()
+    _write_manifest(out, rows)
+    return 0
+
+
 def main() -> int:
+    if "--check" in sys.argv[1:]:
+        return make_check()
     import skimage
 
     sk_dir = Path(skimage.__file__).parent / "data"
     OUT.mkdir(exist_ok=True)
     rows = []
-
-    def save(image, name, source, licence, description):
-        path = OUT / name
-        cv2.imwrite(str(path), shrink(image), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        rows.append([name, source, licence, description, hashlib.sha256(path.read_bytes()).hexdigest()])
+    save = _saver(OUT, rows)
 
     for f, (licence, desc) in SKIMAGE.items():
         img = cv2.imread(str(sk_dir / f), cv2.IMREAD_COLOR)
@@ -117,13 +209,7 @@ def main() -> int:
                 save(frame, f"opencv_{Path(f).stem}_{int(frac * 100):02d}.jpg",
                      f"opencv-doc: examples/{f} frame {int(n * frac)}", OCV_LICENCE, desc)
         cap.release()
-    tmp = OUT / ".MANIFEST.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["file", "source", "licence", "description", "sha256"])
-        w.writerows(sorted(rows))
-    os.replace(tmp, OUT / "MANIFEST.csv")
-    print(f"{len(rows)} images in {OUT}", file=sys.stderr)
+    _write_manifest(OUT, rows)
     return 0
 
 
