@@ -1,5 +1,7 @@
 """Bounded input (issue 13, findings 4 and 7): image sizes from headers and a pixel budget, before
 anything is decoded; metadata parsed with bounded depth, sizes and finite numbers; one line each."""
+import contextlib
+import io
 import json
 import os
 import resource
@@ -113,11 +115,12 @@ def test_evaluate_skips_a_decompression_bomb(weights_env, val500_dir, tmp_path, 
     for name in names:
         (folder / name).write_bytes((val500_dir / name).read_bytes())
     (folder / f"{names[0][:9]}_bomb.png").write_bytes(bomb)  # named like an ImageNet file of a real class
-    proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", "deep-compression",
-                           "--images", folder, "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    report = json.loads(proc.stdout)
+    from convert.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", "--weights", "deep-compression", "--images", str(folder), "--json"]) == 0
+    report = json.loads(out.getvalue())
     assert report["images"] == 3 and report["skipped"] == 1
     assert "over the budget" in report["skipped_files"][0]
 
@@ -173,17 +176,18 @@ def test_hostile_metadata_gives_one_line(int8_model, sample_clip, tmp_path, case
 
 @pytest.fixture(scope="module")
 def zero_class_model(tmp_path_factory):
-    """A real TFLite classifier graph with an output of shape (1, 0), converted by TensorFlow."""
+    """A real TFLite classifier graph with an output of shape (1, 0), converted by TensorFlow (in this
+    process: the session's conversion has imported it already)."""
+    import tensorflow as tf
+
+    class ZeroClasses(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+        def f(self, x):
+            return tf.reshape(tf.reduce_mean(x, axis=[1, 2])[:, :0], [1, 0])
+
+    m = ZeroClasses()
     path = tmp_path_factory.mktemp("zero") / "zero_classes.tflite"
-    code = ("import tensorflow as tf\n"
-            "class M(tf.Module):\n"
-            "    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])\n"
-            "    def f(self, x):\n"
-            "        return tf.reshape(tf.reduce_mean(x, axis=[1, 2])[:, :0], [1, 0])\n"
-            "m = M()\n"
-            "c = tf.lite.TFLiteConverter.from_concrete_functions([m.f.get_concrete_function()], m)\n"
-            f"open(r'{path}', 'wb').write(c.convert())\n")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([m.f.get_concrete_function()], m).convert())
     return path
 
 
