@@ -214,10 +214,16 @@ def test_fuzzed_models_never_crash_or_raise(fuzz):
     assert {"weights", "structure", "truncate", "meta_bytes", "meta_value", "extend"} <= kinds, _summary(outcomes)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the artifact integrity checksum (issue 13; the artifact helper "
-                                       "lands it): flipped weight bytes still give another label with exit 0")
-def test_fuzzed_models_are_refused_or_give_the_intact_label(fuzz):
+def test_fuzzed_models_are_refused_or_give_the_intact_label(fuzz, int8_model):
+    from edge_runtime.integrity import DIGEST_KEY
+    from edge_runtime.metadata import read_model_info
+
     _, outcomes = fuzz
     wrong = [o for o in outcomes if o.kind == "wrong"]
+    if DIGEST_KEY not in read_model_info(int8_model).extra:
+        # Before the converter seals its artifacts (edge_runtime/integrity.py), flipped weight bytes
+        # and edited records load: measured 3 of ~80 weight flips and 5 of ~45 record edits.
+        pytest.xfail(f"the artifact carries no integrity checksum yet: {len(wrong)} of {len(outcomes)} mutated "
+                     f"models exit 0 with another label ({_summary(outcomes)})")
     assert not wrong, (f"{len(wrong)} of {len(outcomes)} mutated models exit 0 with another label "
                        f"({_summary(outcomes)}): " + " | ".join(f"{o.case} {o.detail}" for o in wrong[:5]))
