@@ -1,9 +1,12 @@
 """Write files so that readers only ever see the old or the complete new content."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -55,14 +58,32 @@ def atomic_write_many(files: dict[Path, bytes | str],
                 os.fsync(f.fileno())
             if check and check.get(path) is not None:
                 check[path](tmp)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
+        with _signals_held():  # a SIGTERM or Ctrl-C now would leave half the set renamed
+            for path, tmp in temps.items():
+                os.replace(tmp, path)
         for folder in {p.parent for p in temps}:
             fsync_path(folder)
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT that arrive while the block runs are delivered right after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda num, _frame: caught.append(num)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in caught:
+            signal.raise_signal(sig)
 
 
 def free_name(path: Path, tag: str) -> Path:
