@@ -482,8 +482,8 @@ def add_arguments(parser) -> None:
                         "'Authorization: Bearer TOKEN' or ?token=TOKEN (default: $EDGE_RUNTIME_TOKEN; the "
                         "variable keeps it out of the process list)")
     g.add_argument("--max-clients", type=int, default=None,
-                   help=f"simultaneous streams (MJPEG or /events) served; more get 503 "
-                        f"(default {ServeOptions.max_clients})")
+                   help=f"simultaneous streams (MJPEG or /events) served; more get 503; an open page uses "
+                        f"two (default {ServeOptions.max_clients})")
     g.add_argument("--stream-fps", type=float, default=None,
                    help=f"most MJPEG frames and /events messages per second per client "
                         f"(default {ServeOptions.stream_fps:g})")

@@ -75,7 +75,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._error(400, "malformed request line")
             return
         self.raw_requestline = line
-        self._socket_rfile, self.rfile = self.rfile, io.BytesIO(head)  # parse_request reads the (already bounded) headers from here
+        # parse_request reads the (already bounded) headers from here
+        self._socket_rfile, self.rfile = self.rfile, io.BytesIO(head)
         if not self.parse_request():
             return
         if self.command not in ("GET", "HEAD"):
@@ -153,6 +154,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._headers(status, content_type, len(body), extra)
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (in parse_request) as the same JSON error line."""
+        self.close_connection = True
+        self._error(code, message or self.responses.get(code, ("error",))[0])
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode() + b"\n", "application/json")

@@ -152,6 +152,20 @@ class Viewers:
         return [int(x) for x in out.split()]
 
 
+def _service_thread_cpu() -> dict[int, float]:
+    """CPU seconds (scheduler's nanosecond count) of each thread of the web service in this process:
+    the encoder, the HTTP server and its per-client handler threads."""
+    out = {}
+    for t in threading.enumerate():
+        if t.name.startswith("serve:") or "process_request_thread" in t.name:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+                    out[t.native_id] = int(f.read().split()[0]) / 1e9
+            except OSError:  # the thread ended meanwhile
+                pass
+    return out
+
+
 def serve_cost(model: Path, source: str, threads: int, frames: int, reps: int) -> dict:
     """End-to-end FPS of the loop on the looping clip without the service, and serving with 0, 1 and 2
     MJPEG viewers attached, interleaved (the order rotates every repetition; one server and one viewer
@@ -170,18 +184,28 @@ def serve_cost(model: Path, source: str, threads: int, frames: int, reps: int) -
     variants = list(name)
     runs: dict[str, list[dict]] = {v: [] for v in name.values()}
 
+    publish_s = [0.0]
+
+    def timed_publish(frame, record, annotated):  # the loop thread's share of serving
+        t = time.perf_counter()
+        service.publish(frame, record, annotated)
+        publish_s[0] += time.perf_counter() - t
+
     def one(clients, n_frames):
         if clients is not None:
             viewers.set(clients, service)
-        encoded = service.hub.jpegs
-        cpu0 = os.times()
+        encoded, publish_s[0] = service.hub.jpegs, 0.0
+        threads0, cpu0 = _service_thread_cpu(), os.times()
         with open(os.devnull, "w") as null:
             stats = app.run(clf, open_source(source, loop=True),
                             app.RunOptions(max_frames=n_frames, out=null, log_interval=1e9),
-                            observer=service.publish if clients is not None else None)
-        cpu1 = os.times()
+                            observer=timed_publish if clients is not None else None)
+        cpu1, threads1 = os.times(), _service_thread_cpu()
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        serving = sum(t - threads0.get(tid, 0.0) for tid, t in threads1.items()) + publish_s[0]
         return {"fps": stats.fps, "cpu_ms_per_frame": 1000 * cpu / stats.frames,
+                "serving_cpu_share": serving / cpu if cpu else 0.0,
+                "publish_us_per_frame": 1e6 * publish_s[0] / stats.frames,
                 "jpegs_encoded": service.hub.jpegs - encoded}
 
     try:
@@ -191,13 +215,15 @@ def serve_cost(model: Path, source: str, threads: int, frames: int, reps: int) -
                 r = one(v, frames)
                 runs[name[v]].append(r)
                 print(f"rep {rep + 1}/{reps} {name[v]:>9}: {r['fps']:6.1f} FPS, {r['cpu_ms_per_frame']:.2f} ms "
-                      f"CPU/frame, {r['jpegs_encoded']} JPEGs", file=sys.stderr, flush=True)
+                      f"CPU/frame, serving {100 * r['serving_cpu_share']:.2f}% of the CPU, publish "
+                      f"{r['publish_us_per_frame']:.1f} us/frame, {r['jpegs_encoded']} JPEGs",
+                      file=sys.stderr, flush=True)
     finally:
         viewers.set(0)
         delivered = viewers.close()
         service.close()
     out = {"frames_per_run": frames, "reps": reps, "runs": runs, "viewer_parts_received": delivered}
-    for key in ("fps", "cpu_ms_per_frame"):
+    for key in ("fps", "cpu_ms_per_frame", "serving_cpu_share", "publish_us_per_frame"):
         out[f"median_{key}"] = {k: statistics.median(r[key] for r in rs) for k, rs in runs.items()}
     for base in ("no_serve", "0_clients"):  # FPS ratios, and the same implied by CPU time per frame
         out[f"fps_ratio_to_{base}"] = {k: statistics.median(r["fps"] / b["fps"] for r, b in zip(rs, runs[base]))
@@ -310,6 +336,10 @@ def serve_figures(args) -> dict:
     for base in ("no_serve", "0_clients"):
         print(f"ratio to {base}: FPS " + ", ".join(f"{k} {v:.3f}" for k, v in f[f"fps_ratio_to_{base}"].items())
               + "; by CPU time per frame " + ", ".join(f"{k} {v:.3f}" for k, v in f[f"cpu_ratio_to_{base}"].items()))
+    print("share of the process's CPU spent serving (encoder + HTTP threads + publish on the loop thread): "
+          + ", ".join(f"{k} {100 * v:.2f}%" for k, v in f["median_serving_cpu_share"].items())
+          + "; publish on the loop thread: " + ", ".join(f"{k} {v:.1f} us/frame"
+                                                       for k, v in f["median_publish_us_per_frame"].items()))
     print("goal: 2 clients >= 0.90 of 0 clients")
     print(f"RSS with 2 clients: peak {res['rss']['serve_2_clients']['peak_rss_mb']:.1f} MB "
           f"(without --serve {res['rss']['no_serve']['peak_rss_mb']:.1f} MB); first frame in the browser "
