@@ -17,7 +17,7 @@ from edge_runtime.preprocess import PreprocessingError
 
 from .errors import ConvertError
 
-SUBCOMMANDS = ("evaluate", "tflite", "compress")
+SUBCOMMANDS = ("evaluate", "tflite", "compress", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,3 +11,7 @@ class WeightsError(ConvertError):
 
 class GateError(ConvertError):
     """A validation gate was missed (the figures are in the message)."""
+
+
+class TrainError(ConvertError):
+    """Training cannot start or continue: bad data folder, options, or a run that does not match."""

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   python -m edge_runtime --camera 0 --serve 8080                 # then open http://127.0.0.1:8080/
   EDGE_RUNTIME_TOKEN=long-secret python -m edge_runtime --camera 0 --serve 0.0.0.0:8080
   python -m edge_runtime --camera 0 --headless --record rec/cam.mkv --record-segment 300
+  python -m edge_runtime capture --camera 0 --label parcel --out photos --every 2 --count 100
 """
 
 
@@ -91,6 +92,11 @@ def has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["capture"]:  # python -m edge_runtime capture ...: labelled photos for training
+        from .capture import main as capture_main
+
+        return capture_main(argv[1:])
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,

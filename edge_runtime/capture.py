@@ -1,0 +1,186 @@
+"""``python -m edge_runtime capture``: labelled training photos from the device's camera.
+
+Frames come from the runtime's own sources (camera, Picamera2, video file, stream, image folder) and
+are written as JPEGs into ``OUT/LABEL/``, the folder layout ``python -m convert train`` reads.
+Every file is written to a temporary name and linked into place only if that name is free, so an
+existing photo is never overwritten and a reader never sees half a file. Headless: no window.
+numpy and OpenCV only, like the rest of the runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+EXAMPLES = """examples:
+  python -m edge_runtime capture --camera 0 --label parcel --out photos --every 2 --count 100
+  python -m edge_runtime capture --camera 0 --picamera --label empty_porch --out photos --count 100
+  python -m edge_runtime capture --source walkthrough.mp4 --label bench --out photos --every 0.5
+then, on a workstation:
+  python -m convert train --data photos --out runs/porch
+"""
+_LABEL = re.compile(r"^[^/\\\x00]{1,100}$")
+MAX_INDEX = 10_000_000
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class CaptureError(RuntimeError):
+    """Bad label or output folder, or a photo that cannot be written (message says which)."""
+
+
+@dataclass
+class CaptureStats:
+    saved: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    stopped_by: str = "end of source"
+    last: Path | None = None
+
+
+def check_label(label: str) -> str:
+    """A class name usable as one folder name (the trainer's class list is the folder names)."""
+    if not _LABEL.match(label) or label.strip() in ("", ".", "..") or label.startswith("."):
+        raise CaptureError(f"--label {label!r}: a class name usable as a folder name expected "
+                           "(1-100 characters, no '/', not starting with '.')")
+    return label
+
+
+def write_new(folder: Path, stem: str, data: bytes, start: int = 0) -> tuple[Path, int]:
+    """Write ``data`` as ``folder/stem_NNNNNN.jpg`` with the first free number >= ``start``.
+
+    The bytes go to a temporary file which is hard-linked to the final name: linking fails when the
+    name exists, so nothing is overwritten even with two captures writing into one folder.
+    """
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".capture.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; photos get the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for index in range(start, MAX_INDEX):
+            path = folder / f"{stem}_{index:06d}.jpg"
+            try:
+                os.link(tmp, path)
+                return path, index + 1
+            except FileExistsError:
+                continue
+        raise CaptureError(f"{folder}: no free file name below {stem}_{MAX_INDEX:06d}.jpg")
+    finally:
+        os.unlink(tmp)
+
+
+def capture(source, out: Path, label: str, every: float = 1.0, count: int | None = None, quality: int = 95,
+            stop: threading.Event | None = None, log=print) -> CaptureStats:
+    """Save a frame from ``source`` every ``every`` seconds into ``out/label`` until ``count`` photos,
+    the end of the source, or ``stop``.
+
+    Live sources are timed by the clock; files by their own frame rate (frame index / fps), so a
+    clip gives the same photos however fast it decodes.
+    """
+    folder = Path(out) / check_label(label)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CaptureError(f"--out {out}: cannot create {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CaptureError(f"--out {out}: {folder} is not writable")
+    stop = stop or threading.Event()
+    live = bool(getattr(source, "latest", False))
+    fps = getattr(getattr(source, "stats", None), "fps_hint", 0.0) or 30.0
+    stats = CaptureStats()
+    stem, next_index, next_time = _safe_stem(label), 0, 0.0
+    t0 = time.monotonic()
+    try:
+        for frame in source:
+            if stop.is_set():
+                stats.stopped_by = "signal"
+                break
+            stats.frames += 1
+            now = time.monotonic() - t0 if live else (stats.frames - 1) / fps
+            if now + 1e-9 < next_time or not isinstance(frame, np.ndarray) or frame.size == 0:
+                continue
+            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+            if not ok:
+                raise CaptureError("JPEG encoding failed for a frame")
+            try:
+                stats.last, next_index = write_new(folder, stem, jpeg.tobytes(), next_index)
+            except OSError as e:
+                raise CaptureError(f"{folder}: cannot write a photo ({e.strerror}); {stats.saved} saved") from None
+            stats.saved += 1
+            next_time = now + every
+            log(f"saved {stats.last} ({stats.saved}{f'/{count}' if count else ''})")
+            if count and stats.saved >= count:
+                stats.stopped_by = "count reached"
+                break
+        else:
+            if stop.is_set():
+                stats.stopped_by = "signal"
+    except KeyboardInterrupt:
+        stats.stopped_by = "interrupt"
+    finally:
+        stats.seconds = time.monotonic() - t0
+        source.close()
+    return stats
+
+
+def _safe_stem(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._") or "photo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_runtime capture", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Save labelled photos for training from a camera, a video file, a "
+                                            "stream or an image folder: JPEGs in OUT/LABEL/, never overwriting.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
+    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
+    p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
+    p.add_argument("--label", required=True, help="class name: photos go to OUT/LABEL/")
+    p.add_argument("--out", type=Path, required=True, help="data folder (one sub-folder per class)")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between saved photos (default 1.0)")
+    p.add_argument("--count", type=int, help="stop after N photos (default: until Ctrl-C or the source ends)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--quiet", action="store_true", help="no line per saved photo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    args = build_parser().parse_args(argv)
+    from .app import install_stop_signals
+    from .sources import SourceError, open_source
+
+    if args.every < 0 or (args.count is not None and args.count < 1) or not 1 <= args.quality <= 100:
+        print(f"error: --every {args.every} / --count {args.count} / --quality {args.quality}: every >= 0, "
+              "count >= 1 and quality 1-100 expected", file=sys.stderr)
+        return 2
+    try:
+        check_label(args.label)
+        source = open_source(args.camera if args.camera is not None else args.source,
+                             camera=args.camera is not None, picamera=args.picamera)
+    except (CaptureError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    install_stop_signals(stop, source)
+    say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        stats = capture(source, args.out, args.label, args.every, args.count, args.quality, stop, say)
+    except CaptureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{stats.saved} photos of {args.label!r} in {args.out / args.label} from {stats.frames} frames in "
+          f"{stats.seconds:.1f}s; stopped by {stats.stopped_by}", file=sys.stderr)
+    return 0

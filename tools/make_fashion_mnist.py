@@ -1,0 +1,39 @@
+"""Write Fashion-MNIST (Debian package dataset-fashion-mnist) as class folders for `python -m convert train`.
+
+examples:
+  python tools/make_fashion_mnist.py --out build/fashion-mnist
+  python tools/make_fashion_mnist.py --out build/fmnist-small --train-per-class 200 --test-per-class 50
+then:
+  python -m convert train --data build/fashion-mnist/train --val-split 0.1 --out build/runs/fmnist
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.errors import ConvertError  # noqa: E402
+from convert.train.fashion_mnist import DEFAULT_SOURCE, export  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="destination: OUT/train/<class>/, OUT/test/<class>/")
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"gzipped IDX files (default {DEFAULT_SOURCE})")
+    p.add_argument("--train-per-class", type=int, help="keep the first N training images of each class (default all)")
+    p.add_argument("--test-per-class", type=int, help="keep the first N test images of each class (default all)")
+    args = p.parse_args(argv)
+    try:
+        s = export(args.out, args.source, {"train": args.train_per_class, "test": args.test_per_class})
+    except (ConvertError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {s['train']} training and {s['test']} test images in {len(s['classes'])} classes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
