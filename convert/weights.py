@@ -141,15 +141,24 @@ def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | No
     return dest
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from an untrusted ``.pth``: never unpickles arbitrary objects."""
+def read_weights_only(path: Path):
+    """The objects of an untrusted torch file (tensors and plain data only: never unpickles code).
+
+    Raises:
+        WeightsError: too large, or not loadable with ``weights_only=True``.
+    """
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or hostile files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from an untrusted ``.pth``: never unpickles arbitrary objects."""
+    obj = read_weights_only(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -80,6 +80,18 @@ def write_new(folder: Path, stem: str, data: bytes, start: int = 0) -> tuple[Pat
         os.unlink(tmp)
 
 
+def prepare_folder(out: Path, label: str) -> Path:
+    """Create ``out/label`` and check that photos can be written there."""
+    folder = Path(out) / check_label(label)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CaptureError(f"--out {out}: cannot create {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CaptureError(f"--out {out}: {folder} is not writable")
+    return folder
+
+
 def capture(source, out: Path, label: str, every: float = 1.0, count: int | None = None, quality: int = 95,
             stop: threading.Event | None = None, log=print) -> CaptureStats:
     """Save a frame from ``source`` every ``every`` seconds into ``out/label`` until ``count`` photos,
@@ -88,13 +100,11 @@ def capture(source, out: Path, label: str, every: float = 1.0, count: int | None
     Live sources are timed by the clock; files by their own frame rate (frame index / fps), so a
     clip gives the same photos however fast it decodes.
     """
-    folder = Path(out) / check_label(label)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CaptureError(f"--out {out}: cannot create {folder} ({e.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CaptureError(f"--out {out}: {folder} is not writable")
+        folder = prepare_folder(out, label)
+    except CaptureError:
+        source.close()
+        raise
     stop = stop or threading.Event()
     live = bool(getattr(source, "latest", False))
     fps = getattr(getattr(source, "stats", None), "fps_hint", 0.0) or 30.0
@@ -143,10 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Save labelled photos for training from a camera, a video file, a "
                                             "stream or an image folder: JPEGs in OUT/LABEL/, never overwriting.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
-    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
-    p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
+    from .cli import add_source_arguments
+
+    add_source_arguments(p)
     p.add_argument("--label", required=True, help="class name: photos go to OUT/LABEL/")
     p.add_argument("--out", type=Path, required=True, help="data folder (one sub-folder per class)")
     p.add_argument("--every", type=float, default=1.0, help="seconds between saved photos (default 1.0)")
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               "count >= 1 and quality 1-100 expected", file=sys.stderr)
         return 2
     try:
-        check_label(args.label)
+        prepare_folder(args.out, args.label)  # before the camera is opened
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera)
     except (CaptureError, SourceError) as e:

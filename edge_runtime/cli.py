@@ -25,14 +25,20 @@ EXAMPLES = """examples:
 """
 
 
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """--camera | --source, and --picamera: the frame sources (shared with ``capture``)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
+    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
+    p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edge_runtime", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Classify camera frames with an int8 TFLite model: top-k labels, "
                                             "overlay, FPS; headless and JSON modes; reconnects cameras.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
-    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
+    add_source_arguments(p)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help=f"the .tflite model (default: {DEFAULT_MODEL}, what `python -m convert tflite` writes)")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
@@ -56,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate-disconnect-seconds", type=float, default=0.0, metavar="S",
                    help="with --simulate-disconnect-every: the camera stays unplugged S seconds each time "
                         "(default 0: it comes back at the first reopen attempt)")
-    p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
     pre = p.add_argument_group("preprocessing for a plain .tflite without embedded metadata")

@@ -50,9 +50,12 @@ def fmnist(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_dir(fmnist, weights_env, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "reference"
-    rc = convert_main(["train", "--data", str(fmnist / "train"), "--test", str(fmnist / "test"), "--out", str(out),
-                       *SETTINGS])
-    assert rc == 0
+    # a process of its own, as users run it: torch is not imported yet, so the CLI's OMP_WAIT_POLICY
+    # (idle threads sleep) applies; in this process torch spins and runs 5x slower on a busy machine
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--test",
+                        str(fmnist / "test"), "--out", str(out), *SETTINGS], env=_env(), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
     return out
 
 

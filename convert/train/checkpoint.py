@@ -19,7 +19,6 @@ from ..errors import TrainError
 
 FORMAT = "squeezenet-edge/train-checkpoint"
 VERSION = 1
-MAX_BYTES = 1 << 30
 
 
 def save(path: Path, obj: dict) -> None:
@@ -34,16 +33,12 @@ def load(path: Path) -> dict:
     Raises:
         TrainError: missing, too large, not loadable, or not a training checkpoint.
     """
+    from ..weights import read_weights_only
+
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: no such checkpoint")
-    if path.stat().st_size > MAX_BYTES:
-        raise TrainError(f"{path}: larger than {MAX_BYTES} bytes, refusing")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or hostile files
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TrainError(f"{path}: not a loadable checkpoint ({first})") from None
+    obj = read_weights_only(path)
     if not is_training_checkpoint(obj):
         raise TrainError(f"{path}: not a training checkpoint of this project (record format {FORMAT!r} expected)")
     return obj

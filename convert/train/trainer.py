@@ -232,11 +232,13 @@ def _normalize_input_scale(model: nn.Module, pp: Preprocessing) -> tuple[nn.Modu
 
 
 def _is_training_file(path: Path) -> bool:
+    from ..weights import read_weights_only
+
     if path.suffix not in (".pt", ".pth"):
         return False
     try:
-        return ckpt.is_training_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception:
+        return ckpt.is_training_checkpoint(read_weights_only(path))
+    except ConvertError:
         return False
 
 

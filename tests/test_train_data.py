@@ -1,0 +1,128 @@
+"""Training data discovery and the device-side capture tool, on real images and the real sample clip
+(no training here: fast)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.errors import TrainError
+from convert.train import data as D
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIB = ROOT / "calib_data"
+CLIP = ROOT / "samples" / "sample_clip.mp4"
+
+
+def _clip_frames() -> int:
+    cap = cv2.VideoCapture(str(CLIP))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def test_class_folders_clips_and_wordnet_names(tmp_path):
+    root = tmp_path / "data"
+    photos = sorted(CALIB.glob("*.jpg"))
+    for i, p in enumerate(photos[:12]):
+        dest = root / ("fruit" if i % 2 else "scene") / ("deep" if i == 5 else "") / p.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest)
+    (root / "walk").mkdir()
+    shutil.copy(CLIP, root / "walk" / "clip.mp4")
+    shutil.copy(photos[12], root / f"n01443537_{photos[12].name}")  # ImageNet-style name at the top
+    (root / "stray.jpg").write_bytes(photos[13].read_bytes())  # no class: counted, not fatal
+    (root / "scene" / "README.md").write_text("notes")
+    scan = D.scan(root, tmp_path / "frames", frame_stride=10)
+    assert scan.classes == ["fruit", "n01443537", "scene", "walk"]
+    frames = -(-_clip_frames() // 10)
+    assert scan.counts() == [6, 1, 6, frames] and scan.clips == 1
+    assert len(list((tmp_path / "frames" / "walk").glob("*.png"))) == frames
+    assert {s.split(" ")[0] for s in scan.skipped} == {"stray.jpg", "scene/README.md"}
+    again = D.scan(root, tmp_path / "frames", frame_stride=10)  # frames reused, same content hash
+    assert again.content_hash == scan.content_hash
+    assert D.scan(root, tmp_path / "frames2", frame_stride=5).content_hash != scan.content_hash
+    train, val = D.split(scan.items, 0.3, len(scan.classes))
+    # a clip's frames stay on one side; each class with 2+ files gives at least one to validation
+    assert {t for _, t, _ in val} == {0, 2} and all(t != 3 for _, t, _ in val)
+    assert D.split(scan.items, 0.3, len(scan.classes)) == (train, val)
+
+
+def test_split_is_stratified_and_stable_when_files_are_added():
+    items = [(f"/d/c{c}/{i}.png", c, f"c{c}/{i}.png") for c in range(3) for i in range(40)]
+    train, val = D.split(items, 0.25, 3)
+    assert [sum(1 for _, t, _ in val if t == c) for c in range(3)] == [10, 10, 10]
+    more = items + [(f"/d/c0/extra{i}.png", 0, f"c0/extra{i}.png") for i in range(4)]
+    _, val2 = D.split(more, 0.25, 3)
+    kept = set(v[0] for v in val) & set(v[0] for v in val2)
+    assert len(kept) >= 25  # adding files moves few of the others
+    with pytest.raises(TrainError, match="--val-split 1.5"):
+        D.split(items, 1.5, 3)
+
+
+def test_unreadable_and_oversized_files_are_counted(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        shutil.copy(CALIB / "opencv_apple.jpg", tmp_path / c / "ok.jpg")
+    (tmp_path / "a" / "truncated.png").write_bytes((CALIB / "opencv_apple.jpg").read_bytes()[:0] + b"\x89PNG")
+    (tmp_path / "b" / "empty.jpg").write_bytes(b"")
+    scan = D.scan(tmp_path, None)
+    assert scan.counts() == [1, 1] and len(scan.skipped) == 2
+
+
+def _capture(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_runtime", "capture", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120, **kw)
+
+
+def test_capture_writes_new_jpegs_and_never_overwrites(tmp_path):
+    out = tmp_path / "photos"
+    (out / "porch").mkdir(parents=True)
+    keep = out / "porch" / "porch_000001.jpg"
+    keep.write_bytes(b"the user's own photo")
+    r = _capture("--source", str(CLIP), "--label", "porch", "--out", str(out), "--every", "0.5", "--count", "4")
+    assert r.returncode == 0, r.stderr
+    assert keep.read_bytes() == b"the user's own photo"
+    files = sorted(p.name for p in (out / "porch").iterdir())
+    assert files == ["porch_000000.jpg", "porch_000001.jpg", "porch_000002.jpg", "porch_000003.jpg",
+                     "porch_000004.jpg"]  # no temporary file left behind
+    image = cv2.imread(str(out / "porch" / "porch_000002.jpg"))
+    assert image is not None and image.shape[2] == 3 and image.std() > 5
+    first = cv2.imread(str(out / "porch" / "porch_000000.jpg")).astype(np.int16)
+    assert np.abs(first - image).mean() > 1  # half a second apart in the clip: different frames
+    assert (os.stat(out / "porch" / "porch_000000.jpg").st_mode & 0o777) == 0o644 & ~_umask()
+    r = _capture("--source", str(CLIP), "--label", "porch", "--out", str(out), "--count", "1", "--quiet")
+    assert r.returncode == 0 and (out / "porch" / "porch_000005.jpg").exists()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--label", "../up"], "--label '../up'"),
+    (["--label", ".hidden"], "--label '.hidden'"),
+    (["--label", "x", "--count", "0"], "--count 0"),
+    (["--label", "x", "--camera", "7"], "no camera found at index 7"),
+])
+def test_capture_bad_input_one_line(tmp_path, args, expect):
+    src = [] if "--camera" in args else ["--source", str(CLIP)]
+    r = _capture(*src, *args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
+
+
+def test_capture_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _capture("--source", str(CLIP), "--label", "x", "--out", str(blocker / "sub"), "--count", "1")
+    assert r.returncode == 2 and "cannot create" in r.stderr and len(r.stderr.strip().splitlines()) == 1
