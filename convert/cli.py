@@ -15,7 +15,7 @@ from edge_runtime.classify import ModelError
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import PreprocessingError
 
-from .errors import ConvertError
+from .errors import STOP, ConvertError, Terminated
 
 SUBCOMMANDS = ("evaluate", "tflite", "compress", "train")
 
@@ -36,18 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C, so working folders are removed and nothing half-written stays."""
-
-
 def _terminate(*_args) -> None:
+    STOP.set()
     raise Terminated()
+
+
+def _unraisable(info) -> None:
+    """A Terminated that landed where Python cannot raise it (a weakref callback, a __del__) is not
+    printed: STOP is set, and the run stops at its next step (convert.errors.check_stop)."""
+    if not isinstance(info.exc_value, Terminated):
+        sys.__unraisablehook__(info)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    STOP.clear()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
         return int(args.func(args) or 0)
     except (ConvertError, MetadataError, PreprocessingError, ModelError) as e:
@@ -58,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print("interrupted: no partial output was left", file=sys.stderr)
         return 130
     except Terminated:
-        print("terminated (SIGTERM): nothing was written", file=sys.stderr)
+        print("terminated (SIGTERM): no partial output was left", file=sys.stderr)
         return 143
     finally:
+        sys.unraisablehook = hook
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 

@@ -1,4 +1,5 @@
 """Errors a user can cause; the command line prints them as one line and exits non-zero."""
+import threading
 
 
 class ConvertError(Exception):
@@ -15,3 +16,19 @@ class GateError(ConvertError):
 
 class TrainError(ConvertError):
     """Training cannot start or continue: bad data folder, options, or a run that does not match."""
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C, so working folders are removed and nothing half-written stays."""
+
+
+# Set by the command line's SIGTERM handler. An exception raised from a signal handler can land where
+# Python swallows it (a weakref callback during an import, a __del__), so the long work also checks
+# this between its steps and before it writes anything (check_stop).
+STOP = threading.Event()
+
+
+def check_stop() -> None:
+    """Raise :class:`Terminated` when a SIGTERM arrived (even one whose exception was swallowed)."""
+    if STOP.is_set():
+        raise Terminated()

@@ -27,7 +27,7 @@ from edge_runtime.preprocess import Preprocessing, read_image, PreprocessingErro
 
 from .calibration import DEFAULT_SCALES, load_views
 from .calibration_data import default_check_dir, list_calibration_images
-from .errors import ConvertError, GateError
+from .errors import ConvertError, GateError, check_stop
 from .fidelity import check_views, half_figures, labelled_figures, unlabelled_figures
 
 MIN_CALIB_IMAGES = 20
@@ -84,7 +84,9 @@ def sibling_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{stem}_float.onnx"), out.with_name(f"{stem}_float.tflite")
 
 
-def _progress(opts: ConvertOptions, t0: float, msg: str) -> None:
+def _progress(opts: ConvertOptions, t0: float, msg: str, check: bool = True) -> None:
+    if check:
+        check_stop()  # between steps: a SIGTERM whose exception was swallowed still stops the run
     if not opts.quiet:
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
@@ -384,11 +386,12 @@ def convert(opts: ConvertOptions) -> dict:
         if report["gates"]["failed"]:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})")
         # the artifact and its float siblings are replaced together or not at all
+        check_stop()
         atomic_write_many({float_onnx_out: float_onnx.read_bytes(), float_tflite_out: float_tflite.read_bytes(),
                            out: final})
     finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
         shutil.rmtree(tmpdir, ignore_errors=True)
-    _progress(opts, t0, f"wrote {out} ({len(final)} bytes)")
+    _progress(opts, t0, f"wrote {out} ({len(final)} bytes)", check=False)
     return report
 
 

@@ -119,7 +119,8 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
         run.stop(sig, limit=60)
         if sig == signal.SIGTERM:
             assert run.proc.returncode == 143 and "Traceback" not in run.stderr, run.stderr
-            assert run.err[-1] == "terminated (SIGTERM): nothing was written"
+            assert run.err[-1] == "terminated (SIGTERM): no partial output was left"
+            assert out.read_bytes() == b"an earlier artifact"
             assert not list(tmp_path.glob(".convert-*")) and not list(tmp_path.glob(".*.tmp"))
     assert len(list(tmp_path.glob(".convert-*"))) == 1  # what kill -9 left
     few = tmp_path / "three_photos"
