@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -115,6 +116,17 @@ class SilentServer:
         for c in self.accepted:
             c.close()
         self.sock.close()
+
+
+def run_module(module: str, *args, memory_limit: int | None = None, timeout: float = 300):
+    """``python -m MODULE ARGS`` to completion (optionally under a virtual memory limit, as
+    ``ulimit -v`` sets it), output captured."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=limit if memory_limit else None)
 
 
 class Process:

@@ -3,10 +3,8 @@ anything is decoded; metadata parsed with bounded depth, sizes and finite number
 import contextlib
 import io
 import json
-import os
 import resource
 import struct
-import subprocess
 import sys
 import zlib
 
@@ -17,7 +15,7 @@ import pytest
 from edge_runtime.image_size import ImageHeaderError, image_size
 from edge_runtime.metadata import METADATA_NAME, read_metadata_bytes
 from edge_runtime.preprocess import MAX_IMAGE_PIXELS, ImageTooLarge, PreprocessingError, read_image
-from realworld import ROOT
+from realworld import ROOT, run_module
 
 PHOTO = ROOT / "calib_data" / "skimage_coffee.jpg"
 
@@ -41,12 +39,7 @@ def bomb() -> bytes:
 
 
 def _runtime(*args, limit_bytes: int | None = None):
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          preexec_fn=limit if limit_bytes else None)
+    return run_module("edge_runtime", *args, memory_limit=limit_bytes)
 
 
 @pytest.mark.parametrize("ext,params", [

@@ -6,19 +6,17 @@ import io
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime.fileio import atomic_write, atomic_write_many
-from realworld import ROOT, Process, small_filesystem, wait_for
+from realworld import ROOT, Process, run_module, small_filesystem, wait_for
 
 
-def _convert(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def _convert(*args):
+    return run_module("convert", *args)
 
 
 def _main(*args) -> subprocess.CompletedProcess:

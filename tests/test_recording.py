@@ -1,21 +1,16 @@
 """Recordings survive full storage, read-only folders, kill -9 and frames of changing size (issue 13:
 findings 1, 2, 6), with the real runtime on the real clip and photos."""
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import pytest
 
-from realworld import ROOT, Process, small_filesystem, video_frames, wait_for
+from realworld import ROOT, Process, run_module, small_filesystem, video_frames, wait_for
 
 
 def _runtime(*args):
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return run_module("edge_runtime", *args)
 
 
 def _errors(stderr: str) -> list[str]:
