@@ -33,14 +33,19 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 
 def first_jpegs(url: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` parts of an MJPEG stream, decoded with OpenCV."""
     frames = []
     with urllib.request.urlopen(url, timeout=20) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace"), r.headers["Content-Type"]
         while len(frames) < n:
-            line = r.readline()
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-                r.readline()
-                frames.append(cv2.imdecode(np.frombuffer(r.read(length), np.uint8), cv2.IMREAD_COLOR))
+            if r.readline().rstrip(b"\r\n") != b"--frame":
+                continue
+            headers = {}
+            while (line := r.readline()) not in (b"\r\n", b"\n", b""):
+                key, _, value = line.decode().partition(":")
+                headers[key.strip().lower()] = value.strip()
+            data = r.read(int(headers["content-length"]))
+            frames.append(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     return frames
 
 
