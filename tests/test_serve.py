@@ -282,6 +282,26 @@ def test_metrics_in_prometheus_text_format(server, int8_model):
     assert len(used) >= 6 and used <= names, used - names
 
 
+def test_frames_are_encoded_only_while_a_viewer_watches(server):
+    def counters():
+        f = metrics(server)
+        return (sample(f, "edge_runtime_stream_frames"), sample(f, "edge_runtime_frames", "edge_runtime_frames_total"),
+                sample(f, "edge_runtime_clients", route="stream.mjpg"))
+
+    deadline = time.monotonic() + 10
+    while counters()[2] != 0:  # earlier tests' streams are gone
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    encoded, frames, _ = counters()
+    time.sleep(0.5)
+    encoded_after, frames_after, _ = counters()
+    assert encoded_after == encoded and frames_after > frames  # the loop runs, nothing is encoded
+    resp = open_stream(server, "/stream.mjpg")
+    mjpeg_frames(resp, 3)
+    assert counters()[0] >= encoded + 3 and counters()[2] == 1
+    resp.close()
+
+
 def test_token_is_required_everywhere_but_healthz(server):
     for path in ("/", "/stream.mjpg", "/events", "/predictions", "/model", "/metrics"):
         for token in (None, "wrong-token-123"):
