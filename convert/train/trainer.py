@@ -33,7 +33,7 @@ from . import distributed, dsd, report
 from .loop import Progress, evaluate, linear_decay, train_one_epoch
 
 # Options that define a run: --resume continues a run only with the same values.
-IDENTITY = ("arch", "weights", "epochs", "batch_size", "lr", "finetune_lr", "freeze_epochs", "input_size",
+IDENTITY = ("arch", "arch_kwargs", "weights", "epochs", "batch_size", "lr", "finetune_lr", "freeze_epochs", "input_size",
             "resize", "min_scale", "dsd", "dsd_epochs", "seed", "val_split", "momentum", "weight_decay",
             "frame_stride")
 CALIB_PER_CLASS = (3, 20)
@@ -50,6 +50,7 @@ class TrainOptions:
     val_split: float | None = None  # default 0.15 (without --val)
     test: Path | None = None  # labelled images evaluated after each phase, never used for choices
     arch: str | None = None  # default: the initial weights' architecture, else squeezenet1_0
+    arch_kwargs: dict | None = None  # builder arguments, e.g. {"sr": 0.5} for squeezenet_custom; default {}
     weights: str | None = None  # "deep-compression" (default), "none", a named source or a file
     epochs: int | None = None  # default 10 (head + full phases)
     batch_size: int | None = None  # global batch (divided among processes); default 64
@@ -154,14 +155,15 @@ def _check_out(o: TrainOptions) -> None:
 
 # ---------------------------------------------------------------- model and preprocessing
 
-def _init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preprocessing, str, bool]:
-    """(model, preprocessing, arch, head is new) from --weights: a named source, none, or a file."""
+def _init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preprocessing, str, bool, dict]:
+    """(model, preprocessing, arch, head is new, arch kwargs) from --weights: a named source, none, or a file."""
     from ..models import UnknownModelError, create_model
     from ..weights import WEIGHTS, load_model
 
     n = len(classes)
     source = o.weights
     init_state, init_labels, pp_base, arch = None, None, None, o.arch
+    kwargs = dict(o.arch_kwargs or {})
     if source == "none":
         pp_base = WEIGHTS["squeezenet1_0"].preprocessing  # ImageNet statistics, RGB
         arch = arch or "squeezenet1_0"
@@ -171,6 +173,10 @@ def _init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproc
         if arch and arch != rec["arch"]:
             raise TrainError(f"--weights {source} is a {rec['arch']} checkpoint, not --arch {arch}")
         arch = rec["arch"]
+        saved_kwargs = dict(rec.get("arch_kwargs") or {})
+        if o.arch_kwargs is not None and dict(o.arch_kwargs) != saved_kwargs:
+            raise TrainError(f"--weights {source} is a {arch} checkpoint built with {saved_kwargs}, not {o.arch_kwargs}")
+        kwargs = saved_kwargs
         pp_base = Preprocessing.from_dict(rec["preprocessing"])
         init_state, init_labels = saved["model"], list(rec["labels"])
     else:
@@ -180,9 +186,9 @@ def _init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproc
         arch, pp_base = record.arch, record.preprocessing
         init_state, init_labels = base.state_dict(), list(record.labels)
     try:
-        model = create_model(arch, num_classes=n)
-    except (UnknownModelError, ValueError) as e:
-        raise TrainError(f"--arch: {e}") from None
+        model = create_model(arch, num_classes=n, **kwargs)
+    except (UnknownModelError, ValueError, TypeError) as e:
+        raise TrainError(f"--arch {arch} {kwargs or ''}: {e}") from None
     new_head = True
     if init_state is not None:
         own = model.state_dict()
@@ -210,7 +216,7 @@ def _init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproc
                            mean=pp_base.mean, std=pp_base.std, interpolation=pp_base.interpolation)
     except PreprocessingError as e:
         raise TrainError(f"--input-size {size} / --resize {r}: {e}") from None
-    return model, pp, arch, new_head
+    return model, pp, arch, new_head, kwargs
 
 
 def _normalize_input_scale(model: nn.Module, pp: Preprocessing) -> tuple[nn.Module, Preprocessing]:
@@ -246,7 +252,7 @@ def record(o: TrainOptions, arch: str, classes: list[str], pp: Preprocessing, su
            calib_dir: Path | None, val_dir: Path | None, content_hash: str) -> dict:
     """The plain-data record saved with the weights (what the converter and evaluator need)."""
     return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "name": Path(o.out).name, "arch": arch,
-            "arch_kwargs": {}, "num_classes": len(classes), "labels": list(classes),
+            "arch_kwargs": dict(o.arch_kwargs or {}), "num_classes": len(classes), "labels": list(classes),
             "preprocessing": pp.to_dict(), "weights_init": o.weights,
             "calib_dir": str(calib_dir) if calib_dir else None, "val_dir": str(val_dir) if val_dir else None,
             "data": {"train": str(Path(o.data).resolve()), "val": str(Path(o.val).resolve()) if o.val else None,
@@ -319,9 +325,10 @@ def _prepare(o: TrainOptions) -> dict:
                              f"{train_scan.content_hash[:12]} vs {was['data']['content_hash'][:12]}); "
                              "a resumed run continues on the same images")
     torch.manual_seed(o.seed)  # the new classifier's initialization
-    model, pp, arch, new_head = _init_model(o, classes)
+    model, pp, arch, new_head, kwargs = _init_model(o, classes)
     if o.arch is None:
         o.arch = arch
+    o.arch_kwargs = kwargs
     if o.freeze_epochs is None:
         o.freeze_epochs = 1 if new_head and o.weights != "none" else 0
     if o.lr is None:
@@ -344,7 +351,8 @@ def _prepare(o: TrainOptions) -> dict:
         test_items = D.scan(o.test, None, o.frame_stride, classes=classes, what="--test").items
     state = saved["model"] if saved is not None else model.state_dict()
     return {"options": o, "classes": classes, "train_items": train_items, "val_items": val_items,
-            "test_items": test_items, "pp": pp.to_dict(), "arch": arch, "state": state,
+            "test_items": test_items, "pp": pp.to_dict(), "arch": arch,
+            "arch_kwargs": kwargs, "state": state,
             "train_state": saved["train_state"] if saved is not None else None,
             "content_hash": train_scan.content_hash, "val_hash": val_hash,
             "calib_dir": str(calib_dir.resolve()), "val_dir": str(val_dir.resolve()) if val_dir else None,
@@ -414,7 +422,7 @@ def _run(setup: dict, ctx) -> dict:
     o: TrainOptions = setup["options"]
     classes, out = setup["classes"], Path(o.out)
     pp = Preprocessing.from_dict(setup["pp"])
-    model = create_model(setup["arch"], num_classes=len(classes)).to(ctx.device)
+    model = create_model(setup["arch"], num_classes=len(classes), **setup["arch_kwargs"]).to(ctx.device)
     model.load_state_dict(setup["state"])
     pixel = PixelModel(model, pp).to(ctx.device)
     train_set, sampler, train_loader, val_loader, test_loader = _loaders(setup, ctx, o, pp)
