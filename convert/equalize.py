@@ -65,16 +65,35 @@ def equalize(model: nn.Module, batches: list[torch.Tensor], strength: float = 0.
     Returns:
         The model itself when it is not an equalizable SqueezeNet, else a modified copy.
     """
-    target = model.model if hasattr(model, "model") and isinstance(model.model, SqueezeNet) else model
-    if not isinstance(target, SqueezeNet) or not _pairs(target):
+    target = _target(model)
+    if target is None:
         return model
-    model = copy.deepcopy(model).eval()
-    target = model.model if hasattr(model, "model") and isinstance(model.model, SqueezeNet) else model
-    pairs = _pairs(target)
-    producers = sorted({c for prods, _ in pairs for c, _ in prods}, key=id)
+    names = {m: n for n, m in model.named_modules()}
+    producers = sorted({c for prods, _ in _pairs(target) for c, _ in prods}, key=id)
     ranges = channel_ranges(model, producers, batches)
-    for prods, consumers in pairs:
-        r = np.concatenate([ranges[c] for c, _ in prods])
+    return equalize_from_ranges(model, {names[c]: r for c, r in ranges.items()}, strength, max_scale)[0]
+
+
+def _target(model: nn.Module) -> SqueezeNet | None:
+    target = model.model if hasattr(model, "model") and isinstance(model.model, SqueezeNet) else model
+    return target if isinstance(target, SqueezeNet) and _pairs(target) else None
+
+
+@torch.no_grad()
+def equalize_from_ranges(model: nn.Module, ranges: dict[str, np.ndarray], strength: float = 0.5,
+                         max_scale: float = 32.0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """:func:`equalize` with the per-channel ranges already measured (by conv name, as
+    :func:`convert.statistics.shared_statistics` gives them).
+
+    Returns (the model or its equalized copy, per consumer conv name the scale of its input channels).
+    """
+    if _target(model) is None:
+        return model, {}
+    model = copy.deepcopy(model).eval()
+    names = {m: n for n, m in model.named_modules()}
+    input_scales: dict[str, torch.Tensor] = {}
+    for prods, consumers in _pairs(_target(model)):
+        r = np.concatenate([ranges[names[c]] for c, _ in prods])
         scale = (r.max() / np.maximum(r, r.max() / max_scale ** (1 / max(strength, 1e-6)))) ** strength
         s = torch.from_numpy(np.clip(scale, 1.0, max_scale).astype(np.float32))
         for conv, off in prods:
@@ -83,4 +102,5 @@ def equalize(model: nn.Module, batches: list[torch.Tensor], strength: float = 0.
             conv.bias.mul_(part)
         for conv in consumers:
             conv.weight.div_(s.view(1, -1, 1, 1))
-    return model
+            input_scales[names[conv]] = s
+    return model, input_scales

@@ -255,13 +255,21 @@ def _int8_predict(path: Path):
     return Classifier(path, threads=2).predict_batch
 
 
+def _conv_weights(model) -> list[np.ndarray]:
+    """Every convolution's weights in module order (the order of the exported graph's convolutions)."""
+    from torch import nn
+
+    return [m.weight.detach().numpy().copy() for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
 def convert(opts: ConvertOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises ConvertError / GateError."""
     import torch
 
     from .export import export_onnx
-    from .equalize import equalize
+    from .equalize import equalize_from_ranges
     from .rounding import gptq_round
+    from .statistics import rescale_moments, shared_statistics
     from .tflite import onnx_to_saved_model, quantize_int8
     from .calibration_data import default_calib_dir
 
@@ -299,39 +307,37 @@ def convert(opts: ConvertOptions) -> dict:
         work = Path(tmpdir).resolve()  # onnx2tf runs with its own working directory
         float_onnx = work / "float.onnx"
         to_tf = work / "equalized.onnx"  # float-equivalent: the float TFLite and the float reference
-        to_quantize: Path | None = None  # the model with weights rounded onto the int8 grid, if any
+        rounded = None  # (weights on the int8 grid, the float weights they replace), if rounded by GPTQ
         t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
         _progress(opts, t0, "exporting ONNX")
         if src.torch_model is not None:
             folded = src.torch_model.folded()
             export_onnx(folded, pp.input_size, float_onnx)
             x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+            subset = x[::max(1, -(-len(x) // ROUNDING_CROPS))]
+            _progress(opts, t0, f"calibration statistics: one pass over {len(subset)} views")
+            ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)])
+            eq, input_scales = folded, {}
             if opts.equalize > 0:
-                _progress(opts, t0, "equalizing channel ranges")
-                eq = equalize(folded, [x[i:i + 32] for i in range(0, len(x), 32)], strength=opts.equalize)
+                eq, input_scales = equalize_from_ranges(folded, ranges, strength=opts.equalize)
+            if eq is not folded:
                 export_onnx(eq, pp.input_size, to_tf)
             else:
-                eq, to_tf = folded, float_onnx
+                to_tf = float_onnx
             if opts.weight_rounding == "gptq":
                 _progress(opts, t0, "rounding weights onto the int8 grid (GPTQ)")
-                subset = x[::max(1, -(-len(x) // ROUNDING_CROPS))]
-                rounded, rounding_summary = gptq_round(eq, [subset[i:i + 16] for i in range(0, len(subset), 16)])
-                to_quantize = work / "rounded.onnx"
-                export_onnx(rounded, pp.input_size, to_quantize)
+                rounded_model, rounding_summary = gptq_round(
+                    eq, moments_by_name=rescale_moments(moments, eq, input_scales))
+                rounded = (_conv_weights(rounded_model), _conv_weights(eq))
         else:
             _onnx_with_normalization(src.onnx_path, pp, float_onnx)
             to_tf = float_onnx
         _progress(opts, t0, "onnx2tf: ONNX -> TensorFlow")
         saved_model, float_tflite = onnx_to_saved_model(to_tf, work / "tf", crops)
-        reference = None
-        if to_quantize is not None:
-            reference = saved_model
-            saved_model, _ = onnx_to_saved_model(to_quantize, work / "tf_rounded", crops)
         _progress(opts, t0, "calibrating and quantizing to int8")
         int8, cal_summary = quantize_int8(saved_model, crops, opts.input_type, opts.percentile, opts.output_margin,
-                                          reference=reference,
                                           bias_correction=opts.bias_correction, log_path=work / "tflite.log",
-                                          progress=lambda m: _progress(opts, t0, m))
+                                          progress=lambda m: _progress(opts, t0, m), rounded=rounded)
         conversion_s = time.perf_counter() - t_conv
         calibration = {"images": len(used), "views": int(len(crops)), "held_out": len(held),
                        "skipped": len(skipped), "folder": calib_dir.name,

@@ -46,8 +46,8 @@ def input_moments(model: nn.Module, convs: list[nn.Conv2d], batches: Iterable[to
         def fn(_m, inp, _out):
             x = F.unfold(inp[0], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # N, D, L
             x = x.transpose(1, 2).reshape(-1, x.shape[1])
-            x = x[:: max(1, x.shape[0] // (max_rows * inp[0].shape[0]))].double()
-            sums[conv] = sums.get(conv, 0) + x.T @ x
+            x = x[:: max(1, x.shape[0] // (max_rows * inp[0].shape[0]))]
+            sums[conv] = sums.get(conv, 0) + (x.T @ x).double()  # float32 product, float64 sum over batches
             counts[conv] = counts.get(conv, 0) + x.shape[0]
         return fn
 
@@ -89,16 +89,22 @@ def round_to_grid(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gptq_round(model: nn.Module, batches: list[torch.Tensor],
-               progress: Callable[[str], None] | None = None) -> tuple[nn.Module, dict]:
+def gptq_round(model: nn.Module, batches: list[torch.Tensor] | None = None,
+               progress: Callable[[str], None] | None = None,
+               moments_by_name: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
     """A copy of ``model`` whose convolution weights lie on TFLite's per-channel int8 grid, rounded
-    to minimize each convolution's output error on ``batches`` (inputs as the model takes them).
+    to minimize each convolution's output error on ``batches`` (inputs as the model takes them), or
+    on input second moments already measured (``moments_by_name``, by conv name).
 
     Returns (the model, a summary: layers rounded, mean output-error reduction versus nearest rounding).
     """
     model = copy.deepcopy(model).eval()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and _quantizable(m)]
-    moments = input_moments(model, convs, batches)
+    if moments_by_name is not None:
+        names = {m: n for n, m in model.named_modules()}
+        moments = {c: moments_by_name[names[c]] for c in convs if names[c] in moments_by_name}
+    else:
+        moments = input_moments(model, convs, batches or [])
     gains = []
     for n, conv in enumerate(convs):
         if conv not in moments:

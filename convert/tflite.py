@@ -153,10 +153,38 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), summary
 
 
+def replace_conv_weights(model_bytes: bytes, weights: list[np.ndarray], expected: list[np.ndarray]) -> bytes:
+    """The float TFLite model with its CONV_2D filters, in graph order, replaced by ``weights``
+    (PyTorch layout O x I x kh x kw). Each filter must currently hold exactly ``expected``'s values:
+    proof that the i-th CONV_2D is the i-th convolution of the model the weights belong to.
+
+    Raises:
+        ConvertError: another number of convolutions, or a filter that is not the expected one.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    sg = model.subgraphs[0]
+    convs = [op for op in sg.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "CONV_2D"]
+    if len(convs) != len(weights) or len(expected) != len(weights):
+        raise ConvertError(f"weight rounding: {len(convs)} convolutions in the TFLite graph, {len(weights)} rounded")
+    for i, (op, w, e) in enumerate(zip(convs, weights, expected)):
+        tensor = sg.tensors[op.inputs[1]]
+        buf = model.buffers[tensor.buffer]
+        old = np.frombuffer(bytes(bytearray(buf.data)), np.float32)
+        e = np.ascontiguousarray(np.asarray(e, np.float32).transpose(0, 2, 3, 1)).reshape(-1)
+        if old.shape != e.shape or not np.array_equal(old, e):
+            raise ConvertError(f"weight rounding: convolution {i} of the TFLite graph is not the model's")
+        new = np.ascontiguousarray(np.asarray(w, np.float32).transpose(0, 2, 3, 1))
+        buf.data = np.frombuffer(new.tobytes(), np.uint8).copy()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8", percentile: float = 99.99,
                   output_margin: float = 2.0, bias_correction: float = 0.5,
                   reference: Path | None = None, log_path: Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
+                  progress: Callable[[str], None] | None = None,
+                  rounded: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> tuple[bytes, dict]:
     """Full-integer post-training quantization: int8 per-channel weights, int8 activations,
     integer-only builtin ops, int8 output, ``input_type`` input (uint8 | int8 | float32).
 
@@ -166,6 +194,9 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
             BIAS_CORRECTION_CROPS evenly spaced crops.
         reference: the float SavedModel bias correction aims at, when ``saved_model`` approximates it
             (weights already rounded onto the int8 grid); default ``saved_model`` itself.
+        rounded: (weights on the int8 grid, the float weights they replace), one per convolution in
+            graph order: quantized instead of ``saved_model``'s own, which stay the bias-correction
+            target (one onnx2tf run serves both).
     Returns:
         (the .tflite bytes, a summary of the range method).
     """
@@ -176,6 +207,9 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
     try:
         with sink:
             calibrated = _calibrate(saved_model, crops, sink)
+            target = calibrated
+            if rounded is not None:
+                calibrated = replace_conv_weights(calibrated, *rounded)
             tuned, summary = set_ranges(calibrated, crops, percentile, output_margin, progress)
             with contextlib.redirect_stdout(sink):
                 model = tf_convert.mlir_quantize(
@@ -187,7 +221,8 @@ def quantize_int8(saved_model: Path, crops: np.ndarray, input_type: str = "uint8
 
                 subset = crops[::max(1, -(-len(crops) // BIAS_CORRECTION_CROPS))]
                 with contextlib.redirect_stdout(sink):
-                    target = _calibrate(reference, crops, sink) if reference is not None else calibrated
+                    if reference is not None:
+                        target = _calibrate(reference, crops, sink)
                     model, bc_summary = correct_biases(bytes(model), target, subset, bias_correction,
                                                        progress)
                 summary.update(bc_summary)

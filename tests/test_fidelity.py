@@ -103,3 +103,32 @@ def test_clustered_interval_counts_correlated_views_once():
     assert same["agreement"] == spread["agreement"] == 75.0
     assert same["design_effect"] > 4 and spread["design_effect"] == 1.0
     assert same["agreement_ci95"][1] - same["agreement_ci95"][0] > spread["agreement_ci95"][1] - spread["agreement_ci95"][0]
+
+
+def test_one_pass_statistics_match_the_equalized_models_own(float_model):
+    """Convert once: GPTQ's input moments of the equalized model, derived from the one pass over the
+    unequalized model, equal those measured on the equalized model itself (equalization is exact)."""
+    import torch
+
+    from convert.equalize import equalize_from_ranges
+    from convert.pixel_model import PixelModel
+    from convert.rounding import input_moments
+    from convert.statistics import rescale_moments, shared_statistics
+    from edge_runtime.preprocess import read_image, resize_crop
+
+    model, record = float_model
+    folded = PixelModel(model, record.preprocessing).folded()
+    root = Path(__file__).resolve().parents[1] / "calib_data"
+    crops = np.stack([resize_crop(read_image(str(root / f)), record.preprocessing)
+                      for f in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "opencv_fruits.jpg", "opencv_box.jpg")])
+    x = [torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))]
+    ranges, moments = shared_statistics(folded, x)
+    eq, scales = equalize_from_ranges(folded, ranges, strength=0.5)
+    assert len(scales) == 25 and any(float(s.max()) > 2 for s in scales.values())  # really rescaled
+    derived = rescale_moments(moments, eq, scales)
+    convs = [m for m in eq.modules() if isinstance(m, torch.nn.Conv2d)]
+    names = {m: n for n, m in eq.named_modules()}
+    direct = input_moments(eq, convs, x)
+    for conv in convs:
+        a, b = derived[names[conv]], direct[conv]
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max())), names[conv]
