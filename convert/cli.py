@@ -10,6 +10,7 @@ import importlib
 import signal
 import sys
 import threading
+from typing import Callable
 
 from edge_runtime.classify import ModelError
 from edge_runtime.metadata import MetadataError
@@ -48,14 +49,22 @@ def _unraisable(info) -> None:
         sys.__unraisablehook__(info)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_guarded(func: Callable[[], int | None], stopped: str = "no partial output was left") -> int:
+    """Run a command's work: SIGTERM unwinds like Ctrl-C, every error a user can cause is one line.
+
+    Args:
+        func: the work; returns the exit code (None: 0).
+        stopped: what the line printed on Ctrl-C or SIGTERM says about the outputs.
+
+    Returns:
+        the exit code: func's, 2 for an error, 130 for Ctrl-C, 143 for SIGTERM.
+    """
     STOP.clear()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
-        return int(args.func(args) or 0)
+        return int(func() or 0)
     except (ConvertError, MetadataError, PreprocessingError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -64,15 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no partial output was left", file=sys.stderr)
+        print(f"interrupted: {stopped}", file=sys.stderr)
         return 130
     except Terminated:
-        print("terminated (SIGTERM): no partial output was left", file=sys.stderr)
+        print(f"terminated (SIGTERM): {stopped}", file=sys.stderr)
         return 143
     finally:
         sys.unraisablehook = hook
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":
