@@ -173,3 +173,24 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     _fails(["--data", str(data), "--out", str(tmp_path / "o6"), "--resume"], capsys, "no last.pt")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     assert not (tmp_path / "o1" / "last.pt").exists()
+
+
+def test_dsd_from_a_trained_run(run_dir, fmnist, tmp_path):
+    """Dense -> sparse -> dense on the reference run's weights: masks hold during the sparse phase,
+    every phase's figures are recorded, and the result still classifies well above chance."""
+    out = tmp_path / "dsd"
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--out", str(out),
+                        "--weights", str(run_dir / "best.pt"), "--epochs", "0", "--dsd", "0.5", "--dsd-epochs", "1",
+                        "--val-split", "0.15", "--threads", "2", "--quiet"],
+                       env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["phase"] for row in _rows(out / "results.csv")] == ["sparse", "redense"]
+    phases = json.loads((out / "metrics.json").read_text())["phases"]
+    sparse, redense = phases
+    reference = json.loads((run_dir / "metrics.json").read_text())
+    assert sparse["start"]["val"]["top1"] == pytest.approx(reference["val_top1"], abs=1e-6)  # same split, same weights
+    assert sparse["start"]["pruned_val"]["top1"] < sparse["start"]["val"]["top1"]
+    assert sparse["sparsity"] >= 0.5 and redense["sparsity"] < sparse["sparsity"] - 0.2  # masks dropped
+    assert redense["end"]["top1"] >= 45.0
+    rec = torch.load(out / "best.pt", weights_only=True)["record"]
+    assert rec["preprocessing"] == torch.load(run_dir / "best.pt", weights_only=True)["record"]["preprocessing"]
