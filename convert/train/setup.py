@@ -1,0 +1,157 @@
+"""What rank 0 decides before training: options, data, split, model, resume state; and the record
+saved with the weights."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from edge_runtime.preprocess import Preprocessing
+
+from ..errors import TrainError
+from . import checkpoint as ckpt
+from . import data as D
+from .model import init_model
+from .options import TrainOptions, resolve_identity
+
+CALIB_PER_CLASS = (3, 20)  # calibration sample: ceil(100 / classes) images per class, within these bounds
+
+
+def check_out(o: TrainOptions) -> None:
+    """Create the run folder; refuse one that is not writable, or that holds a run (unless resuming it)."""
+    out = Path(o.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise TrainError(f"--out {out}: the run folder is not writable")
+    has_run = (out / "last.pt").exists() or (out / "run.json").exists()
+    if o.resume and not (out / "last.pt").exists():
+        raise TrainError(f"--resume: {out} holds no last.pt to resume (start without --resume)")
+    if not o.resume and has_run:
+        raise TrainError(f"--out {out} already holds a training run: pass --resume to continue it, "
+                         "or choose another --out (nothing is overwritten)")
+
+
+def record(o: TrainOptions, arch: str, classes: list[str], pp: Preprocessing, summary: dict,
+           calib_dir: Path | None, val_dir: Path | None, content_hash: str) -> dict:
+    """The plain-data record saved with the weights (what the converter and evaluator need)."""
+    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "name": Path(o.out).name, "arch": arch,
+            "arch_kwargs": dict(o.arch_kwargs or {}), "num_classes": len(classes), "labels": list(classes),
+            "preprocessing": pp.to_dict(), "weights_init": o.weights,
+            "calib_dir": str(calib_dir) if calib_dir else None, "val_dir": str(val_dir) if val_dir else None,
+            "data": {"train": str(Path(o.data).resolve()), "val": str(Path(o.val).resolve()) if o.val else None,
+                     "val_split": o.val_split, "content_hash": content_hash},
+            "summary": summary}
+
+
+def _link_items(items, classes: list[str], dest: Path) -> Path:
+    """A class-folder copy of some samples (hard links where possible): a labelled folder the
+    evaluator and the converter read, and that stays valid if the data folder moves."""
+    for path, target, group in items:
+        name = "__".join(Path(group).parts[1:]) if len(Path(group).parts) > 1 else Path(group).name
+        if Path(path).name != Path(group).name:  # a frame of a clip
+            name = Path(path).name
+        link = dest / classes[target] / name
+        if link.exists():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:
+            shutil.copy2(path, link)
+    return dest
+
+
+def _calibration_sample(items, classes: list[str]):
+    k = max(CALIB_PER_CLASS[0], min(CALIB_PER_CLASS[1], math.ceil(100 / len(classes))))
+    out = []
+    for c in range(len(classes)):
+        mine = sorted((i for i in items if i[1] == c), key=lambda i: hashlib.sha256(i[0].encode()).hexdigest())
+        out.extend(mine[:k])
+    return out
+
+
+def prepare(o: TrainOptions) -> dict:
+    """Everything rank 0 decides before training: options, data, split, model, resume state."""
+    saved = None
+    if o.resume:
+        check_out(o)
+        saved = ckpt.load(Path(o.out) / "last.pt")
+        o = resolve_identity(o, saved["train_state"]["options"])
+    else:
+        o = resolve_identity(o, None)
+        check_out(o)
+    out = Path(o.out)
+    train_scan = D.scan(o.data, out / "frames", o.frame_stride)
+    classes = train_scan.classes
+    if o.val is not None:
+        val_scan = D.scan(o.val, out / "frames-val", o.frame_stride, classes=classes, what="--val")
+        train_items, val_items, val_hash = train_scan.items, val_scan.items, val_scan.content_hash
+        val_split = None
+    else:
+        train_items, val_items = D.split(train_scan.items, o.val_split if o.val_split is not None else 0.15,
+                                         len(classes))
+        val_hash, val_scan = "", None
+        o.val_split = o.val_split if o.val_split is not None else 0.15
+        val_split = o.val_split
+    if o.batch_size < 1 or o.batch_size > len(train_items):
+        raise TrainError(f"--batch-size {o.batch_size}: between 1 and the {len(train_items)} training images expected")
+    if saved is not None:
+        was = saved["record"]
+        if was["labels"] != classes:
+            raise TrainError(f"--resume: {out} was trained on classes {', '.join(was['labels'][:8])}..., "
+                             f"--data {o.data} has {', '.join(classes[:8])}...")
+        if was["data"]["content_hash"] != train_scan.content_hash or \
+                saved["train_state"]["val_hash"] != val_hash:
+            raise TrainError(f"--resume: the data differ from those {out} was trained on (content hash "
+                             f"{train_scan.content_hash[:12]} vs {was['data']['content_hash'][:12]}); "
+                             "a resumed run continues on the same images")
+    torch.manual_seed(o.seed)  # the new classifier's initialization
+    model, pp, arch, new_head, kwargs = init_model(o, classes)
+    if o.arch is None:
+        o.arch = arch
+    o.arch_kwargs = kwargs
+    if o.freeze_epochs is None:
+        o.freeze_epochs = 1 if new_head and o.weights != "none" else 0
+    if o.lr is None:
+        o.lr = 0.04 * o.batch_size / 512
+    if o.input_size is None:
+        o.input_size = pp.input_size[0]
+    if not (0 <= o.freeze_epochs <= o.epochs):
+        raise TrainError(f"--freeze-epochs {o.freeze_epochs}: between 0 and --epochs {o.epochs} expected")
+    if o.dsd is not None and not 0.0 < o.dsd < 1.0:
+        raise TrainError(f"--dsd {o.dsd}: a sparsity between 0 and 1 expected (e.g. 0.5)")
+    if o.epochs < 0 or (o.epochs == 0 and o.dsd is None):
+        raise TrainError(f"--epochs {o.epochs}: at least 1 expected (or 0 with --dsd)")
+    if o.lr <= 0 or o.min_scale <= 0 or o.min_scale > 1:
+        raise TrainError(f"--lr {o.lr} / min scale {o.min_scale}: lr > 0 and 0 < min scale <= 1 expected")
+    calib_dir = _link_items(_calibration_sample(train_items, classes), classes, out / "calib")
+    val_dir = Path(o.val).resolve() if o.val is not None else (
+        _link_items(val_items, classes, out / "val") if val_items else None)
+    test_items = None
+    if o.test is not None:
+        test_items = D.scan(o.test, None, o.frame_stride, classes=classes, what="--test").items
+    state = saved["model"] if saved is not None else model.state_dict()
+    return {"options": o, "classes": classes, "train_items": train_items, "val_items": val_items,
+            "test_items": test_items, "pp": pp.to_dict(), "arch": arch,
+            "arch_kwargs": kwargs, "state": state,
+            "train_state": saved["train_state"] if saved is not None else None,
+            "content_hash": train_scan.content_hash, "val_hash": val_hash,
+            "calib_dir": str(calib_dir.resolve()), "val_dir": str(val_dir.resolve()) if val_dir else None,
+            "counts": {"train": _counts(train_items, classes), "val": _counts(val_items, classes),
+                       "skipped": len(train_scan.skipped) + (len(val_scan.skipped) if val_scan else 0),
+                       "skipped_files": (train_scan.skipped + (val_scan.skipped if val_scan else []))[:200],
+                       "clips": train_scan.clips, "val_split": val_split}}
+
+
+def _counts(items, classes) -> dict:
+    c = [0] * len(classes)
+    for _, t, _ in items:
+        c[t] += 1
+    return dict(zip(classes, c))
