@@ -16,6 +16,10 @@ from .errors import ConvertError
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 BIAS_CORRECTION_CROPS = 96
 CALIBRATOR_CROPS = 8
+# onnx2tf writes a ceil-mode max pool whose windows overhang the input as PADV2 (with the lowest float)
+# + MAX_POOL_2D; those pad values are no activation and must not set a range (SqueezeNet v1.0 at 32x32:
+# fire4's range became -3.4e38..x, scale 1.3e36, and XNNPACK refused the model).
+PAD_SENTINEL = 1e30
 
 
 @contextlib.contextmanager
@@ -128,6 +132,9 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
         interp.invoke()
         for j, i in enumerate(stat):
             v = interp.get_tensor(i).ravel()
+            v = v[np.abs(v) < PAD_SENTINEL]
+            if not v.size:
+                continue
             top[j] = max(top[j], float(v.max()))
             bottom[j] = min(bottom[j], float(v.min()))
             if v.size > 50_000:  # a fixed stride keeps it deterministic and fast
