@@ -49,7 +49,7 @@ def embed_metadata(tflite: bytes, info: ModelInfo, standard: bytes | None = None
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def write_artifact(tflite: bytes, info: ModelInfo, description: str = "", version: str = "1",
+def finish_artifact(tflite: bytes, info: ModelInfo, description: str = "", version: str = "1",
                    author: str = "squeezenet-edge", license: str = "") -> bytes:
     """The finished artifact: both metadata records, the label file appended, the checksum sealed.
 

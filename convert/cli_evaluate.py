@@ -22,27 +22,50 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True,
                    help="a named source (deep-compression, squeezenet1_0, squeezenet1_1) or a weights file "
-                        "(.net, .pth state dict, or a compressed container)")
+                        "(.net, .pth state dict, or a compressed container), or a converted .tflite artifact "
+                        "(run by the device runtime, with the preprocessing and labels it carries)")
     p.add_argument("--arch", help="architecture for a plain checkpoint (default: the weights' own)")
     p.add_argument("--images", required=True,
                    help="folder of labelled images: files named by WordNet id, or one sub-folder per class")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-verify", action="store_true",
+                   help="with a .tflite: evaluate it even if its integrity checksum does not match (experiments)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_torch
-    from .weights import load_model
-
-    model, record = load_model(args.weights, args.arch)
-    try:
-        result = evaluate_torch(model, record, args.images, limit=args.limit, progress=not args.json)
-    except DatasetError as e:
-        raise ConvertError(str(e)) from None
-    if args.json:
-        print(json.dumps({"weights": record.name, "sha256": record.sha256, **result.to_dict()}))
+    if str(args.weights).endswith(".tflite"):
+        name, sha256, result = _evaluate_tflite(args)
     else:
-        print(f"{record.name}: top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%  "
+        from .evaluate import evaluate_torch
+        from .weights import load_model
+
+        model, record = load_model(args.weights, args.arch)
+        try:
+            result = evaluate_torch(model, record, args.images, limit=args.limit, progress=not args.json)
+        except DatasetError as e:
+            raise ConvertError(str(e)) from None
+        name, sha256 = record.name, record.sha256
+    if args.json:
+        print(json.dumps({"weights": name, "sha256": sha256, **result.to_dict()}))
+    else:
+        print(f"{name}: top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%  "
               f"({result.n_used} images, {result.n_skipped} skipped)")
     return 0
+
+
+def _evaluate_tflite(args: argparse.Namespace):
+    """(name, content sha256, EvalResult) of a converted artifact, run by the device runtime."""
+    from edge_runtime.classify import Classifier, ModelError
+    from edge_runtime.evaluation import evaluate, find_labelled_images
+
+    try:
+        clf = Classifier(args.weights, verify=not args.no_verify)
+        images = find_labelled_images(args.images, clf.info.wnids, clf.info.labels)
+        if args.limit:
+            images.paths, images.targets = images.paths[:args.limit], images.targets[:args.limit]
+        result = evaluate(images, clf.predict_batch, clf.preprocessing, progress=not args.json)
+    except (ModelError, DatasetError) as e:
+        raise ConvertError(str(e)) from None
+    return clf.info.model_name, clf.content_sha256, result

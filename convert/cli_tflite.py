@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "reported whole and per half)")
     p.add_argument("--input-type", choices=("uint8", "int8", "float32"), default="uint8",
                    help="input tensor type (default uint8: camera pixels go in unchanged)")
+    p.add_argument("--output-type", choices=("uint8", "int8", "float32"), default="uint8",
+                   help="the score head's type (default uint8: what MediaPipe Tasks and other stock clients "
+                        "read; the arithmetic stays integer; float32 adds one float multiply at the end)")
     p.add_argument("--report", type=Path, help="write the validation report as JSON here")
     p.add_argument("--min-agreement", type=float, default=0.95,
                    help="gate: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ConvertError(f"--labels {args.labels}: cannot read ({e})") from None
     opts = ConvertOptions(out=args.out, weights=args.weights, arch=args.arch, onnx=args.onnx, calib=args.calib,
                           check=args.check,
-                          val=args.val, val_half=args.val_half, input_type=args.input_type, report=args.report,
+                          val=args.val, val_half=args.val_half, input_type=args.input_type,
+                          output_type=args.output_type, report=args.report,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
                           calib_scales=args.calib_scales,

@@ -14,12 +14,14 @@ import numpy as np
 from edge_runtime.evaluation import HALVES, class_half
 from edge_runtime.intervals import clustered_interval, paired_difference, percent_interval
 
+from .head import comparable
+
 
 def agreement_figures(f_scores: np.ndarray, q_scores: np.ndarray) -> dict:
     """Top-1 agreement (percent, with its Wilson 95% interval), logit errors and exact ties at the top."""
     f_top, q_top = f_scores.argmax(1), q_scores.argmax(1)
     same = int(np.sum(f_top == q_top))
-    err = np.abs(f_scores.astype(np.float64) - q_scores)
+    err = np.abs(comparable(f_scores) - comparable(q_scores))  # logits relative to the best, as the head gives
     ties = int(np.sum((q_scores == q_scores.max(1, keepdims=True)).sum(1) > 1))
     return {"agreement": round(100.0 * same / len(f_top), 3), "agreement_ci95": percent_interval(same, len(f_top)),
             "int8_ties_at_top": ties, "mean_abs_logit_error": round(float(err.mean()), 5),
@@ -87,4 +89,4 @@ def unlabelled_figures(f_scores: np.ndarray, q_scores: np.ndarray, groups: list[
     stats = clustered_interval([int(same[g == k].sum()) for k in keys], [int((g == k).sum()) for k in keys])
     ties = int(np.sum((q_scores == q_scores.max(1, keepdims=True)).sum(1) > 1))
     return {**stats, "int8_ties_at_top": ties,
-            "mean_abs_logit_error": round(float(np.abs(f_scores.astype(np.float64) - q_scores).mean()), 5)}
+            "mean_abs_logit_error": round(float(np.abs(comparable(f_scores) - comparable(q_scores)).mean()), 5)}

@@ -180,3 +180,10 @@ def _drop_dead(sg) -> None:
         if not dead:
             return
         sg.operators = [op for op in sg.operators if op not in dead]
+
+
+def comparable(scores: np.ndarray, floor: float = -WINDOW_LOGITS) -> np.ndarray:
+    """Scores as the head gives them, for comparing models: each row's logits minus its best one,
+    floored at ``floor`` (float logits and the head's relative scores become comparable)."""
+    scores = np.asarray(scores, np.float64)
+    return np.maximum(scores - scores.max(axis=-1, keepdims=True), floor)

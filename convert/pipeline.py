@@ -49,6 +49,7 @@ class ConvertOptions:
     val: Path | None = None
     val_half: str | None = None  # "tune" | "report": only that half (by class) of --val
     input_type: str = "uint8"
+    output_type: str = "uint8"  # the exact score head's type (convert/head.py)
     report: Path | None = None
     min_agreement: float | None = 0.95  # fraction, top-1 agreement int8 vs float
     max_top1_drop: float | None = 1.0  # points
@@ -283,6 +284,8 @@ def convert(opts: ConvertOptions) -> dict:
     _check_numbers(opts)
     if opts.input_type not in ("uint8", "int8", "float32"):
         raise ConvertError(f"--input-type {opts.input_type}: uint8, int8 or float32 expected")
+    if opts.output_type not in ("uint8", "int8", "float32"):
+        raise ConvertError(f"--output-type {opts.output_type}: uint8, int8 or float32 expected")
     if opts.weight_rounding not in ("gptq", "nearest"):
         raise ConvertError(f"--weight-rounding {opts.weight_rounding}: gptq or nearest expected")
     rounding_summary: dict = {"weight_rounding": {"method": "nearest (TFLite's quantizer)"}}
@@ -338,20 +341,26 @@ def convert(opts: ConvertOptions) -> dict:
         int8, cal_summary = quantize_int8(saved_model, crops, opts.input_type, opts.percentile, opts.output_margin,
                                           bias_correction=opts.bias_correction, log_path=work / "tflite.log",
                                           progress=lambda m: _progress(opts, t0, m), rounded=rounded)
+        from .artifact import rgb_input, finish_artifact
+        from .head import score_head
+
+        int8, output = score_head(int8, opts.output_type)
+        try:
+            int8, order = rgb_input(int8), "RGB"  # stock clients (MediaPipe) feed RGB
+        except ConvertError as e:  # a graph whose input feeds more than convolutions keeps BGR
+            order, output = "BGR", {**output, "note": f"input kept BGR: {e}"}
         conversion_s = time.perf_counter() - t_conv
         calibration = {"images": len(used), "views": int(len(crops)), "held_out": len(held),
                        "skipped": len(skipped), "folder": calib_dir.name,
                        "equalization_strength": opts.equalize if src.torch_model is not None else 0.0,
                        **rounding_summary, **cal_summary}
         info = ModelInfo(preprocessing=pp, labels=src.labels, model_name=src.name, input_dtype=opts.input_type,
-                         input_channel_order="BGR", wnids=src.wnids,
-                         extra={"weights_sha256": src.sha256, "calibration": calibration,
+                         input_channel_order=order, wnids=src.wnids,
+                         extra={"weights_sha256": src.sha256, "calibration": calibration, "output": output,
                                 "quantization": {"weights": "int8 per-channel", "activations": "int8",
-                                                 "output": "int8"}, **src.extra})
-        from .artifact import embed_metadata
-
+                                                 "output": f"{opts.output_type} exact score head"}, **src.extra})
         candidate = work / "candidate.tflite"
-        candidate.write_bytes(embed_metadata(int8, info))
+        candidate.write_bytes(finish_artifact(int8, info))
         _progress(opts, t0, "validating int8 against float")
         f_pred, q_pred = _onnx_predict(float_onnx), _int8_predict(candidate)
         validation: dict = {}
@@ -379,8 +388,8 @@ def convert(opts: ConvertOptions) -> dict:
                                  **labelled_figures(fr.scores, qr.scores, fr.targets)}
             if not opts.val_half:
                 validation["val"]["halves"] = half_figures(fr.scores, qr.scores, fr.targets)
-        final = embed_metadata(int8, dataclasses.replace(info, extra={**info.extra, "validation": validation}))
-        report = {"model": src.name, "out": str(out), "input_type": opts.input_type,
+        final = finish_artifact(int8, dataclasses.replace(info, extra={**info.extra, "validation": validation}))
+        report = {"model": src.name, "out": str(out), "input_type": opts.input_type, "output_type": opts.output_type,
                   "sizes": {"float_onnx": float_onnx.stat().st_size, "float_tflite": float_tflite.stat().st_size,
                             "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),

@@ -28,6 +28,7 @@ class Case:
     path: str
     threads: int
     reference_tflite: str  # the int8 artifact whose metadata gives preprocessing and labels
+    verify: bool = True  # check the artifact's integrity checksum on load
 
 
 def peer_path(int8_path: Path, runtime: str) -> Path:
@@ -103,7 +104,7 @@ def _runner(case: Case):
         from .classify import Classifier
 
         def load():
-            clf = Classifier(case.path, threads=case.threads)
+            clf = Classifier(case.path, threads=case.threads, verify=case.verify)
 
             def predict(crop):
                 clf.set_crop(crop)

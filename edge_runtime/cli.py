@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --simulate-disconnect-every: the camera stays unplugged S seconds each time "
                         "(default 0: it comes back at the first reopen attempt)")
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
+    p.add_argument("--builtin-kernels", action="store_true",
+                   help="TFLite's builtin kernels instead of XNNPACK: slower, and the same decisions on "
+                        "ai-edge-litert, tflite-runtime and tf.lite (XNNPACK rounds int8 layers differently)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load the model even if its integrity checksum does not match (experiments only)")
     p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
     pre = p.add_argument_group("preprocessing for a plain .tflite without embedded metadata")
     pre.add_argument("--resize", type=int, default=256, help="resize to RESIZExRESIZE before the center crop")
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
-                         preprocessing=_fallback_preprocessing(args))
+                         preprocessing=_fallback_preprocessing(args), verify=not args.no_verify,
+                         builtin_kernels=args.builtin_kernels)
     except ModelError as e:
         hint = " (convert one with: python -m convert tflite)" if args.model == DEFAULT_MODEL and not args.model.exists() else ""
         print(f"error: {e}{hint}", file=sys.stderr)

@@ -51,11 +51,15 @@ def backend_version(name: str) -> str:
 
 
 def create_interpreter(model_path: str, threads: int | None = None, edgetpu: bool = False,
-                       backend: str | None = None) -> tuple[Any, str]:
+                       backend: str | None = None, builtin_kernels: bool = False) -> tuple[Any, str]:
     """An allocated interpreter for ``model_path`` and the backend name.
 
-    XNNPACK is applied by the interpreter's default op resolver. With ``edgetpu`` the Edge TPU
-    delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable says why it cannot be.
+    XNNPACK is applied by the interpreter's default op resolver. With ``builtin_kernels`` it is not:
+    TFLite's builtin kernels run every op (slower; they round the same in ai-edge-litert,
+    tflite-runtime 2.14 and tf.lite, while XNNPACK's int8 requantization rounds once where the
+    builtin kernels round twice, so a few decisions differ between the two families). With
+    ``edgetpu`` the Edge TPU delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable
+    says why it cannot be.
 
     Raises:
         InterpreterUnavailable: no interpreter package, or the delegate cannot load.
@@ -73,8 +77,11 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
                 f"cannot load the Edge TPU delegate {EDGETPU_LIBRARY} ({e}); install the Edge TPU "
                 "runtime (libedgetpu1-std) and plug in the device, or run without --edgetpu") from None
     try:
+        kwargs = {}
+        if builtin_kernels:
+            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         interp = Interpreter(model_path=str(model_path), num_threads=threads,
-                             experimental_delegates=delegates or None)
+                             experimental_delegates=delegates or None, **kwargs)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def finished(int8_model, tmp_path_factory) -> Path:
     """The converter's artifact in its finished form: exact uint8 score head, RGB input, both
     metadata records, labels appended, checksum sealed."""
-    from convert.artifact import rgb_input, write_artifact
+    from convert.artifact import rgb_input, finish_artifact
     from convert.head import score_head
 
     info = read_model_info(int8_model)
@@ -29,7 +29,7 @@ def finished(int8_model, tmp_path_factory) -> Path:
     model, summary = score_head(Path(int8_model).read_bytes(), "uint8")
     info = dataclasses.replace(info, input_channel_order="RGB", extra={**info.extra, "output": summary})
     out = tmp_path_factory.mktemp("finished") / "squeezenet1_0_int8.tflite"
-    out.write_bytes(write_artifact(rgb_input(model), info))
+    out.write_bytes(finish_artifact(rgb_input(model), info))
     return out
 
 
@@ -184,3 +184,40 @@ def test_older_artifacts_without_a_checksum_still_load(finished, tmp_path):
     path.write_bytes(embed_metadata(finished.read_bytes(), old))
     clf = Classifier(path)
     assert clf.content_sha256 is None and clf.info.labels == info.labels
+
+
+def _cli(*args: str) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _one_line(proc) -> str:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500_dir, tmp_path, sample_clip):
+    """The three command lines refuse 16 flipped weight bytes with one line and a non-zero exit;
+    --no-verify runs them anyway."""
+    bad = _flip(finished, tmp_path / "damaged_int8.tflite", _weight_offsets(finished))
+    images = tmp_path / "five"
+    images.mkdir()
+    for p in sorted(val500_dir.glob("*.JPEG"))[:5]:
+        (images / p.name).write_bytes(p.read_bytes())
+    runtime = ["-m", "edge_runtime", "--source", sample_clip, "--model", bad, "--json", "--max-frames", "1"]
+    evaluator = ["-m", "convert", "evaluate", "--weights", bad, "--images", images, "--json"]
+    benchmark = ["tools/benchmark.py", "--model", bad, "--runs", "2", "--warmup", "0", "--min-seconds", "0",
+                 "--threads", "1"]
+    for argv in (runtime, evaluator, benchmark):
+        assert "integrity check failed" in _one_line(_cli(*argv)), argv
+        ok = _cli(*argv, "--no-verify")
+        assert ok.returncode == 0, (argv, ok.stderr[-2000:])
+    good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--images", images, "--json").stdout)
+    assert good["images"] == 5 and len(good["sha256"]) == 64

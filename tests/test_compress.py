@@ -72,7 +72,8 @@ def test_compressed_model_feeds_the_converter(goal):
     assert info.extra["weights_sha256"] == sha256_file(out)
     assert int8["top1_float_compressed"] == rep["top1_compressed"]
     assert set(op_report(Path(int8["out"]).read_bytes())["ops"]) <= {
-        "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE"}
+        "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE",
+        "CAST", "SUM", "REDUCE_MAX", "SUB", "FLOOR_DIV", "MAXIMUM", "ADD"}  # + the exact score head
     # the figure with the converter's gates: int8 top-1 within 1.0 point of the compressed
     # float model, top-1 agreement >= 95% (measured 64.4% vs 64.8%, 96.2%)
     assert int8["gates"]["passed"] and int8["gates"]["min_agreement"] == 0.95, int8

@@ -41,6 +41,8 @@ def parse(argv):
     p.add_argument("--json", type=Path, help="write results as JSON (atomically)")
     p.add_argument("--csv", type=Path, help="write results as CSV (atomically)")
     p.add_argument("--plot", type=Path, help="write a PNG plot (needs matplotlib)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="benchmark models whose integrity checksum does not match (experiments only)")
     p.add_argument("--reference", type=Path, help="stored results to compare with")
     p.add_argument("--tolerance", type=float, default=0.3, help="allowed relative regression (default 0.3)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a figure regresses past tolerance")
@@ -85,7 +87,7 @@ def build_cases(args) -> tuple[list[bench.Case], list[str]]:
     cases, notes = [], []
     for m in args.model:
         for t in threads:
-            cases.append(bench.Case(f"{m.stem} tflite x{t}", "tflite", str(m), t, str(m)))
+            cases.append(bench.Case(f"{m.stem} tflite x{t}", "tflite", str(m), t, str(m), not args.no_verify))
     first = args.model[0]
     for peer in [p.strip() for p in args.peers.split(",") if p.strip()]:
         if peer not in bench.PEERS:
@@ -188,6 +190,17 @@ def plot(results: list[dict], path: Path) -> str | None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if not args.no_verify:
+        from edge_runtime.integrity import verify_file
+        from edge_runtime.metadata import MetadataError
+
+        for m in args.model:
+            try:
+                if Path(m).is_file():
+                    verify_file(m)
+            except MetadataError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
     cases, notes = build_cases(args)
     results = []
     for i, case in enumerate(cases):

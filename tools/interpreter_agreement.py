@@ -1,0 +1,150 @@
+"""Does the runtime decide the same top-1 on every TFLite interpreter? (device_env_check.sh runs it)
+
+``dump`` classifies labelled images and every frame of a clip with one interpreter (run it in each
+device environment; it needs only the runtime's dependencies); ``compare`` reads the dumps, prints
+the agreement of every pair and the exact ties at the top, and fails below the given gates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EXAMPLES = """examples:
+  python tools/interpreter_agreement.py dump --model build/squeezenet1_0_int8.tflite \\
+      --val ../shared/imagenet/val500 --source samples/sample_clip.mp4 --out build/top1-litert.json
+  python tools/interpreter_agreement.py compare build/top1-*.json --min-agreement 0.98 --max-ties 0.005
+"""
+
+
+def dump(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge_runtime.classify import Classifier, ModelError
+    from edge_runtime.evaluation import DatasetError, find_labelled_images, iter_crops
+    from edge_runtime.interpreter import InterpreterUnavailable, backend_version
+    from edge_runtime.sources import SourceError, open_source
+
+    try:
+        clf = Classifier(args.model, threads=args.threads, backend=args.backend, verify=not args.no_verify,
+                         builtin_kernels=args.builtin_kernels)
+        images = find_labelled_images(args.val, clf.info.wnids, clf.info.labels) if args.val else None
+    except (ModelError, InterpreterUnavailable, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def decide() -> tuple[int, bool]:
+        scores = clf.raw_output()
+        best = scores.max()
+        return int(np.argmax(scores)), bool(np.count_nonzero(scores == best) > 1)
+
+    out: dict = {"backend": clf.backend + (" builtin" if args.builtin_kernels else ""), "version": backend_version(clf.backend), "model": str(args.model)}
+    if images is not None:
+        top, tied, names, targets = [], [], [], []
+        for i, crop, *_ in iter_crops(images.paths, clf.preprocessing):
+            if crop is None:
+                continue
+            clf.set_crop(crop)
+            clf.invoke()
+            t, tie = decide()
+            top.append(t), tied.append(tie), names.append(images.paths[i].name), targets.append(images.targets[i])
+        out["val"] = {"files": names, "top1": top, "tied": tied, "targets": targets}
+    if args.source:
+        try:
+            source = open_source(args.source)
+        except SourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        top, tied = [], []
+        for frame in source:
+            clf.set_frame(frame)
+            clf.invoke()
+            t, tie = decide()
+            top.append(t), tied.append(tie)
+        source.close()
+        out["clip"] = {"frames": len(top), "top1": top, "tied": tied}
+    Path(args.out).write_text(json.dumps(out))
+    print(f"{clf.backend} {out['version']}: {len(out.get('val', {}).get('top1', []))} images, "
+          f"{out.get('clip', {}).get('frames', 0)} frames -> {args.out}")
+    return 0
+
+
+def _halves(dumps: list[dict]) -> list[dict]:
+    """Each dump's labelled part also split into the val halves (edge_runtime.evaluation.class_half)."""
+    from edge_runtime.evaluation import HALVES, class_half
+
+    for d in dumps:
+        val = d.get("val")
+        if not val or "targets" not in val:
+            continue
+        for half in HALVES:
+            keep = [i for i, t in enumerate(val["targets"]) if class_half(t) == half]
+            d[f"val {half} half"] = {k: [val[k][i] for i in keep] for k in ("top1", "tied")}
+    return dumps
+
+
+def compare(args: argparse.Namespace) -> int:
+    try:
+        dumps = _halves([json.loads(Path(p).read_text()) for p in args.dumps])
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read a dump ({e})", file=sys.stderr)
+        return 2
+    failed = []
+    parts = ["val"] + sorted({k for d in dumps for k in d if k.startswith("val ")}) + ["clip"]
+    for part in parts:
+        runs = [d for d in dumps if part in d]
+        if not runs:
+            continue
+        n = len(runs[0][part]["top1"])
+        if any(len(r[part]["top1"]) != n for r in runs):
+            print(f"error: the dumps cover different {part} items", file=sys.stderr)
+            return 2
+        for r in runs:
+            ties = sum(r[part]["tied"]) / n
+            print(f"{part}: {r['backend']} {r['version']}: exact ties at the top {100 * ties:.1f}% of {n}")
+            if args.max_ties is not None and ties > args.max_ties and part == "val":  # the clip: reported
+                failed.append(f"{part} ties {100 * ties:.1f}% > {100 * args.max_ties:.1f}% ({r['backend']})")
+        for i, a in enumerate(runs):
+            for b in runs[i + 1:]:
+                same = sum(x == y for x, y in zip(a[part]["top1"], b[part]["top1"])) / n
+                print(f"{part}: same top-1 {a['backend']} / {b['backend']}: {100 * same:.1f}% of {n}")
+                if args.min_agreement is not None and same < args.min_agreement and part in ("val", "clip"):
+                    failed.append(f"{part} {a['backend']}/{b['backend']} {100 * same:.1f}% < "
+                                  f"{100 * args.min_agreement:.1f}%")
+    if failed:
+        print("error: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump", help="top-1 of every image and frame with one interpreter")
+    d.add_argument("--model", type=Path, required=True, help="the .tflite artifact")
+    d.add_argument("--val", type=Path, help="labelled images (files named by WordNet id, or class folders)")
+    d.add_argument("--source", help="a video file: every frame is classified")
+    d.add_argument("--backend", help="force an interpreter (ai-edge-litert, tflite-runtime, tensorflow)")
+    d.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    d.add_argument("--builtin-kernels", action="store_true",
+                   help="TFLite's builtin kernels instead of XNNPACK (slower, the same rounding everywhere)")
+    d.add_argument("--no-verify", action="store_true", help="skip the artifact's integrity check")
+    d.add_argument("--out", type=Path, required=True, help="JSON dump to write")
+    d.set_defaults(func=dump)
+    c = sub.add_parser("compare", help="agreement of the dumps, pair by pair")
+    c.add_argument("dumps", nargs="+", help="JSON dumps written by `dump`")
+    c.add_argument("--min-agreement", type=float, help="gate: least fraction with the same top-1, every pair")
+    c.add_argument("--max-ties", type=float,
+                   help="gate: largest fraction of the labelled images with an exact tie at the top (the clip's "
+                        "frames, one scene, are reported)")
+    c.set_defaults(func=compare)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prove a stock client reads the artifact: MediaPipe Tasks' ImageClassifier (pinned, in its own venv:
+# mediapipe brings opencv-contrib-python, which would overwrite the workstation venv's cv2) loads
+# MODEL, reports its class names, and decides the same top-1 as this project's runtime on VAL_DIR.
+# Usage: tools/mediapipe_check.sh MODEL.tflite VAL_DIR [WORKDIR] [MIN_AGREEMENT]   (MEDIAPIPE_VENV: the venv to use)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=$(realpath "$1")
+VAL=$(realpath "$2")
+WORK=${3:-build/mediapipe-env}
+MIN=${4:-0.99}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+RUNTIME_PYTHON=${RUNTIME_PYTHON:-.venv/bin/python}
+MEDIAPIPE=mediapipe==1.2.2
+mkdir -p "$WORK"
+venv=${MEDIAPIPE_VENV:-$WORK/venv}  # reuse one venv across checks
+[ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+"$venv/bin/python" -c "import mediapipe" 2>/dev/null || "$venv/bin/python" -m pip install -q "$MEDIAPIPE"
+PYTHONPATH="$PWD" "$venv/bin/python" tools/mediapipe_classify.py --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
+PYTHONPATH="$PWD" "$RUNTIME_PYTHON" tools/interpreter_agreement.py dump --model "$MODEL" --val "$VAL" --out "$WORK/top1-runtime.json"
+PYTHONPATH="$PWD" "$RUNTIME_PYTHON" - "$MODEL" "$WORK/top1-mediapipe.json" <<'PY'
+import json, sys
+from edge_runtime.metadata import read_model_info
+labels = read_model_info(sys.argv[1]).labels
+d = json.load(open(sys.argv[2]))
+wrong = [(i, n) for i, n in zip(d["val"]["top1"], d["val"]["names"]) if labels[i] != n]
+assert d["heads"] == [1], d["heads"]
+assert not wrong, f"MediaPipe reported names that are not the artifact's labels: {wrong[:3]}"
+print(f"ok: MediaPipe {d['version']} named all {len(d['val']['names'])} top-1 classes with the artifact's labels")
+PY
+"$RUNTIME_PYTHON" tools/interpreter_agreement.py compare "$WORK/top1-runtime.json" "$WORK/top1-mediapipe.json" --min-agreement "$MIN"
