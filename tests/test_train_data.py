@@ -126,3 +126,31 @@ def test_capture_unwritable_out(tmp_path):
     blocker.write_text("x")
     r = _capture("--source", str(CLIP), "--label", "x", "--out", str(blocker / "sub"), "--count", "1")
     assert r.returncode == 2 and "cannot create" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_initial_models_for_variants(weights_env, tmp_path):
+    """ImageNet weights start any variant they fit (the complex bypass's 1x1 shortcuts start fresh); a
+    variant they do not fit is refused with the first mismatching shape."""
+    import torch
+
+    from convert.train.model import HEAD_BIAS, init_model
+    from convert.train.options import TrainOptions
+    from convert.weights import load_model
+
+    classes = ["a", "b", "c"]
+    dc, _ = load_model("deep-compression")
+    opts = TrainOptions(data=tmp_path, out=tmp_path, weights="deep-compression", arch="squeezenet1_0_complex_bypass",
+                        input_size=64)
+    model, pp, arch, new_head, _ = init_model(opts, classes)
+    assert arch == "squeezenet1_0_complex_bypass" and new_head and pp.input_size == (64, 64)
+    assert torch.equal(model.state_dict()["features.3.expand3x3.weight"], dc.state_dict()["features.3.expand3x3.weight"])
+    assert "features.3.shortcut.weight" in model.state_dict()
+    assert model.classifier[1].weight.shape[0] == 3 and torch.all(model.classifier[1].bias == HEAD_BIAS)
+    # the Caffe-scale weights are rescaled exactly: same features / 58, the scale folded into std
+    assert pp.std == (58.0, 58.0, 58.0) and pp.mean == (104.0, 117.0, 123.0) and pp.channel_order == "BGR"
+    with pytest.raises(TrainError, match="features.0.weight has shape"):
+        init_model(TrainOptions(data=tmp_path, out=tmp_path, weights="deep-compression", arch="squeezenet1_1",
+                                input_size=64), classes)
+    scratch, pp, arch, new_head, _ = init_model(TrainOptions(data=tmp_path, out=tmp_path, weights="none",
+                                                             arch="squeezenet1_1", input_size=96), classes)
+    assert arch == "squeezenet1_1" and pp.input_size == (96, 96) and pp.channel_order == "RGB"

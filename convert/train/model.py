@@ -25,7 +25,7 @@ INPUT_SCALE = 58.0  # pixel std of ImageNet photos (torchvision's normalization:
 def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preprocessing, str, bool, dict]:
     """(model, preprocessing, arch, head is new, arch kwargs) from --weights: a named source, none, or a file."""
     from ..models import UnknownModelError, create_model
-    from ..weights import WEIGHTS, load_model
+    from ..weights import ALIASES, WEIGHTS, load_model
 
     n = len(classes)
     source = o.weights
@@ -47,10 +47,11 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
         pp_base = Preprocessing.from_dict(rec["preprocessing"])
         init_state, init_labels = saved["model"], list(rec["labels"])
     else:
-        base, record = load_model(source, arch)
-        if arch and arch != record.arch:
-            raise TrainError(f"--weights {source} are {record.arch} weights, not --arch {arch}")
-        arch, pp_base = record.arch, record.preprocessing
+        named = ALIASES.get(source, source) in WEIGHTS and not Path(source).exists()
+        # named ImageNet weights load in their own architecture; a variant of it (e.g. a bypass
+        # variant) takes every weight it shares with it below
+        base, record = load_model(source, None if named else arch)
+        arch, pp_base = arch or record.arch, record.preprocessing
         init_state, init_labels = base.state_dict(), list(record.labels)
     try:
         model = create_model(arch, num_classes=n, **kwargs)
@@ -68,9 +69,10 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
         if wrong:
             raise TrainError(f"--weights {source}: {wrong[0]} has shape {tuple(keep[wrong[0]].shape)}, "
                              f"{arch} expects {tuple(own[wrong[0]].shape)}")
-        missing = [k for k in own if k not in keep and not k.startswith("classifier.")]
+        missing = [k for k in own if k not in keep and not k.startswith("classifier.") and ".shortcut." not in k]
         if missing:
             raise TrainError(f"--weights {source}: no value for {missing[0]} of {arch}")
+        # complex bypass 1x1 convolutions that the source does not have start from their initialization
         own.update(keep)
         model.load_state_dict(own)
         new_head = not same_classes
