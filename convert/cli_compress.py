@@ -7,8 +7,9 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   python -m convert compress --weights deep-compression --out build/squeezenet1_0.sqz --lossless
-  python -m convert compress --weights deep-compression --out build/squeezenet1_0_8bit.sqz --bits 8 \\
+  python -m convert compress --weights deep-compression --out build/squeezenet1_0_dc.sqz \\
       --val ../shared/imagenet/val500
+  python -m convert compress --weights deep-compression --out build/squeezenet1_0_440k.sqz --size-budget 440000
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_6bit.sqz --bits 6 \\
       --finetune-images calib_data --val ../shared/imagenet/val500
   python -m convert tflite --weights build/squeezenet1_0_8bit.sqz --out build/squeezenet1_0_8bit_int8.tflite
@@ -23,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="named weights or a weights file (.net, .pth, .sqz)")
     p.add_argument("--out", required=True, type=Path, help="the .sqz container to write")
-    p.add_argument("--bits", default="8", help="bits per layer: '8' or '8,classifier.1=6,features.12=7' (default 8)")
+    p.add_argument("--size-budget", type=int, default=500_000,
+                   help="bytes the container may take; bits and extra pruning are chosen per layer to fit, "
+                        "by each layer's output distortion on unlabelled calibration photos (default 500000)")
+    p.add_argument("--bits", help="fixed bits per layer instead of the automatic choice: '8' or "
+                                  "'8,classifier.1=6,features.12=7'")
     p.add_argument("--sparsity", help="extra pruning per layer prefix, e.g. 'features.12.expand3x3=0.8'")
     p.add_argument("--lossless", action="store_true", help="keep a .net release's codebooks and codes (Huffman only)")
     p.add_argument("--finetune-images", type=Path, help="unlabelled photos for centroid fine-tuning by distillation")
@@ -41,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from .compress.pipeline import CompressOptions, compress
 
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
+                                      size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,
                                       finetune_steps=args.finetune_steps, val=args.val,
                                       sensitivity=args.sensitivity, limit=args.limit, quiet=args.quiet,
@@ -48,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"
+        for half, h in report.get("halves", {}).items():
+            line += (f"; {half} half: {h['top1_compressed']:.1f}% vs {h['top1_float']:.1f}% "
+                     f"(drop {h['top1_drop']:.1f}, 95% CI {h['top1_drop_ci95'][0]:.1f} to {h['top1_drop_ci95'][1]:.1f})")
     print(line)
     if "int8" in report and report["int8"]["top1"] is not None:
         i = report["int8"]

@@ -127,3 +127,33 @@ def test_cli_errors(tmp_path, weights_env):
     proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(bad), "--images", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "checksum" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_size_budget_is_honoured_without_labels(tmp_path, weights_env):
+    """Bits and pruning chosen per layer, from output distortion on unlabelled calibration views, fit the
+    budget exactly as the written container counts it (4 views here to stay fast; the CLI uses 32)."""
+    import torch
+
+    from convert.calibration import load_views
+    from convert.calibration_data import default_calib_dir, list_calibration_images
+    from convert.compress.budget import choose_layers
+    from convert.compress.pipeline import _record_key
+    from convert.errors import ConvertError
+    from convert.pixel_model import PixelModel
+    from convert.weights import load_model
+
+    model, record = load_model("deep-compression")
+    photos = list_calibration_images(default_calib_dir())[0][:4]
+    crops, _ = load_views(photos, record.preprocessing, scales=(1.0,), mirror=False)
+    pixel = PixelModel(model, record.preprocessing)
+    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+    x = ((x.flip(1) if pixel.swap else x) - pixel.mean) * pixel.inv_std
+    header = len(sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, [])))
+    budget = 490_000
+    layers, summary = choose_layers(model, x, budget, header)
+    data = sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, layers))
+    assert len(data) <= budget and len(data) == summary["estimated_bytes"], (len(data), summary)
+    chosen = {(l["bits"], l["extra_pruning"]) for l in summary["layers"].values()}
+    assert len(chosen) > 1 and (8, 0.0) in chosen  # layer by layer: some stay at 8 bits, some give way
+    with pytest.raises(ConvertError, match="smallest allowed"):
+        choose_layers(model, x[:2], 60_000, header)

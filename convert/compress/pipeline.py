@@ -16,11 +16,16 @@ from . import container as sqz
 from .share import for_layer, layer_spec, prune_mask, share_layer
 
 
+DEFAULT_BUDGET = 500_000
+BUDGET_VIEWS = 32  # unlabelled calibration views the per-layer distortion is measured on
+
+
 @dataclass
 class CompressOptions:
     weights: str
     out: Path
-    bits: str | None = "8"  # "8" or "8,classifier.1=6" ; ignored with lossless
+    bits: str | None = None  # None: chosen per layer to fit size_budget; "8" or "8,classifier.1=6" fixes them
+    size_budget: int = DEFAULT_BUDGET  # bytes of the container when bits and sparsity are chosen automatically
     sparsity: str | None = None  # "features.12.expand3x3=0.8,..." extra pruning (fraction of zeros)
     lossless: bool = False  # keep a .net release's own codebooks and codes (Huffman only)
     finetune_images: Path | None = None
@@ -47,8 +52,35 @@ def _conv_names(model) -> list[str]:
     return [k[:-7] for k, v in model.state_dict().items() if k.endswith(".weight") and v.dim() == 4]
 
 
+def automatic(opts: CompressOptions) -> bool:
+    """Bits and pruning chosen to fit the budget (no --bits, --sparsity or --lossless given)."""
+    return opts.bits is None and opts.sparsity is None and not opts.lossless
+
+
+def budget_layers(model, record, budget: int, say=lambda m: None) -> tuple[list[sqz.SharedLayer], dict]:
+    """Per-layer bits and pruning fitted to ``budget`` bytes by output distortion on unlabelled views
+    of the converter's calibration photos (the ones it does not hold out); no label is read."""
+    import torch
+
+    from ..calibration import load_views
+    from ..calibration_data import default_calib_dir
+    from ..pipeline import _calibration_sets
+    from ..pixel_model import PixelModel
+    from .budget import choose_layers
+
+    used, _, _ = _calibration_sets(default_calib_dir(), record.preprocessing)
+    crops, _ = load_views(used, record.preprocessing, scales=(1.0, 1.3))
+    crops = crops[::max(1, -(-len(crops) // BUDGET_VIEWS))]
+    pixel = PixelModel(model, record.preprocessing)
+    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+    x = ((x.flip(1) if pixel.swap else x) - pixel.mean) * pixel.inv_std  # the bare model's input
+    header = len(sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, [])))
+    say(f"choosing bits and pruning per layer for {budget:,} bytes ({len(crops)} unlabelled views)")
+    return choose_layers(model, x, budget, header, progress=say)
+
+
 def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.SharedLayer]:
-    """The model's convolutions pruned and shared as the options say."""
+    """The model's convolutions pruned and shared as the options say (fixed bits; see budget_layers)."""
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     names = _conv_names(model)
     if opts.lossless:
@@ -65,7 +97,7 @@ def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.Shared
             dense[l.positions()] = l.codes
             layers.append(sqz.SharedLayer(l.name, l.shape, l.codebook.copy(), l.bias.copy(), dense))
         return layers
-    bits, sparsity = layer_spec(opts.bits, 8), layer_spec(opts.sparsity, 0.0)
+    bits, sparsity = layer_spec(opts.bits or "8", 8), layer_spec(opts.sparsity, 0.0)
     layers = []
     for name in names:
         w, b = state[f"{name}.weight"], state[f"{name}.bias"]
@@ -93,6 +125,30 @@ def _top1(model, record, val, limit=None) -> float:
     from ..evaluate import evaluate_torch
 
     return round(evaluate_torch(model, record, str(val), limit=limit, progress=False).top1, 3)
+
+
+def _top1_by_half(model, compressed, record, val) -> dict:
+    """Top-1 of both models on ``val``, whole and per half by class, with the paired 95% interval of the drop."""
+    from edge_runtime.evaluation import HALVES, class_half
+    from edge_runtime.intervals import paired_difference
+
+    from ..evaluate import evaluate_torch
+
+    a = evaluate_torch(model, record, str(val), progress=False)
+    b = evaluate_torch(compressed, record, str(val), progress=False)
+    ok_a = np.array([t[0] == y for t, y in zip(a.top5_indices, a.targets)])
+    ok_b = np.array([t[0] == y for t, y in zip(b.top5_indices, b.targets)])
+    half = np.array([class_half(y) for y in a.targets])
+
+    def figures(keep) -> dict:
+        drop, lo, hi = paired_difference(list(ok_a[keep]), list(ok_b[keep]))
+        return {"images": int(keep.sum()), "top1_float": round(100 * float(ok_a[keep].mean()), 3),
+                "top1_compressed": round(100 * float(ok_b[keep].mean()), 3), "top1_drop": round(100 * drop, 3),
+                "top1_drop_ci95": [round(100 * lo, 1), round(100 * hi, 1)]}
+
+    out = figures(np.ones(len(half), bool))
+    out["halves"] = {h: figures(half == h) for h in HALVES if (half == h).any()}
+    return out
 
 
 def sensitivity_table(model, record, val: Path, limit: int | None = 100, quiet: bool = False) -> list[dict]:
@@ -156,8 +212,13 @@ def compress(opts: CompressOptions) -> dict:
             raise ConvertError("--sensitivity needs --val (labelled images)")
         say("sensitivity analysis (one layer at a time)")
         report["sensitivity"] = sensitivity_table(model, record, opts.val, opts.limit, opts.quiet)
-    say("pruning and weight sharing")
-    layers = shared_layers(model, opts.weights, opts)
+    if opts.size_budget < 1:
+        raise ConvertError(f"--size-budget {opts.size_budget}: a positive number of bytes expected")
+    if automatic(opts):
+        layers, report["budget"] = budget_layers(model, record, opts.size_budget, say)
+    else:
+        say("pruning and weight sharing")
+        layers = shared_layers(model, opts.weights, opts)
     if opts.finetune_images:
         paths, _ = list_calibration_images(opts.finetune_images)
         crops, _ = load_views(paths, record.preprocessing, scales=(1.0, 1.15, 1.3, 1.6))
@@ -176,6 +237,8 @@ def compress(opts: CompressOptions) -> dict:
         if not (np.array_equal(a.weight(), b.weight()) and np.array_equal(a.bias, b.bias)):
             raise ConvertError(f"internal error: {a.name} does not decode bit-exactly")
     out = Path(opts.out)
+    if automatic(opts) and len(data) > opts.size_budget:  # the choice counts exact bytes: a bug if it misses
+        raise ConvertError(f"internal error: {len(data):,} bytes written for a budget of {opts.size_budget:,}")
     atomic_write(out, data)
     nz = sum(int(np.count_nonzero(l.codes)) for l in layers)
     report.update({"out": str(out), "bytes": len(data), "decode_seconds": round(decode_s, 3),
@@ -183,9 +246,8 @@ def compress(opts: CompressOptions) -> dict:
                    "finetuned": bool(opts.finetune_images)})
     if opts.val:
         say("evaluating float and compressed models")
-        report["top1_float"] = _top1(model, record, opts.val)
         compressed, _ = load_model(str(out))
-        report["top1_compressed"] = _top1(compressed, record, opts.val)
+        report.update(_top1_by_half(model, compressed, record, opts.val))
     say(f"wrote {out} ({len(data):,} bytes)")
     if opts.tflite:
         from ..pipeline import ConvertOptions, convert
@@ -196,5 +258,6 @@ def compress(opts: CompressOptions) -> dict:
         report["int8"] = {"out": str(opts.tflite), "bytes": conv["sizes"]["int8_tflite"],
                           "top1": val.get("int8_top1"), "top1_float_compressed": val.get("float_top1"),
                           "top1_drop": val.get("top1_drop"), "agreement": val.get("agreement"),
+                          "halves": val.get("halves"), "unlabelled": conv["validation"].get("unlabelled"),
                           "gates": conv["gates"]}
     return report
