@@ -36,8 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.metadata import read_model_info
     from edge_runtime.preprocess import read_image, resize_crop
 
-    info = read_model_info(args.model)
-    images = find_labelled_images(args.val, info.wnids, info.labels)
+    from edge_runtime.evaluation import DatasetError
+    from edge_runtime.metadata import MetadataError
+
+    try:
+        info = read_model_info(args.model)
+        if info is None:
+            raise MetadataError(f"{args.model}: no embedded metadata (convert it with python -m convert tflite)")
+        images = find_labelled_images(args.val, info.wnids, info.labels)
+    except (MetadataError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     options = vision.ImageClassifierOptions(base_options=mp_tasks.BaseOptions(model_asset_path=str(args.model)),
                                             max_results=5)
     top, tied, names, files, heads = [], [], [], [], set()
