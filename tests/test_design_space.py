@@ -8,7 +8,7 @@ from convert.design_space.counting import macs, parameters
 from convert.design_space.variants import SWEEPS, DesignSpaceError, Variant, parse_grid
 from convert.models import MetaParameters, create_model
 
-GRID = "version=1_1;pct_3x3=0.5,0.25"
+GRID = "pct_3x3=0.5,0.25"
 
 
 # ---------------------------------------------------------------- definitions (no training)
@@ -25,7 +25,8 @@ def test_paper_sweeps_and_widths():
     # SR 0.5: fire2 squeezes to 64 of its 128 expand filters, a quarter of them 3x3
     assert MetaParameters(sr=0.5, pct_3x3=0.25).fire_widths()[0] == (64, 96, 32)
     assert 6 <= len(SWEEPS["reduced"]) <= 9 and len({v.name for v in SWEEPS["all"]}) == len(SWEEPS["all"])
-    assert [v.name for v in parse_grid(GRID)] == ["v1.1", "v1.1_pct3x3-0.25"]
+    assert [v.name for v in parse_grid(GRID)] == ["v1.0", "pct3x3-0.25"]
+    assert [v.name for v in parse_grid("version=1_1;pct_3x3=0.5,0.25")] == ["v1.1", "v1.1_pct3x3-0.25"]
     assert len(parse_grid("sr=0.25,0.5;bypass=none,simple,complex")) == 6
     for bad in ("sr=abc", "colour=red", "sr=0.5;sr=0.25", "bypass=diagonal", "pct_3x3=1.5", ""):
         with pytest.raises(DesignSpaceError):
@@ -50,3 +51,14 @@ def test_front_and_recommendation_choose_on_validation():
     rec = recommend(results, 10.0)
     assert rec["choice"]["name"] == "c" and rec["next"]["name"] == "d" and rec["within"] == ["a", "b", "c"]
     assert recommend(results, 0.5)["choice"] is None
+
+
+def test_a_dead_or_diverged_network_is_named_before_conversion():
+    from convert.design_space.explore import _check_alive
+
+    alive = {"phases": [{"end": {"loss": 0.72, "top1": 71.0}}]}
+    _check_alive(alive, 10)
+    with pytest.raises(DesignSpaceError, match="the network died"):  # every output 0: the uniform prediction
+        _check_alive({"phases": [{"end": {"loss": 2.302585, "top1": 10.0}}]}, 10)
+    with pytest.raises(DesignSpaceError, match="diverged"):
+        _check_alive({"phases": [{"end": {"loss": float("nan"), "top1": 10.0}}]}, 10)

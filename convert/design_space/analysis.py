@@ -82,9 +82,10 @@ def trends(results: dict) -> list[str]:
     if len(sr) >= 3:
         steps = [(x, y, paired(y, x)) for x, y in zip(sr, sr[1:])]
         rise = paired(sr[-1], sr[0])
-        last = steps[-1][2]
+        first, last = steps[0][2], steps[-1][2]
         rises = rise is not None and rise[1] > 0
-        saturates = last is not None and last[1] <= 0
+        # saturating: the last step gains nothing significant, or less than half of what the first gained
+        saturates = last is not None and first is not None and (last[1] <= 0 or last[0] < first[0] / 2)
         verdict = ("rises with SR and saturates" if rises and saturates else
                    "rises with SR without saturating" if rises else "does not rise significantly with SR")
         out.append(f"Squeeze ratio: int8 test top-1 {verdict} (paper: rises, saturates at SR 0.75). "

@@ -76,12 +76,14 @@ def markdown(results: dict, budget_ms: float | None) -> str:
     s, m, t = results["settings"], results["machine"], results.get("timing") or {}
     lines = [f"# Design space: {s.get('sweep')}", "",
              f"Training images `{s['train']}`, test images `{s['test']}` ({_plural(s['epochs'], 'epoch')} per variant, "
-             f"{s['input_size']}x{s['input_size']} input, seed {s['seed']}, weights {s['weights']}; the same recipe "
+             f"{s['input_size']}x{s['input_size']} input, seed {s['seed']}, batch {s.get('batch_size')}, rate "
+             f"{s.get('lr')}, weights {s['weights']}; the same recipe "
              "for every variant). Each variant was trained with `python -m convert train`'s library, converted to "
              "int8 by the project's converter calibrated on its own training images, and measured by the project's "
              "benchmark harness.", "",
              f"Machine: {m.get('cpu')}, {m.get('cores')} cores, int8 ISA {'/'.join(m.get('isa') or []) or 'none listed'}, "
-             f"{m.get('interpreter')} {m.get('interpreter_version')}. Latencies: {_plural(t.get('rounds') or 0, 'interleaved round')} "
+             f"{m.get('interpreter')} {m.get('interpreter_version')}. Latencies: "
+             f"{_plural(t.get('rounds') or 0, 'interleaved round')} "
              f"of every variant at {t.get('threads')} threads (median of the rounds' p50 and p90), load average "
              f"{t.get('loadavg_before')} before and {t.get('loadavg_after')} after: on a shared machine compare ratios.",
              "", table(results), ""]
