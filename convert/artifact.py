@@ -16,6 +16,45 @@ from edge_runtime.metadata import METADATA_NAME, ModelInfo
 
 from .errors import ConvertError
 
+@dataclasses.dataclass(frozen=True)
+class FinishedGraph:
+    """The quantized graph as the artifact carries it."""
+
+    tflite: bytes  # with the exact score head, and RGB input where the graph allows it
+    input_channel_order: str  # "RGB", or "BGR" when the input feeds more than convolutions
+    output: dict  # how to read the output (convert/head.py); recorded in the artifact
+
+
+def finish_graph(int8: bytes, output_type: str = "uint8") -> FinishedGraph:
+    """The int8 graph with :func:`convert.head.score_head`'s exact score head and RGB input (stock
+    clients such as MediaPipe feed RGB); a graph whose input feeds other ops keeps BGR, and says so."""
+    from .head import score_head
+
+    int8, output = score_head(int8, output_type)
+    try:
+        int8, order = rgb_input(int8), "RGB"
+    except ConvertError as e:
+        order, output = "BGR", {**output, "note": f"input kept BGR: {e}"}
+    return FinishedGraph(int8, order, output)
+
+
+def artifact_record(src, graph: FinishedGraph, input_type: str, output_type: str, calibration: dict,
+                    validation: dict | None = None, siblings: dict[str, str] | None = None) -> ModelInfo:
+    """The record an artifact of ``src`` (a :class:`convert.source.Source`) carries: what the runtime
+    needs (preprocessing, labels, input, how to read the output), how it was made (weights hash,
+    calibration, validation) and the file names of the float models kept beside it (``siblings``:
+    kind -> name, e.g. "float_onnx")."""
+    extra = {"weights_sha256": src.sha256, "calibration": calibration, "output": graph.output,
+             "quantization": {"weights": "int8 per-channel", "activations": "int8",
+                              "output": f"{output_type} exact score head"}, **src.extra}
+    if siblings:
+        extra["siblings"] = dict(siblings)
+    if validation is not None:
+        extra["validation"] = validation
+    return ModelInfo(preprocessing=src.preprocessing, labels=src.labels, model_name=src.name,
+                     input_dtype=input_type, input_channel_order=graph.input_channel_order, wnids=src.wnids,
+                     extra=extra)
+
 
 def embed_metadata(tflite: bytes, info: ModelInfo, standard: bytes | None = None) -> bytes:
     """The same model with ``info`` (and the standard ``TFLITE_METADATA`` record, when given)

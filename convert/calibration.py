@@ -7,6 +7,7 @@ camera sees. Crops come from :func:`edge_runtime.preprocess.resize_crop`, exactl
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,50 @@ def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] =
         except PreprocessingError:
             skipped.append(str(path))
     return (np.stack(crops) if crops else np.zeros((0, *pp.input_size, 3), np.uint8)), skipped
+
+
+MIN_CALIB_IMAGES = 20
+HOLDOUT_EVERY = 5  # every 5th calibration image is held out to validate on unseen photos
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration photos of a conversion and their views."""
+
+    folder: Path
+    images: list[Path]  # photos whose views calibrate the ranges
+    held_out: list[Path]  # every HOLDOUT_EVERY-th readable photo, checked against instead
+    skipped: list[str]  # files that are not readable images, with the reason
+    views: np.ndarray  # N x H x W x 3 uint8: DEFAULT_SCALES (or the given scales) views of ``images``, mirrored
+
+    def summary(self) -> dict:
+        """The record the artifact and the report carry."""
+        return {"images": len(self.images), "views": int(len(self.views)), "held_out": len(self.held_out),
+                "skipped": len(self.skipped), "folder": self.folder.name}
+
+
+def calibration_set(folder: Path, pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES) -> CalibrationSet:
+    """The photos of ``folder`` split into calibration and held-out images, with the calibration views.
+
+    Raises:
+        ConvertError: no folder, or fewer than MIN_CALIB_IMAGES usable photos.
+    """
+    from .calibration_data import list_calibration_images
+    from .errors import ConvertError
+
+    paths, skipped = list_calibration_images(folder)
+    readable = []
+    for p in paths:
+        try:
+            read_image(str(p))
+            readable.append(p)
+        except PreprocessingError:
+            skipped.append(f"{p.name} (unreadable image)")
+    held = readable[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
+    used = [p for p in readable if p not in held]
+    if len(used) < MIN_CALIB_IMAGES:
+        raise ConvertError(f"{folder}: {len(used)} usable calibration images after holding out every "
+                           f"{HOLDOUT_EVERY}th ({len(skipped)} files skipped); at least {MIN_CALIB_IMAGES} "
+                           "expected (real photos of the scenes the camera will see)")
+    views, _ = load_views(used, pp, scales=scales)
+    return CalibrationSet(Path(folder), used, held, skipped, views)

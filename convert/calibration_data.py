@@ -10,14 +10,16 @@ DOC_SUFFIXES = {".md", ".txt", ".csv"}  # manifests and licences beside the phot
 
 
 def default_calib_dir() -> Path:
-    """The project's ``calib_data/`` (real, redistributable photos; see its README and MANIFEST.csv)."""
-    return Path(__file__).resolve().parents[1] / "calib_data"
+    """The converter's own calibration photos, ``convert/calib_data/`` (real, redistributable photos; see
+    its README and MANIFEST.csv); installed with the package, and ``calib_data/`` in the source tree."""
+    return Path(__file__).resolve().parent / "calib_data"
 
 
 def default_check_dir() -> Path:
-    """The project's ``check_data/``: unlabelled photos and clip frames that calibration never sees,
-    judged by the gates when no labelled ``--val`` is given (see its README and MANIFEST.csv)."""
-    return Path(__file__).resolve().parents[1] / "check_data"
+    """The converter's ``convert/check_data/`` (``check_data/`` in the source tree): unlabelled photos and
+    clip frames that calibration never sees, judged by the gates when no labelled ``--val`` is given (see
+    its README and MANIFEST.csv); installed with the package."""
+    return Path(__file__).resolve().parent / "check_data"
 
 
 def list_calibration_images(folder: str | Path) -> tuple[list[Path], list[str]]:

@@ -86,6 +86,8 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .compress import container  # noqa: F401 (registers .sqz with the weights loader)
+
     return run_guarded(lambda: args.func(args))
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from pathlib import Path
+
 from edge_runtime.evaluation import DatasetError
+from edge_runtime.flags import deprecated, positive_int
 
 from .errors import ConvertError
 
 EXAMPLES = """examples:
-  python -m convert evaluate --weights deep-compression --images ../shared/imagenet/val500
-  python -m convert evaluate --weights build/squeezenet1_0_dc.sqz --images photos/ --json
-  python -m convert evaluate --weights my_squeezenet.pth --arch squeezenet1_1 --images val/ --limit 100
+  python -m convert evaluate --weights deep-compression --val ../shared/imagenet/val500
+  python -m convert evaluate --weights build/squeezenet1_0_dc.sqz --val photos/ --json
+  python -m convert evaluate --weights my_squeezenet.pth --arch squeezenet1_1 --val val/ --limit 100
 """
 
 
@@ -25,30 +28,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(.net, .pth state dict, or a compressed container), or a converted .tflite artifact "
                         "(run by the device runtime, with the preprocessing and labels it carries)")
     p.add_argument("--arch", help="architecture for a plain checkpoint (default: the weights' own)")
-    p.add_argument("--images", required=True,
-                   help="folder of labelled images: files named by WordNet id, or one sub-folder per class")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--val", help="labelled images: files named by WordNet id, or one sub-folder per class "
+                                 "(required)")
+    deprecated(p, "--images", "--val", "val")
+    p.add_argument("--limit", type=positive_int, help="use only the first N labelled images")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    p.add_argument("--report", type=Path, help="also write the JSON object to this file")
     p.add_argument("--no-verify", action="store_true",
                    help="with a .tflite: evaluate it even if its integrity checksum does not match (experiments)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.val:
+        raise ConvertError("--val: a folder of labelled images is required")
     if str(args.weights).endswith(".tflite"):
         name, sha256, result = _evaluate_tflite(args)
     else:
-        from .evaluate import evaluate_torch
+        from .torch_eval import evaluate_torch
         from .weights import load_model
 
         model, record = load_model(args.weights, args.arch)
         try:
-            result = evaluate_torch(model, record, args.images, limit=args.limit, progress=not args.json)
+            result = evaluate_torch(model, record, args.val, limit=args.limit, progress=not args.json)
         except DatasetError as e:
             raise ConvertError(str(e)) from None
         name, sha256 = record.name, record.sha256
+    record_json = json.dumps({"weights": name, "sha256": sha256, **result.to_dict()})
+    if args.report:
+        from edge_runtime.fileio import atomic_write
+
+        atomic_write(args.report, record_json + "\n")
     if args.json:
-        print(json.dumps({"weights": name, "sha256": sha256, **result.to_dict()}))
+        print(record_json)
     else:
         print(f"{name}: top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%  "
               f"({result.n_used} images, {result.n_skipped} skipped)")
@@ -62,7 +74,7 @@ def _evaluate_tflite(args: argparse.Namespace):
 
     try:
         clf = Classifier(args.weights, verify=not args.no_verify)
-        images = find_labelled_images(args.images, clf.info.wnids, clf.info.labels)
+        images = find_labelled_images(args.val, clf.info.wnids, clf.info.labels)
         if args.limit:
             images.paths, images.targets = images.paths[:args.limit], images.targets[:args.limit]
         result = evaluate(images, clf.predict_batch, clf.preprocessing, progress=not args.json)

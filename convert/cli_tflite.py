@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from edge_runtime.flags import CHANNEL_ORDER_HELP, RESIZE_HELP, resize_arg
 
 from .errors import ConvertError
 
@@ -89,65 +90,78 @@ def register(sub: argparse._SubParsersAction) -> None:
     scales = ",".join(f"{v:g}" for v in DEFAULT_SCALES)
     p.add_argument("--calib-scales", type=_scales, default=DEFAULT_SCALES,
                    help=f"resize scales of the calibration views, each also mirrored (default {scales})")
+    from .presets import ONNX_DEFAULTS as D
+
+    def onnx_only(default: str, text: str) -> str:
+        return f"with --onnx: {text} (default {default}, from torchvision's ImageNet record)"
+
     p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
-    p.add_argument("--input-size", help="with --onnx: HxW (default: from the ONNX input)")
-    p.add_argument("--resize", type=int, help="with --onnx: resize the shorter side to this before the center crop")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB", help="with --onnx: the model's channel order")
-    p.add_argument("--mean", type=_floats, default=(123.675, 116.28, 103.53),
-                   help="with --onnx: per-channel mean in 0..255 units, model channel order")
-    p.add_argument("--std", type=_floats, default=(58.395, 57.12, 57.375),
-                   help="with --onnx: per-channel std in 0..255 units, model channel order")
+    p.add_argument("--input-size", help="with --onnx: HxW, checked against the ONNX input")
+    p.add_argument("--resize", type=resize_arg, metavar="N|HxW",
+                   help=onnx_only(f"shorter side {D.resize[0]}/{D.input_size[0]} of the input size", RESIZE_HELP))
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), help=onnx_only(D.channel_order, CHANNEL_ORDER_HELP))
+    p.add_argument("--mean", type=_floats, help=onnx_only(",".join(f"{v:g}" for v in D.mean),
+                                                          "per-channel mean in 0..255 units, model channel order"))
+    p.add_argument("--std", type=_floats, help=onnx_only(",".join(f"{v:g}" for v in D.std),
+                                                         "per-channel std in 0..255 units, model channel order"))
     p.add_argument("--name", help="model name recorded in the artifact")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
-def _onnx_preprocessing(args: argparse.Namespace):
-    from edge_runtime.preprocess import Preprocessing
+ONNX_ONLY = ("labels", "input_size", "resize", "channel_order", "mean", "std")
 
-    from .export import classifier_signature
 
-    if not args.onnx.is_file():
-        raise ConvertError(f"{args.onnx}: ONNX file not found")
-    _, size, _ = classifier_signature(args.onnx)
+def _onnx_input(args: argparse.Namespace):
+    """The user's word on their ONNX model's input; refuses the ONNX-only flags without --onnx."""
+    from .source import OnnxInput
+
+    if args.onnx is None:
+        given = [f"--{name.replace('_', '-')}" for name in ONNX_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ConvertError(f"{', '.join(given)}: only with --onnx (the weights' record gives their "
+                               "labels and preprocessing)")
+        return None
+    if args.arch:
+        raise ConvertError("--arch: only with --weights (an ONNX file carries its own architecture)")
+    size = None
     if args.input_size:
         try:
             h, w = (int(v) for v in args.input_size.lower().split("x"))
         except ValueError:
             raise ConvertError(f"--input-size {args.input_size!r}: HxW expected, e.g. 224x224") from None
         size = (h, w)
-    resize = args.resize or round(min(size) * 256 / 224)
-    return Preprocessing(input_size=size, resize=(resize, 0), channel_order=args.channel_order,
-                         mean=args.mean, std=args.std)
+    return OnnxInput(input_size=size, resize=args.resize, channel_order=args.channel_order, mean=args.mean,
+                     std=args.std)
+
+
+def _labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(f"--labels {path}: cannot read ({e})") from None
 
 
 def run(args: argparse.Namespace) -> int:
+    from .errors import GateError
     from .pipeline import ConvertOptions, convert, markdown_table
 
-    labels = None
-    pp = None
-    if args.onnx is not None:
-        pp = _onnx_preprocessing(args)
-        if args.labels:
-            try:
-                labels = [line.strip() for line in args.labels.read_text("utf-8").splitlines() if line.strip()]
-            except (OSError, UnicodeDecodeError) as e:
-                raise ConvertError(f"--labels {args.labels}: cannot read ({e})") from None
-    opts = ConvertOptions(out=args.out, weights=args.weights, arch=args.arch, onnx=args.onnx, calib=args.calib,
-                          check=args.check,
-                          val=args.val, val_half=args.val_half, input_type=args.input_type,
-                          output_type=args.output_type, report=args.report,
+    opts = ConvertOptions(out=args.out, weights=args.weights, arch=args.arch, onnx=args.onnx,
+                          onnx_input=_onnx_input(args), labels=_labels(args.labels), model_name=args.name,
+                          calib=args.calib, calib_scales=args.calib_scales,
+                          equalize=args.equalize, weight_rounding=args.weight_rounding,
+                          input_type=args.input_type, output_type=args.output_type, percentile=args.percentile,
+                          output_margin=args.output_margin, bias_correction=args.bias_correction,
+                          check=args.check, val=args.val, val_half=args.val_half,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
-                          calib_scales=args.calib_scales,
-                          equalize=args.equalize, percentile=args.percentile, output_margin=args.output_margin,
-                          bias_correction=args.bias_correction, weight_rounding=args.weight_rounding,
-                          preprocessing=pp, labels=labels, model_name=args.name, quiet=args.quiet)
+                          report=args.report, quiet=args.quiet)
     try:
         report = convert(opts)
-    except ConvertError as e:
-        if "gate" in type(e).__name__.lower() and args.report and args.report.exists():
-            print(markdown_table(json.loads(args.report.read_text())))
+    except GateError as e:
+        print(markdown_table(e.report))
         raise
     print(markdown_table(report))
     return 0

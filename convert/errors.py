@@ -1,4 +1,6 @@
 """Errors a user can cause; the command line prints them as one line and exits non-zero."""
+from __future__ import annotations
+
 import threading
 
 
@@ -11,7 +13,12 @@ class WeightsError(ConvertError):
 
 
 class GateError(ConvertError):
-    """A validation gate was missed (the figures are in the message)."""
+    """A validation gate was missed: the message lists the missed gates, ``report`` holds every figure
+    (the conversion report, as :func:`convert.pipeline.convert` would have returned it)."""
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
 
 
 class TrainError(ConvertError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,16 +23,12 @@ from edge_runtime.labels import imagenet_classes
 from edge_runtime.preprocess import Preprocessing
 
 from .errors import WeightsError
+from .fetch import DigestMismatch, fetch_bytes, sha256_file
 from .models import UnknownModelError, create_model
+from .presets import CAFFE_IMAGENET, TORCHVISION_IMAGENET
 
 ENV_DIR = "SQUEEZENET_EDGE_WEIGHTS_DIR"
 MAX_CHECKPOINT_BYTES = 1 << 30
-
-CAFFE_IMAGENET = Preprocessing(input_size=(227, 227), resize=(256, 256), channel_order="BGR",
-                               mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0))
-TORCHVISION_IMAGENET = Preprocessing(input_size=(224, 224), resize=(256, 0), channel_order="RGB",
-                                     mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
-                                     std=(0.229 * 255, 0.224 * 255, 0.225 * 255))
 
 
 @dataclass(frozen=True)
@@ -53,6 +48,10 @@ class WeightsRecord:
     wnids: tuple[str, ...] = field(default_factory=lambda: imagenet_classes()[0])
     accuracy: dict = field(default_factory=dict)
     licence: str = ""
+    # Image folders that belong with these weights (a training run records its own): the converter
+    # calibrates and validates on them unless told otherwise.
+    calib_dir: Path | None = None
+    val_dir: Path | None = None
 
     @property
     def num_classes(self) -> int:
@@ -79,9 +78,16 @@ WEIGHTS: dict[str, WeightsRecord] = {
 }
 ALIASES = {"squeezenet1_0_deep_compression": "deep-compression", "deep_compression": "deep-compression"}
 
-# Loaders for other weight containers, recognised by their first bytes: (magic, loader(path) ->
-# (state_dict of numpy arrays, WeightsRecord)). The compression stage registers its container here.
-CONTAINER_LOADERS: list[tuple[bytes, Callable[[Path], tuple[dict, WeightsRecord]]]] = []
+# Weight containers defined above this module, recognised by their first bytes:
+# magic -> (format name, loader(path) -> (state dict of numpy arrays, key of WEIGHTS, arch)).
+# convert/compress/container.py registers ".sqz" when imported (convert.cli imports it).
+ContainerLoader = Callable[[Path], tuple[dict, str, str]]
+CONTAINER_LOADERS: dict[bytes, tuple[str, ContainerLoader]] = {}
+
+
+def register_container(magic: bytes, fmt: str, loader: ContainerLoader) -> None:
+    """Let :func:`load_model` read files that start with ``magic`` through ``loader``."""
+    CONTAINER_LOADERS[magic] = (fmt, loader)
 
 
 def cache_dir() -> Path:
@@ -104,13 +110,14 @@ def _download(url: str, dest: Path, record: WeightsRecord,
         if fetch is not None:
             data = fetch(url)
         else:
-            with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 (fixed https URLs)
-                data = r.read(MAX_CHECKPOINT_BYTES + 1)
+            data = fetch_bytes(url, MAX_CHECKPOINT_BYTES)
     except OSError as e:
         raise WeightsError(
             f"{record.name} is not available offline and the download failed ({e}); put "
             f"{record.file_name} in {cache_dir()} or in a directory named by ${ENV_DIR}, "
             f"or pass its path with --weights") from None
+    except DigestMismatch as e:
+        raise WeightsError(str(e)) from None
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise WeightsError(f"{url}: more than {MAX_CHECKPOINT_BYTES} bytes, refusing")
     atomic_write(dest, data, check=lambda tmp: _verify(tmp, record))
@@ -193,11 +200,14 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
 
     with open(path, "rb") as f:
         head = f.read(16)
-    from .compress.container import MAGIC, load_container
-
-    for magic, loader in [(MAGIC, load_container), *CONTAINER_LOADERS]:
+    for magic, (fmt, loader) in CONTAINER_LOADERS.items():
         if head.startswith(magic):
-            return loader(path)
+            state, key, arch = loader(path)
+            base = WEIGHTS.get(key)
+            if base is None:
+                raise WeightsError(f"{path}: the {fmt} container names weights record {key!r}: one of "
+                                   f"{', '.join(WEIGHTS)} expected")
+            return state, dataclasses.replace(base, name=f"{base.name}_compressed", arch=arch, fmt=fmt)
     if path.suffix == ".net" or (record is not None and record.fmt == "net"):
         if path.stat().st_size > MAX_CHECKPOINT_BYTES:
             raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
@@ -205,7 +215,7 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
     return load_checkpoint(path), record
 
 
-def load_model(source: str, arch: str | None = None, eval_mode: bool = True) -> tuple[nn.Module, WeightsRecord]:
+def load_model(source: str, arch: str | None = None) -> tuple[nn.Module, WeightsRecord]:
     """Build a model and load weights from a named source or a file.
 
     Args:
@@ -243,4 +253,4 @@ def load_model(source: str, arch: str | None = None, eval_mode: bool = True) -> 
         raise WeightsError(str(e)) from None
     apply_state_dict(model, state, str(path))
     record = dataclasses.replace(record, arch=arch, sha256=sha256_file(path))
-    return (model.eval() if eval_mode else model), record
+    return model.eval(), record

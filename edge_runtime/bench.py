@@ -15,30 +15,73 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-PEERS = ("tflite-fp32", "onnxruntime", "onnxruntime-int8", "opencv-dnn", "pytorch")
+Predict = Callable[[np.ndarray], np.ndarray]  # one H x W x 3 uint8 crop -> class scores
+# loader(case, the reference artifact's metadata) -> load(): (predict, Classifier or None), timed as load time
+Loader = Callable[[Any, Any], Callable[[], tuple[Predict, Any]]]
+
+
+class PeerUnavailable(ValueError):
+    """A peer cannot run for this artifact (no sibling recorded, package missing); the message says why."""
 
 
 @dataclass
 class Case:
     label: str
-    runtime: str  # tflite | tflite-fp32 | onnxruntime | onnxruntime-int8 | opencv-dnn | pytorch
+    runtime: str  # a key of RUNNERS: tflite, tflite-fp32, or a workstation peer (convert/peers.py)
     path: str
     threads: int
     reference_tflite: str  # the int8 artifact whose metadata gives preprocessing and labels
     verify: bool = True  # check the artifact's integrity checksum on load
+    module: str = "edge_runtime.bench"  # the child runs ``python -m module``, which registers ``runtime``
 
 
-def peer_path(int8_path: Path, runtime: str) -> Path:
-    """Where the converter keeps the float siblings of an int8 artifact."""
-    stem = int8_path.stem[:-5] if int8_path.stem.endswith("_int8") else int8_path.stem
-    return {"tflite-fp32": int8_path.with_name(f"{stem}_float.tflite"),
-            "onnxruntime": int8_path.with_name(f"{stem}_float.onnx"),
-            "onnxruntime-int8": int8_path.with_name(f"{stem}_qdq_int8.onnx"),
-            "opencv-dnn": int8_path.with_name(f"{stem}_float.onnx"),
-            "pytorch": int8_path.with_name(f"{stem}_float.onnx")}[runtime]
+@dataclass(frozen=True)
+class Peer:
+    """Another runtime measured beside an int8 artifact, on the model file ``model_for(artifact)`` names."""
+
+    name: str
+    module: str  # the module that registers its runner (the child process runs it)
+    model_for: Callable[[Path], Path]  # raises PeerUnavailable
+
+
+RUNNERS: dict[str, Loader] = {}
+PEERS: dict[str, Peer] = {}
+
+
+def register_runner(name: str, loader: Loader) -> None:
+    """Make ``name`` measurable in the child process of the module that calls this."""
+    RUNNERS[name] = loader
+
+
+def register_peer(peer: Peer, loader: Loader) -> None:
+    """A peer runtime (its runner and how it finds its model file for an artifact)."""
+    PEERS[peer.name] = peer
+    register_runner(peer.name, loader)
+
+
+def sibling(int8_path: Path, kind: str) -> Path:
+    """A float sibling of an artifact (``float_onnx`` or ``float_tflite``), as its metadata names it.
+
+    Raises:
+        PeerUnavailable: the artifact records no such sibling, or the file is not beside it.
+    """
+    from .metadata import MetadataError, read_model_info
+
+    try:
+        info = read_model_info(int8_path)
+    except MetadataError as e:
+        raise PeerUnavailable(str(e)) from None
+    name = ((info.extra.get("siblings") if info else None) or {}).get(kind)
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise PeerUnavailable(f"{int8_path.name} records no {kind} sibling (convert it again to keep one)")
+    path = int8_path.with_name(name)
+    if not path.is_file():
+        raise PeerUnavailable(f"{path}: the {kind} sibling recorded in {int8_path.name} is not there")
+    return path
 
 
 # Instruction-set features that decide int8 versus float speed (XNNPACK's int8 kernels use them):
@@ -94,82 +137,37 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _runner(case: Case):
-    """(load function returning a predict(crop)->scores callable, layout) for one runtime."""
-    from .metadata import read_model_info
+def _tflite(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
+    from .classify import Classifier
 
-    info = read_model_info(case.reference_tflite)
-    pp = info.preprocessing if info else None
-    if case.runtime == "tflite":
-        from .classify import Classifier
+    def load():
+        clf = Classifier(case.path, threads=case.threads, verify=case.verify)
 
-        def load():
-            clf = Classifier(case.path, threads=case.threads, verify=case.verify)
+        def predict(crop):
+            clf.set_crop(crop)
+            clf.invoke()
+            return clf.logits()
+        return predict, clf
+    return load
 
-            def predict(crop):
-                clf.set_crop(crop)
-                clf.invoke()
-                return clf.logits()
-            return predict, clf
-        return load, pp
-    if case.runtime == "tflite-fp32":
-        from .interpreter import create_interpreter
 
-        def load():
-            it, _ = create_interpreter(case.path, case.threads)
-            i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+def _tflite_float(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
+    from .interpreter import create_interpreter
 
-            def predict(crop):
-                it.set_tensor(i, crop[None].astype(np.float32))
-                it.invoke()
-                return it.get_tensor(o)[0]
-            return predict, None
-        return load, pp
-    if case.runtime in ("onnxruntime", "onnxruntime-int8"):
-        import onnxruntime as ort
+    def load():
+        it, _ = create_interpreter(case.path, case.threads)
+        i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
 
-        def load():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = case.threads
-            so.inter_op_num_threads = 1
-            # each case has its own process, so ONNX Runtime keeps its default spinning thread pool
-            sess = ort.InferenceSession(case.path, so, providers=["CPUExecutionProvider"])
-            name = sess.get_inputs()[0].name
+        def predict(crop):
+            it.set_tensor(i, crop[None].astype(np.float32))
+            it.invoke()
+            return it.get_tensor(o)[0]
+        return predict, None
+    return load
 
-            def predict(crop):
-                return sess.run(None, {name: crop.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
-            return predict, None
-        return load, pp
-    if case.runtime == "opencv-dnn":
-        import cv2
 
-        def load():
-            cv2.setNumThreads(case.threads)
-            net = cv2.dnn.readNetFromONNX(case.path)
-
-            def predict(crop):
-                net.setInput(crop.transpose(2, 0, 1)[None].astype(np.float32))
-                return net.forward()[0]
-            return predict, None
-        return load, pp
-    if case.runtime == "pytorch":
-        import torch
-
-        def load():
-            torch.set_num_threads(case.threads)
-            from convert.weights import load_model
-            from convert.pixel_model import PixelModel
-
-            name = (info.extra.get("weights") if info else None) or "deep-compression"
-            model, record = load_model(name)
-            pixel = PixelModel(model, record.preprocessing).eval()
-
-            def predict(crop):
-                with torch.no_grad():
-                    return pixel(torch.from_numpy(crop.transpose(2, 0, 1)[None].astype(np.float32)))[0].numpy()
-            return predict, None
-        return load, pp
-    raise ValueError(f"unknown runtime {case.runtime}")
+register_runner("tflite", _tflite)
+register_peer(Peer("tflite-fp32", "edge_runtime.bench", lambda int8: sibling(int8, "float_tflite")), _tflite_float)
 
 
 def measure(case: Case, runs: int, warmup: int, min_seconds: float, images: str | None,
@@ -179,7 +177,13 @@ def measure(case: Case, runs: int, warmup: int, min_seconds: float, images: str 
 
     from .preprocess import resize_crop
 
-    load, pp = _runner(case)
+    from .metadata import read_model_info
+
+    if case.runtime not in RUNNERS:
+        raise ValueError(f"unknown runtime {case.runtime!r}: one of {', '.join(RUNNERS)} expected")
+    info = read_model_info(case.reference_tflite)
+    pp = info.preprocessing if info else None
+    load = RUNNERS[case.runtime](case, info)
     t0 = time.perf_counter()
     predict, clf = load()
     load_s = time.perf_counter() - t0
@@ -241,7 +245,7 @@ def run_case(case: Case, runs: int, warmup: int, min_seconds: float, images: str
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                        os.environ.get("PYTHONPATH", "")]))
     try:
-        proc = subprocess.run([sys.executable, "-m", "edge_runtime.bench", payload], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", case.module, payload], capture_output=True,
                               text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**case.__dict__, "label": case.label, "error": f"timed out after {timeout:.0f}s"}
@@ -252,7 +256,8 @@ def run_case(case: Case, runs: int, warmup: int, min_seconds: float, images: str
     return json.loads(lines[-1])
 
 
-def _child(payload: str) -> int:
+def child_main(payload: str) -> int:
+    """The child process: measure the case in ``payload`` and print its figures as one JSON line."""
     p = json.loads(payload)
     try:
         res = measure(Case(**p["case"]), p["runs"], p["warmup"], p["min_seconds"], p["images"], p["source"])
@@ -267,4 +272,4 @@ def _child(payload: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1]))
+    sys.exit(child_main(sys.argv[1]))

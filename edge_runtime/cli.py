@@ -11,8 +11,11 @@ from pathlib import Path
 from . import serve
 from .classify import Classifier, ModelError
 from .interpreter import InterpreterUnavailable
+from .flags import CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, deprecated, positive_int, resize_arg
+from .metadata import MetadataError, read_model_info
 from .preprocess import Preprocessing, PreprocessingError
 
+PLAIN_RESIZE = (256, 256)
 DEFAULT_MODEL = Path("build/squeezenet1_0_int8.tflite")
 EXAMPLES = """examples:
   python -m edge_runtime --camera 0
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help=f"the .tflite model (default: {DEFAULT_MODEL}, what `python -m convert tflite` writes)")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
-    p.add_argument("--top-k", type=int, default=3, help="labels shown per frame (default 3)")
+    p.add_argument("--top-k", type=positive_int, default=TOP_K, help=f"labels shown per frame (default {TOP_K})")
     p.add_argument("--threshold", type=float, default=0.0, help="hide labels below this probability (default 0)")
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
     p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
@@ -57,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
                         "(default 10)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    p.add_argument("--simulate-disconnect-every", type=int, default=0, metavar="N",
+    p.add_argument("--disconnect-every", type=int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
-    p.add_argument("--simulate-disconnect-seconds", type=float, default=0.0, metavar="S",
-                   help="with --simulate-disconnect-every: the camera stays unplugged S seconds each time "
+    deprecated(p, "--simulate-disconnect-every", "--disconnect-every", "disconnect_every", type=int)
+    p.add_argument("--disconnect-seconds", type=float, default=0.0, metavar="S",
+                   help="with --disconnect-every: the camera stays unplugged S seconds each time "
                         "(default 0: it comes back at the first reopen attempt)")
+    deprecated(p, "--simulate-disconnect-seconds", "--disconnect-seconds", "disconnect_seconds", type=float)
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--builtin-kernels", action="store_true",
                    help="TFLite's builtin kernels instead of XNNPACK: slower, and the same decisions on "
@@ -69,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="load the model even if its integrity checksum does not match (experiments only)")
     p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
-    pre = p.add_argument_group("preprocessing for a plain .tflite without embedded metadata")
-    pre.add_argument("--resize", type=int, default=256, help="resize to RESIZExRESIZE before the center crop")
-    pre.add_argument("--channel-order", choices=("BGR", "RGB"), default="BGR",
-                     help="channel order the model's input expects")
+    pre = p.add_argument_group("preprocessing of a plain .tflite without embedded metadata (refused for a "
+                               "model that carries its own)")
+    pre.add_argument("--resize", type=resize_arg, metavar="N|HxW",
+                     help=f"{RESIZE_HELP} (default {PLAIN_RESIZE[0]}x{PLAIN_RESIZE[1]}, at least the input size)")
+    pre.add_argument("--channel-order", choices=("RGB", "BGR"), help=f"{CHANNEL_ORDER_HELP} (default RGB)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.add_arguments(p)
     return p
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
                          preprocessing=_fallback_preprocessing(args), verify=not args.no_verify,
                          builtin_kernels=args.builtin_kernels)
+    except _FlagNotApplicable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ModelError as e:
         hint = " (convert one with: python -m convert tflite)" if args.model == DEFAULT_MODEL and not args.model.exists() else ""
         print(f"error: {e}{hint}", file=sys.stderr)
@@ -145,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
-                             disconnect_every=args.simulate_disconnect_every,
-                             disconnect_seconds=args.simulate_disconnect_seconds, stream_timeout=args.stream_timeout,
+                             disconnect_every=args.disconnect_every,
+                             disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
                              stop=stop)
     except SourceError as e:
         if stop.is_set():
@@ -190,20 +199,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fallback_preprocessing(args: argparse.Namespace) -> Preprocessing | None:
+class _FlagNotApplicable(ValueError):
+    """A plain-model preprocessing flag given for a model that carries its own preprocessing."""
+
+
+def _fallback_preprocessing(args: argparse.Namespace) -> "_LazyPreprocessing":
     """Preprocessing for a model without metadata: input size comes from the graph at load time."""
-    return _LazyPreprocessing(args.resize, args.channel_order)
+    given = [flag for flag, value in (("--resize", args.resize), ("--channel-order", args.channel_order))
+             if value is not None]
+    if given and args.model.is_file():
+        try:
+            info = read_model_info(args.model)
+        except MetadataError:
+            info = None  # the classifier reports it
+        if info is not None:
+            raise _FlagNotApplicable(f"{', '.join(given)}: {args.model} carries its own preprocessing (embedded "
+                                     "metadata); these flags apply only to a plain .tflite")
+    return _LazyPreprocessing(args.resize or PLAIN_RESIZE, args.channel_order or "RGB")
 
 
 class _LazyPreprocessing:
     """Marker the classifier completes with the graph's input size (see Classifier)."""
 
-    def __init__(self, resize: int, order: str) -> None:
+    def __init__(self, resize: tuple[int, int], order: str) -> None:
         self.resize, self.order = resize, order
 
     def complete(self, h: int, w: int) -> Preprocessing:
-        r = max(self.resize, h, w)
-        return Preprocessing(input_size=(h, w), resize=(r, r), channel_order=self.order)
+        rh, rw = self.resize
+        resize = (max(rh, min(h, w)), 0) if rw == 0 else (max(rh, h), max(rw, w))
+        return Preprocessing(input_size=(h, w), resize=resize, channel_order=self.order)
 
 
 if __name__ == "__main__":

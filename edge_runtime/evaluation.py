@@ -124,12 +124,12 @@ def split_by_class(images: LabelledImages, half: str) -> LabelledImages:
     return LabelledImages([images.paths[i] for i in keep], [images.targets[i] for i in keep], list(images.skipped))
 
 
-def iter_crops(paths: Iterable[Path], pp: Preprocessing, rgb: bool = False):
+def iter_crops(paths: Iterable[Path], pp: Preprocessing):
     """Yield (index, crop, None) for each readable path, (index, None, why) for the others
     (unreadable, or over the pixel budget: see :func:`edge_runtime.preprocess.read_image`)."""
     for i, path in enumerate(paths):
         try:
-            yield i, resize_crop(read_image(str(path)), pp, rgb=rgb), None
+            yield i, resize_crop(read_image(str(path)), pp), None
         except ImageTooLarge as e:
             yield i, None, str(e).removeprefix(f"{path.name}: ")
         except PreprocessingError:
@@ -137,7 +137,7 @@ def iter_crops(paths: Iterable[Path], pp: Preprocessing, rgb: bool = False):
 
 
 def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_size: int = 16,
-             keep_scores: bool = False, progress: bool = True, rgb: bool = False) -> EvalResult:
+             keep_scores: bool = False, progress: bool = True) -> EvalResult:
     """Run ``predict`` over every readable image and score top-1 / top-5 against the labels."""
     used_files, targets, top5, all_scores = [], [], [], []
     skipped = list(images.skipped)
@@ -160,7 +160,7 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
         batch.clear()
         batch_idx.clear()
 
-    for i, crop, why in iter_crops(images.paths, pp, rgb=rgb):
+    for i, crop, why in iter_crops(images.paths, pp):
         if crop is None:
             skipped.append(f"{images.paths[i].name} ({why})")
         else:
@@ -180,10 +180,3 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
                       n_used=len(t), n_skipped=len(skipped), skipped=skipped, files=used_files,
                       targets=targets, top5_indices=top5,
                       scores=np.concatenate(all_scores) if keep_scores else None)
-
-
-def agreement(a: EvalResult, b: EvalResult) -> float:
-    """Percent of images on which two models' top-1 classes agree (same files required)."""
-    if a.files != b.files:
-        raise DatasetError("agreement needs both results over the same images")
-    return 100.0 * float(np.mean([x[0] == y[0] for x, y in zip(a.top5_indices, b.top5_indices)]))

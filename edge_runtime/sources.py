@@ -337,7 +337,7 @@ class _Picamera2Capture:
 class DisconnectingCapture:
     """Wraps a capture so it "unplugs" after ``every`` frames: read() then fails until the source
     reopens it, as a USB camera pulled out does. For soak tests and for rehearsing a deployment
-    (``--simulate-disconnect-every``); the recovery path exercised is the real one.
+    (``--disconnect-every``); the recovery path exercised is the real one.
     ``on_unplug`` is called once when it unplugs."""
 
     def __init__(self, cap: Any, every: int, on_unplug: Callable[[], None] | None = None) -> None:

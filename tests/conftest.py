@@ -1,23 +1,38 @@
-"""Shared fixtures. Data from ../shared is required: a missing file fails loudly, never skips."""
+"""Shared fixtures. Test data comes from ../shared, or from a cache filled once from the public
+sources (tests/testdata.py); when neither is possible every test that needs it fails with one line
+saying how to provide it, never skips."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import testdata
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("SQUEEZENET_EDGE_SHARED", ROOT.parent / "shared"))
+SHARED = testdata.shared_dir()
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"required shared data missing: {path} (CI provides ../shared beside the project)")
+        pytest.fail(f"required test data missing: {path} (../shared beside the project, or the test-data cache)",
+                    pytrace=False)
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    return _require(SHARED)
+    """The test-data folder: ../shared, or the filled cache of the same layout."""
+    try:
+        return testdata.data_root()
+    except testdata.TestDataMissing as e:
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)  # outside the except: the one line, no exception chain
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +66,66 @@ def weights_env(dc_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory, weights_env, val500_dir) -> dict:
-    """The real Deep Compression SqueezeNet converted once per session, validated on val500.
+def offline_env(tmp_path_factory) -> dict:
+    """Environment for a child process in which every network connection is refused."""
+    folder = tmp_path_factory.mktemp("offline")
+    (folder / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(*a, **k):\n    raise OSError('network disabled by test')\n"
+        "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\n"
+        "socket.create_connection = _refuse\nsocket.getaddrinfo = _refuse\n")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
-    Returns the conversion report, with ``report["out"]`` the int8 artifact; the float ONNX and
-    float TFLite lie beside it. Gates are off here: the gate tests and .ci/run check them.
+
+def convert_cli(args: list, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m convert tflite ARGS`` from the project folder."""
+    return subprocess.run([sys.executable, "-m", "convert", "tflite", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, weights_env, val500_dir, offline_env) -> dict:
+    """THE full conversion of the suite: the real Deep Compression SqueezeNet with the default settings,
+    validated on val500, by the command line with every network connection refused (conversions never
+    go online). Returns the report, ``report["out"]`` the int8 artifact (float ONNX and TFLite beside it).
+    Gates are off here: test_report_figures checks the figures, .ci/run converts with the gates on.
+    Tests that need an artifact use this one (``int8_model``); a test that must convert again uses
+    QUICK settings (see ``quick_converted``) unless it is about fidelity.
     """
+    folder = tmp_path_factory.mktemp("artifact")
+    out = folder / "squeezenet1_0_int8.tflite"
+    proc = convert_cli(["--weights", "deep-compression", "--out", out, "--val", val500_dir, "--no-gates", "--quiet",
+                        "--report", folder / "report.json"], env=offline_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((folder / "report.json").read_text())
+
+
+# Cheap settings for conversions that are about behaviour, not fidelity: one view per calibration photo
+# instead of eight, no equalization, TFLite's own weight rounding (one onnx2tf run instead of two), no
+# bias correction. The full settings run once per session (``converted``) and in .ci/run, whose gated
+# conversion must give the suite's artifact byte for byte.
+QUICK = ("--calib-scales", "1", "--equalize", "0", "--weight-rounding", "nearest", "--bias-correction", "0",
+         "--quiet")
+
+
+@pytest.fixture(scope="session")
+def val20_dir(tmp_path_factory, val500_dir) -> Path:
+    """20 labelled images of val500 (every 25th), for conversions that only need some validation."""
+    folder = tmp_path_factory.mktemp("val20")
+    for path in sorted(val500_dir.iterdir())[::25]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def quick_converted(tmp_path_factory, weights_env, val20_dir) -> dict:
+    """The real model converted with the QUICK settings (in this process), validated on ``val20_dir``."""
     from convert.pipeline import ConvertOptions, convert
 
-    out = tmp_path_factory.mktemp("artifact") / "squeezenet1_0_int8.tflite"
-    return convert(ConvertOptions(out=out, weights="deep-compression", val=val500_dir, min_agreement=None,
-                                  max_top1_drop=None, quiet=True))
+    out = tmp_path_factory.mktemp("quick") / "squeezenet1_0_int8.tflite"
+    return convert(ConvertOptions(out=out, weights="deep-compression", calib_scales=(1.0,), equalize=0.0,
+                                  weight_rounding="nearest", bias_correction=0.0, val=val20_dir,
+                                  min_agreement=None, max_top1_drop=None, quiet=True))
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +143,21 @@ def float_model(weights_env):
 @pytest.fixture(scope="session")
 def sample_clip() -> Path:
     return ROOT / "samples" / "sample_clip.mp4"
+
+
+# The suite's time budget: the README's command must finish in 6 minutes on the 2-core CI machine.
+# Every run prints the slowest tests (--durations in pyproject.toml) and this line; tests/README.md
+# gives each area its share.
+BUDGET_SECONDS = 360
+
+
+def pytest_sessionstart(session):
+    session.config._suite_t0 = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    t0 = getattr(config, "_suite_t0", None)
+    if t0 is not None:
+        spent = time.monotonic() - t0
+        terminalreporter.write_line(f"suite time: {spent:.0f} s of the {BUDGET_SECONDS} s budget "
+                                    f"({os.cpu_count()} cores; see tests/README.md)")

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args):
-    return subprocess.run([sys.executable, "tools/benchmark.py", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.benchmark", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=900)
 
 
@@ -24,7 +24,7 @@ def bench_run(int8_model, tmp_path_factory, val500_dir, sample_clip, weights_env
         (images / f.name).write_bytes(f.read_bytes())
     proc = _bench("--model", int8_model, "--model", out / "missing.tflite", "--threads", "1,2", "--runs", "20",
                   "--min-seconds", "0.2", "--warmup", "2", "--peers", "tflite-fp32,onnxruntime,opencv-dnn",
-                  "--images", images, "--source", sample_clip, "--json", out / "b.json", "--csv", out / "b.csv",
+                  "--val", images, "--source", sample_clip, "--report", out / "b.json", "--csv", out / "b.csv",
                   "--plot", out / "b.png")
     return proc, out, images
 
@@ -75,19 +75,48 @@ def test_reference_regression_and_atomic_results(bench_run, int8_model, tmp_path
     (tmp_path / "ref.json").write_text(json.dumps(ref))
     (tmp_path / "keep.json").write_text("previous results")
     proc = _bench("--model", int8_model, "--runs", "5", "--min-seconds", "0", "--reference", tmp_path / "ref.json",
-                  "--fail-on-regression", "--json", tmp_path / "keep.json")
+                  "--fail-on-regression", "--report", tmp_path / "keep.json")
     assert proc.returncode == 1 and "regression:" in proc.stdout
     assert "note: reference measured on" not in proc.stdout  # same machine: no cross-machine note
     assert json.loads((tmp_path / "keep.json").read_text())["results"]  # replaced whole, never partial
-    bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--json", tmp_path / "x.json")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
+    bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--report", tmp_path / "x.json")
+    errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert errors == ["error: ref tflite x2: MetadataError: not a TFLite model (file identifier 'TFL3' expected at "
+                      "byte 4)"], bad.stderr
 
 
 def test_reference_from_another_cpu_is_named():
-    sys.path.insert(0, str(ROOT / "tools"))
-    from benchmark import machine_difference
+    from edge_runtime.bench_report import machine_difference
 
     here = {"cpu": "AMD EPYC", "isa": ["avx2"], "cores": 2, "arch": "x86_64"}
     assert machine_difference(here, dict(here)) is None
     note = machine_difference(dict(here, cpu="Intel Xeon", isa=["avx2", "avx512_vnni"]), here)
     assert "Intel Xeon" in note and "avx512_vnni" in note and "AMD EPYC" in note
+
+
+def test_peers_are_found_through_the_artifacts_metadata(int8_model, tmp_path):
+    """Float siblings come from the names the converter recorded, not from the artifact's file name."""
+    import dataclasses
+    import shutil
+
+    from convert.artifact import embed_metadata
+    from edge_runtime.metadata import read_model_info
+    from tools.benchmark import build_cases
+
+    renamed = tmp_path / "renamed.tflite"  # a name the siblings cannot be derived from
+    shutil.copyfile(int8_model, renamed)
+    for sibling in read_model_info(int8_model).extra["siblings"].values():
+        shutil.copyfile(Path(int8_model).with_name(sibling), tmp_path / sibling)
+    cases, notes = build_cases([renamed], [1], ["tflite-fp32", "onnxruntime", "opencv-dnn"])
+    assert [c.runtime for c in cases] == ["tflite", "tflite-fp32", "onnxruntime", "opencv-dnn"] and not notes
+    assert {Path(c.path).name for c in cases[1:]} == {"squeezenet1_0_float.tflite", "squeezenet1_0_float.onnx"}
+    assert cases[2].module == "convert.peers" and cases[1].module == "edge_runtime.bench"
+    info = read_model_info(int8_model)
+    bare = tmp_path / "bare.tflite"  # an artifact that records no siblings: the peers say why they are skipped
+    bare.write_bytes(embed_metadata(Path(int8_model).read_bytes(), dataclasses.replace(
+        info, extra={k: v for k, v in info.extra.items() if k != "siblings"})))
+    cases, notes = build_cases([bare], [1], ["onnxruntime", "nope"])
+    assert [c.runtime for c in cases] == ["tflite"]
+    assert notes == ["peer onnxruntime skipped: bare.tflite records no float_onnx sibling (convert it again to keep one)",
+                     "unknown peer 'nope': one of tflite-fp32, onnxruntime, onnxruntime-int8, opencv-dnn, pytorch"]

@@ -109,7 +109,7 @@ def test_evaluate_skips_a_decompression_bomb(weights_env, val500_dir, tmp_path, 
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["evaluate", "--weights", "deep-compression", "--images", str(folder), "--json"]) == 0
+        assert main(["evaluate", "--weights", "deep-compression", "--val", str(folder), "--json"]) == 0
     report = json.loads(out.getvalue())
     assert report["images"] == 3 and report["skipped"] == 1
     assert "over the budget" in report["skipped_files"][0]

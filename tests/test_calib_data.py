@@ -8,6 +8,7 @@ import numpy as np
 from convert.calibration_data import default_calib_dir, list_calibration_images
 
 ROOT = Path(__file__).resolve().parents[1]
+NEAR_DUPLICATE = 0.95  # correlation of normalized 16x16 grey thumbnails
 
 
 def test_manifest_matches_the_files():
@@ -21,19 +22,35 @@ def test_manifest_matches_the_files():
         assert "imagenet" not in r["source"].lower()
 
 
+def _thumbnail(img: np.ndarray) -> np.ndarray:
+    """16x16 grey thumbnail, zero mean, unit norm: the dot product of two is their correlation."""
+    t = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
+    t = t.astype(np.float64).ravel() - t.mean()
+    return t / (np.linalg.norm(t) + 1e-9)
+
+
+def _most_similar(images: list[np.ndarray]) -> tuple[int, int, float]:
+    flat = np.stack([_thumbnail(img) for img in images])
+    corr = flat @ flat.T
+    np.fill_diagonal(corr, -1.0)
+    i, j = np.unravel_index(np.argmax(corr), corr.shape)
+    return int(i), int(j), float(corr[i, j])
+
+
 def test_at_least_60_distinct_real_photos():
     paths, skipped = list_calibration_images(default_calib_dir())
     assert skipped == []
-    thumbs = []
-    for p in paths:
-        img = cv2.imread(str(p))
-        assert img is not None, p
-        t = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
-        thumbs.append((t.astype(np.float32) - t.mean()) / (t.std() + 1e-6))
-    assert len(thumbs) >= 60
-    # no two photos are near-duplicates (normalized 16x16 thumbnails correlate below 0.95)
-    flat = np.stack([t.ravel() for t in thumbs]) / 16.0
-    corr = flat @ flat.T / 16.0
-    np.fill_diagonal(corr, 0)
-    i, j = np.unravel_index(np.argmax(corr), corr.shape)
-    assert corr[i, j] < 0.95, (paths[i].name, paths[j].name, corr[i, j])
+    images = [cv2.imread(str(p)) for p in paths]
+    assert all(img is not None for img in images)
+    assert len(images) >= 60
+    i, j, corr = _most_similar(images)  # no two photos are near-duplicates
+    assert corr < NEAR_DUPLICATE, (paths[i].name, paths[j].name, corr)
+
+
+def test_the_distinctness_check_catches_a_near_duplicate():
+    paths, _ = list_calibration_images(default_calib_dir())
+    images = [cv2.imread(str(p)) for p in paths[:10]]
+    # the same photo again, re-encoded smaller and a little brighter, as a careless copy would be
+    copy = cv2.convertScaleAbs(cv2.resize(images[3], None, fx=0.7, fy=0.7), alpha=1.1, beta=8)
+    i, j, corr = _most_similar(images + [copy])
+    assert {i, j} == {3, 10} and corr >= NEAR_DUPLICATE, (i, j, corr)

@@ -41,16 +41,21 @@ def test_lossless_container_decodes_to_the_release(tmp_path, weights_env, releas
 @pytest.fixture(scope="module")
 def goal(tmp_path_factory, weights_env, val500_dir):
     """The goal model (8 bits, 7 for the two last fire modules), compressed and fed to the int8 converter."""
+    import json
+
+    from convert.cli import main
+
     folder = tmp_path_factory.mktemp("goal")
     out = folder / "c.sqz"
-    rep = compress(CompressOptions(weights="deep-compression", out=out, bits="8,features.12=7,features.10=7",
-                                   val=val500_dir, tflite=folder / "c_int8.tflite", quiet=True))
-    return out, rep
+    assert main(["compress", "--weights", "deep-compression", "--out", str(out), "--bits",
+                 "8,features.12=7,features.10=7", "--val", str(val500_dir), "--tflite", str(folder / "c_int8.tflite"),
+                 "--report", str(folder / "c.json"), "--quiet"]) == 0
+    return out, json.loads((folder / "c.json").read_text())
 
 
 def test_shared_container_round_trip_and_goal(goal):
     out, rep = goal
-    # the issue's goal: at most 500,000 bytes, top-1 within 1.0 point of the release's 65.4%
+    # the project's goal: at most 500,000 bytes, top-1 within 1.0 point of the release's 65.4%
     assert rep["bytes"] <= 500_000 and rep["top1_compressed"] >= 65.4 - 1.0, rep
     c = sqz.decode(out.read_bytes())
     assert {l.bits for l in c.layers} == {7, 8}
@@ -74,7 +79,7 @@ def test_compressed_model_feeds_the_converter(goal):
     assert set(op_report(Path(int8["out"]).read_bytes())["ops"]) <= {
         "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE",
         "CAST", "SUM", "REDUCE_MAX", "SUB", "FLOOR_DIV", "MAXIMUM", "ADD"}  # + the exact score head
-    # the issue's figure with the converter's gates: int8 top-1 within 1.0 point of the compressed
+    # the project's figure with the converter's gates: int8 top-1 within 1.0 point of the compressed
     # float model, top-1 agreement >= 95% (measured 64.4% vs 64.8%, 96.2%)
     assert int8["gates"]["passed"] and int8["gates"]["min_agreement"] == 0.95, int8
     assert int8["top1_drop"] <= 1.0 and int8["agreement"] >= 95.0, int8
@@ -124,7 +129,7 @@ def test_cli_errors(tmp_path, weights_env):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
     bad = tmp_path / "bad.sqz"
     bad.write_bytes(b"SQZC" + b"\x00" * 40)
-    proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(bad), "--images", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(bad), "--val", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "checksum" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -176,7 +176,7 @@ def test_non_finite_weights_are_refused(dc_net_file, weights_env, tmp_path):
     bad.write_bytes(sqz.encode(sqz.Container("deep-compression", "squeezenet1_0", 1000, layers)))
     with pytest.raises(sqz.ContainerError, match="NaN or Inf"):
         sqz.decode(bad.read_bytes())
-    err = _one_error(_main("evaluate", "--weights", bad, "--images", ROOT / "calib_data"))
+    err = _one_error(_main("evaluate", "--weights", bad, "--val", ROOT / "calib_data"))
     assert "NaN or Inf" in err
     state = model.state_dict()
     state["features.0.bias"][0] = float("inf")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from convert.evaluate import evaluate_torch
+from convert.torch_eval import evaluate_torch
 from edge_runtime.evaluation import DatasetError, find_labelled_images
 
 
@@ -41,13 +41,13 @@ def test_empty_folder(tmp_path):
 
 def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     cmd = [sys.executable, "-m", "convert", "evaluate", "--weights", "deep-compression",
-           "--images", str(val500_dir), "--limit", "20", "--json"]
+           "--val", str(val500_dir), "--limit", "20", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert result["images"] == 20 and 0 <= result["top1"] <= result["top5"] <= 100
-    bad = subprocess.run(cmd[:4] + ["--weights", str(tmp_path / "missing.pth"), "--images", str(val500_dir)],
+    bad = subprocess.run(cmd[:4] + ["--weights", str(tmp_path / "missing.pth"), "--val", str(val500_dir)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
-    empty = subprocess.run(cmd[:6] + ["--images", str(tmp_path)], capture_output=True, text=True)
+    empty = subprocess.run(cmd[:6] + ["--val", str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode == 2 and "no labelled images" in empty.stderr and "Traceback" not in empty.stderr

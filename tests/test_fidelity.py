@@ -72,7 +72,7 @@ def test_report_carries_intervals_and_halves(converted):
 def test_gates_without_val_judge_many_unlabelled_views(converted):
     """Without --val the gates read the unlabelled check: held-out calibration photos and check_data/,
     hundreds of views in dozens of independent groups, with a cluster-robust interval."""
-    from convert.pipeline import ConvertOptions, _gates
+    from convert.pipeline import ConvertOptions
 
     u = converted["validation"]["unlabelled"]
     assert u["views"] >= 600 and u["groups"] >= 30, u
@@ -81,8 +81,8 @@ def test_gates_without_val_judge_many_unlabelled_views(converted):
     without_val = {k: v for k, v in converted["validation"].items() if k != "val"}
     opts = ConvertOptions(out=Path("x.tflite"))
     strict = ConvertOptions(out=Path("x.tflite"), min_agreement=(u["agreement"] + 0.5) / 100)
-    assert _gates(opts, without_val)["passed"] == (u["agreement"] >= 95.0)
-    assert not _gates(strict, without_val)["passed"]
+    assert opts.gates().judge(without_val)["passed"] == (u["agreement"] >= 95.0)
+    assert not strict.gates().judge(without_val)["passed"]
 
 
 def test_check_data_is_never_calibration_data():

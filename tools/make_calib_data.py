@@ -4,7 +4,7 @@ redistributable photos and clips installed on this machine.
 Sources (both with clear terms):
   * scikit-image's bundled photos (public domain / CC0, per skimage.data docstrings);
   * Debian's opencv-doc sample images and clips (Apache-2.0 AND BSD-3-Clause per its copyright file).
-Usage: apt-get install opencv-doc && pip install scikit-image scikit-learn matplotlib && python tools/make_calib_data.py
+Usage: apt-get install opencv-doc && pip install scikit-image scikit-learn matplotlib && python -m tools.make_calib_data
        (the same with --check rebuilds check_data/)
   * scikit-learn's two sample photos (CC BY 2.0, attribution in the manifest) and matplotlib's
     grace_hopper.jpg (public domain).
@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "calib_data"
+OUT = ROOT / "convert" / "calib_data"  # packaged with the converter; calib_data/ links to it
 OCV = Path("/usr/share/doc/opencv-doc/examples")
 MAX_SIDE = 320  # shorter side; enough for a 256 resize and a 227/224 crop
 
@@ -133,7 +133,7 @@ def make_check() -> int:
     import skimage
 
     sk_dir = Path(skimage.__file__).parent / "data"
-    out = ROOT / "check_data"
+    out = ROOT / "convert" / "check_data"  # packaged with the converter; check_data/ links to it
     out.mkdir(exist_ok=True)
     rows: list = []
     save = _saver(out, rows)

@@ -1,6 +1,6 @@
 """Rebuild samples/sample_clip.mp4: slow pans over opencv-doc sample photos (Apache-2.0 / BSD-3-Clause).
 
-Usage: apt-get install opencv-doc ffmpeg && python tools/make_sample_clip.py
+Usage: apt-get install opencv-doc ffmpeg && python -m tools.make_sample_clip
 """
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
-"""Figures of the edge runtime (issue: edge runtime): end-to-end throughput versus invoke-only rate,
+"""``python -m tools.runtime_bench``: figures of the edge runtime: end-to-end throughput versus invoke-only rate,
 peak resident memory, start-up to the first classified frame, and a soak with simulated disconnects.
 With --serve, the web service's figures instead: end-to-end FPS without --serve and serving 0, 1 and 2
 MJPEG clients (interleaved, several repetitions, ratios per repetition), peak RSS of the CLI process
 with 2 clients, and the time from the process start to the first frame visible in headless Chromium.
 
-    python tools/runtime_bench.py --model build/squeezenet1_0_int8.tflite --source samples/sample_clip.mp4
-    python tools/runtime_bench.py --serve --reps 5 --frames 1500 --json build/serve_bench.json
+    python -m tools.runtime_bench --model build/squeezenet1_0_int8.tflite --source samples/sample_clip.mp4
+    python -m tools.runtime_bench --serve --reps 5 --frames 1500 --report build/serve_bench.json
 """
 from __future__ import annotations
 
@@ -21,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+from edge_runtime.fileio import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def rss_mb() -> float:
@@ -329,7 +329,6 @@ def serve_figures(args) -> dict:
            "first_frame_in_browser": first_frame_in_browser(args.model, args.source, 3),
            "load_after": os.getloadavg()}
     f, b = res["fps"], res["first_frame_in_browser"]
-    print(json.dumps(res, indent=1))
     print(f"CPU: {cpu}; load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}")
     print(f"end-to-end FPS, median of {args.reps} interleaved repetitions of {args.frames} frames: "
           + ", ".join(f"{k} {v:.1f}" for k, v in f["median_fps"].items()))
@@ -348,22 +347,28 @@ def serve_figures(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m tools.runtime_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite", help="int8 .tflite")
     p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"), help="video clip")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
     p.add_argument("--frames", type=int, default=3000, help="frames for the throughput run (default 3000)")
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
+                   help="print the figures as JSON on stdout")
+    p.add_argument("--report", type=Path, help="write the figures as JSON here")
     p.add_argument("--serve", action="store_true",
                    help="measure the web service instead: FPS with 0/1/2 MJPEG clients, RSS, first frame in a browser")
     p.add_argument("--reps", type=int, default=5, help="with --serve: interleaved repetitions (default 5)")
     args = p.parse_args(argv)
+    if args.json not in (None, True):  # the old spelling --json PATH
+        print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
+              "(--json alone prints JSON on stdout)", file=sys.stderr)
+        args.report, args.json = Path(args.json), None
     if args.serve:
         res = serve_figures(args)
-        if args.json:
-            args.json.write_text(json.dumps(res, indent=1) + "\n")
+        _output(res, args)
         return 0
     invoke = invoke_only_rate(args.model, args.threads, 5.0)
     e2e = end_to_end(args.model, args.source, args.threads, args.frames)
@@ -371,14 +376,19 @@ def main(argv=None) -> int:
     so = soak(args.model, args.source, args.soak_frames, args.disconnect_every)
     res = {"invoke_only_fps": invoke, "end_to_end": e2e, "ratio": e2e["fps"] / invoke, "process": proc, "soak": so,
            "load": os.getloadavg()}
-    print(json.dumps(res, indent=1))
     print(f"end-to-end {e2e['fps']:.1f} FPS / invoke-only {invoke:.1f}/s = {res['ratio']:.2f} (goal >= 0.85); "
           f"peak RSS {proc['peak_rss_mb']:.1f} MB (goal <= 120); start-up {proc['startup_to_first_frame_s']:.2f} s "
           f"(goal < 1.5); soak {so['frames']} frames, {so['reconnects']} reconnects for "
           f"{so['disconnects_expected']} disconnects, RSS growth {so['rss_growth_mb']:.1f} MB (goal < 5)")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    _output(res, args)
     return 0
+
+
+def _output(res: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(res, indent=1))
+    if args.report:
+        atomic_write(args.report, json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

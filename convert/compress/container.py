@@ -25,6 +25,7 @@ import numpy as np
 
 from ..deepcompression import relative_index
 from ..errors import WeightsError
+from ..weights import register_container
 from . import huffman
 
 MAGIC = b"SQZC"
@@ -71,7 +72,7 @@ class Container:
         return out
 
 
-def _s(text: str) -> bytes:
+def _name_bytes(text: str) -> bytes:
     raw = text.encode()
     if len(raw) > 255:
         raise ContainerError(f"name {text[:40]!r}... longer than 255 bytes")
@@ -80,7 +81,7 @@ def _s(text: str) -> bytes:
 
 def encode(c: Container) -> bytes:
     """Serialize a container (see the module docstring for the layout)."""
-    parts = [MAGIC, struct.pack("<H", VERSION), _s(c.record), _s(c.arch), struct.pack("<IH", c.num_classes, len(c.layers))]
+    parts = [MAGIC, struct.pack("<H", VERSION), _name_bytes(c.record), _name_bytes(c.arch), struct.pack("<IH", c.num_classes, len(c.layers))]
     for layer in c.layers:
         flat = layer.codes.reshape(-1)
         pos = np.flatnonzero(flat)
@@ -91,7 +92,7 @@ def encode(c: Container) -> bytes:
         c_len = huffman.code_lengths(np.bincount(codes, minlength=n_sym))
         g_len = huffman.code_lengths(np.bincount(gaps, minlength=16))
         c_stream, g_stream = huffman.encode(codes, c_len), huffman.encode(gaps, g_len)
-        parts += [_s(layer.name), struct.pack("<B", len(layer.shape)), struct.pack(f"<{len(layer.shape)}I", *layer.shape),
+        parts += [_name_bytes(layer.name), struct.pack("<B", len(layer.shape)), struct.pack(f"<{len(layer.shape)}I", *layer.shape),
                   struct.pack("<B", layer.bits), np.asarray(layer.codebook, "<f4").tobytes(),
                   struct.pack("<I", len(layer.bias)), np.asarray(layer.bias, "<f4").tobytes(),
                   struct.pack("<I", len(gaps)), c_len.tobytes(), struct.pack("<I", len(c_stream)), c_stream,
@@ -184,14 +185,10 @@ def decode(data: bytes) -> Container:
     return Container(record, arch, num_classes, layers)
 
 
-def load_container(path: Path):
-    """Weights loader hook: (state dict, weights record) for ``convert.weights.load_model``."""
-    import dataclasses
-
-    from ..weights import WEIGHTS
-
+def load_container(path: Path) -> tuple[dict[str, np.ndarray], str, str]:
+    """(state dict, weights record key, arch) of a ``.sqz`` file, for ``convert.weights.load_model``."""
     c = decode(Path(path).read_bytes())
-    base = WEIGHTS.get(c.record)
-    if base is None:
-        raise ContainerError(f"container names weights record {c.record!r}: one of {', '.join(WEIGHTS)} expected")
-    return c.state_dict(), dataclasses.replace(base, name=f"{base.name}_compressed", arch=c.arch, fmt="sqz")
+    return c.state_dict(), c.record, c.arch
+
+
+register_container(MAGIC, "sqz", load_container)

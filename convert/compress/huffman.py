@@ -101,8 +101,7 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
         window[:nbits] = (window[:nbits] << 1) | padded[b:b + nbits]
     step = table_len[window]
     step[nbits] = 0
-    if (table_sym[window[:nbits]] < 0).any():
-        pass  # invalid windows only matter if the walk lands on them (checked below)
+    # windows that are no code only matter if the walk lands on them (checked after the walk)
     nxt = np.minimum(np.arange(nbits + 1) + step, nbits)  # nbits is an absorbing "end" position
     # positions of symbols 0..count-1 by pointer doubling: P[j + 2^k] = J_k[P[j]]
     positions = np.zeros(1, np.int64)

@@ -34,7 +34,6 @@ class CompressOptions:
     sensitivity: bool = False
     limit: int | None = None  # images of --val used for the sensitivity table
     quiet: bool = False
-    tflite: Path | None = None  # also convert the container to int8 TFLite and report it
 
 
 def _record_key(record) -> str:
@@ -122,7 +121,7 @@ def _apply(model, layers):
 
 
 def _top1(model, record, val, limit=None) -> float:
-    from ..evaluate import evaluate_torch
+    from ..torch_eval import evaluate_torch
 
     return round(evaluate_torch(model, record, str(val), limit=limit, progress=False).top1, 3)
 
@@ -201,7 +200,7 @@ def compress(opts: CompressOptions) -> dict:
     from ..weights import load_model
 
     t0 = time.perf_counter()
-    say = (lambda m: None) if opts.quiet else (lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}",
+    progress = (lambda m: None) if opts.quiet else (lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}",
                                                               file=sys.stderr, flush=True))
     check_inputs(opts)
     model, record = load_model(opts.weights)
@@ -210,19 +209,19 @@ def compress(opts: CompressOptions) -> dict:
     if opts.sensitivity:
         if not opts.val:
             raise ConvertError("--sensitivity needs --val (labelled images)")
-        say("sensitivity analysis (one layer at a time)")
+        progress("sensitivity analysis (one layer at a time)")
         report["sensitivity"] = sensitivity_table(model, record, opts.val, opts.limit, opts.quiet)
     if opts.size_budget < 1:
         raise ConvertError(f"--size-budget {opts.size_budget}: a positive number of bytes expected")
     if automatic(opts):
-        layers, report["budget"] = budget_layers(model, record, opts.size_budget, say)
+        layers, report["budget"] = budget_layers(model, record, opts.size_budget, progress)
     else:
-        say("pruning and weight sharing")
+        progress("pruning and weight sharing")
         layers = shared_layers(model, opts.weights, opts)
     if opts.finetune_images:
         paths, _ = list_calibration_images(opts.finetune_images)
         crops, _ = load_views(paths, record.preprocessing, scales=(1.0, 1.15, 1.3, 1.6))
-        say(f"fine-tuning centroids by distillation on {len(crops)} views of {len(paths)} photos")
+        progress(f"fine-tuning centroids by distillation on {len(crops)} views of {len(paths)} photos")
         from .finetune import finetune_centroids
 
         teacher = PixelModel(model, record.preprocessing)
@@ -245,19 +244,8 @@ def compress(opts: CompressOptions) -> dict:
                    "nonzero_weights": nz, "bits": {l.name: l.bits for l in layers},
                    "finetuned": bool(opts.finetune_images)})
     if opts.val:
-        say("evaluating float and compressed models")
+        progress("evaluating float and compressed models")
         compressed, _ = load_model(str(out))
         report.update(_top1_by_half(model, compressed, record, opts.val))
-    say(f"wrote {out} ({len(data):,} bytes)")
-    if opts.tflite:
-        from ..pipeline import ConvertOptions, convert
-
-        say("decode -> int8 TFLite (the converter's own gates)")
-        conv = convert(ConvertOptions(out=Path(opts.tflite), weights=str(out), val=opts.val, quiet=opts.quiet))
-        val = conv["validation"].get("val", {})
-        report["int8"] = {"out": str(opts.tflite), "bytes": conv["sizes"]["int8_tflite"],
-                          "top1": val.get("int8_top1"), "top1_float_compressed": val.get("float_top1"),
-                          "top1_drop": val.get("top1_drop"), "agreement": val.get("agreement"),
-                          "halves": val.get("halves"), "unlabelled": conv["validation"].get("unlabelled"),
-                          "gates": conv["gates"]}
+    progress(f"wrote {out} ({len(data):,} bytes)")
     return report

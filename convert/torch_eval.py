@@ -1,4 +1,4 @@
-"""Run a PyTorch model (through :class:`PixelModel`) as the evaluator's ``predict``."""
+"""PyTorch models under the evaluator (edge_runtime/evaluation.py): a float model as its ``predict``."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,112 @@
+"""Stage 2 of the conversion: the float model as ONNX graphs that take raw BGR pixels.
+
+A PyTorch source is exported with its normalization folded into the first convolution, then
+(SqueezeNet) range-equalized and its weights GPTQ-rounded onto the int8 grid, both from one pass over
+the calibration views; a user's ONNX classifier gets a 1x1 normalization convolution in front of its input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime.preprocess import Preprocessing
+
+from .source import Source
+
+ROUNDING_VIEWS = 96  # calibration views of the one statistics pass (equalization ranges, GPTQ moments)
+NEAREST = {"weight_rounding": {"method": "nearest (TFLite's quantizer)"}}
+
+
+@dataclass(frozen=True)
+class FloatGraphs:
+    """The float model as ONNX graphs in the work folder (1x3xHxW float input of BGR pixels 0..255), and
+    the weights GPTQ rounded onto the int8 grid."""
+
+    reference: Path  # the float model as given: validated against, kept beside the artifact
+    to_tensorflow: Path  # float-equivalent (equalized) graph: onnx2tf converts it once, the float TFLite
+    # (weights on the int8 grid, the float weights of ``to_tensorflow`` they replace), one per convolution
+    # in graph order; quantized instead of the graph's own weights. None: TFLite's rounding.
+    rounded: tuple[list[np.ndarray], list[np.ndarray]] | None
+    summary: dict  # equalization strength and weight rounding, for the calibration record
+
+
+def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: float = 0.5,
+                 weight_rounding: str = "gptq", progress: Callable[[str], None] = lambda m: None) -> FloatGraphs:
+    """Write the source's float graphs into ``work``.
+
+    One pass over at most ROUNDING_VIEWS of ``views`` gives both the equalization ranges and the GPTQ
+    input moments (rescaled for the equalized model, exactly).
+
+    Args:
+        views: N x H x W x 3 uint8 calibration views.
+        equalize_strength: cross-layer range equalization strength, 0 = off (PyTorch sources only).
+        weight_rounding: "gptq" or "nearest" (PyTorch sources only; ONNX sources use TFLite's rounding).
+    """
+    reference = work / "float.onnx"
+    progress("exporting ONNX")
+    if src.torch_model is None:
+        prepend_normalization(src.onnx_path, src.preprocessing, reference)
+        return FloatGraphs(reference, reference, None, {"equalization_strength": 0.0, **NEAREST})
+    import torch
+
+    from .equalize import equalize_from_ranges
+    from .export import export_onnx
+    from .statistics import rescale_moments, shared_statistics
+
+    pp = src.preprocessing
+    folded = src.torch_model.folded()
+    export_onnx(folded, pp.input_size, reference)
+    x = torch.from_numpy(views.transpose(0, 3, 1, 2).astype(np.float32))
+    subset = x[::max(1, -(-len(x) // ROUNDING_VIEWS))]
+    progress(f"calibration statistics: one pass over {len(subset)} views")
+    ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)])
+    equalized, input_scales, to_tensorflow = folded, {}, reference
+    if equalize_strength > 0:
+        equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)
+    if equalized is not folded:
+        to_tensorflow = work / "equalized.onnx"
+        export_onnx(equalized, pp.input_size, to_tensorflow)
+    summary, rounded = {"equalization_strength": equalize_strength, **NEAREST}, None
+    if weight_rounding == "gptq":
+        from .rounding import gptq_round
+
+        progress("rounding weights onto the int8 grid (GPTQ)")
+        model, rounding = gptq_round(equalized, moments_by_name=rescale_moments(moments, equalized, input_scales))
+        summary.update(rounding)
+        rounded = (conv_weights(model), conv_weights(equalized))
+    return FloatGraphs(reference, to_tensorflow, rounded, summary)
+
+
+def conv_weights(model) -> list[np.ndarray]:
+    """Every convolution's weights in module order (the order of the exported graph's convolutions)."""
+    from torch import nn
+
+    return [m.weight.detach().numpy().copy() for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def prepend_normalization(src: Path, pp: Preprocessing, dest: Path) -> None:
+    """Write ``src`` with a 1x1 conv in front that maps BGR 0..255 pixels to the model's normalized input."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    init = {i.name for i in graph.initializer}
+    inp = [i for i in graph.input if i.name not in init][0]
+    w = np.zeros((3, 3, 1, 1), np.float32)
+    for out_c in range(3):
+        in_c = 2 - out_c if pp.channel_order == "RGB" else out_c  # pixels arrive BGR
+        w[out_c, in_c] = 1.0 / pp.std[out_c]
+    b = -np.asarray(pp.mean, np.float32) / np.asarray(pp.std, np.float32)
+    raw = "pixels"
+    graph.initializer.extend([numpy_helper.from_array(w, "pixels_norm_w"), numpy_helper.from_array(b, "pixels_norm_b")])
+    node = helper.make_node("Conv", [raw, "pixels_norm_w", "pixels_norm_b"], [inp.name], name="pixels_normalize")
+    graph.node.insert(0, node)
+    new_in = helper.make_tensor_value_info(raw, onnx.TensorProto.FLOAT, [1, 3, *pp.input_size])
+    graph.input.remove(inp)
+    graph.input.insert(0, new_in)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))

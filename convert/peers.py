@@ -1,0 +1,121 @@
+"""Workstation peers of the benchmark: the same model under ONNX Runtime, OpenCV DNN and PyTorch,
+and ONNX Runtime's own int8 (QDQ) re-quantization of it.
+
+Each peer is a small adapter registered with the device-side harness (:mod:`edge_runtime.bench`);
+the harness measures it in a child process that runs this module. The float model files are the
+artifact's siblings, found through its metadata.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import bench
+from edge_runtime.bench import Peer, PeerUnavailable, register_peer, sibling
+from edge_runtime.fileio import atomic_write
+
+MODULE = "convert.peers"
+
+
+def _float_onnx(int8: Path) -> Path:
+    return sibling(int8, "float_onnx")
+
+
+def _onnxruntime(case, info):
+    import onnxruntime as ort
+
+    def load():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = case.threads
+        so.inter_op_num_threads = 1
+        # each case has its own process, so ONNX Runtime keeps its default spinning thread pool
+        sess = ort.InferenceSession(case.path, so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def predict(crop):
+            return sess.run(None, {name: crop.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+        return predict, None
+    return load
+
+
+def _opencv_dnn(case, info):
+    import cv2
+
+    def load():
+        cv2.setNumThreads(case.threads)
+        net = cv2.dnn.readNetFromONNX(case.path)
+
+        def predict(crop):
+            net.setInput(crop.transpose(2, 0, 1)[None].astype(np.float32))
+            return net.forward()[0]
+        return predict, None
+    return load
+
+
+def _pytorch(case, info):
+    import torch
+
+    def load():
+        torch.set_num_threads(case.threads)
+        from .pixel_model import PixelModel
+        from .weights import load_model
+
+        name = (info.extra.get("weights") if info else None) or "deep-compression"
+        model, record = load_model(name)
+        pixel = PixelModel(model, record.preprocessing).eval()
+
+        def predict(crop):
+            with torch.no_grad():
+                return pixel(torch.from_numpy(crop.transpose(2, 0, 1)[None].astype(np.float32)))[0].numpy()
+        return predict, None
+    return load
+
+
+def qdq_model(int8: Path) -> Path:
+    """ONNX Runtime's own int8 (QDQ) version of the artifact's float ONNX sibling, calibrated on the
+    project's calibration photos; made once and kept beside it as ``<stem>_qdq_int8.onnx``.
+
+    Raises:
+        PeerUnavailable: no float ONNX sibling, or onnxruntime is not installed.
+    """
+    source = _float_onnx(int8)
+    target = source.with_name(source.stem.removesuffix("_float") + "_qdq_int8.onnx")
+    if target.exists():
+        return target
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError as e:
+        raise PeerUnavailable(f"{e.name} is not installed") from None
+    from edge_runtime.metadata import read_model_info
+    from edge_runtime.preprocess import read_image, resize_crop
+
+    from .calibration_data import default_calib_dir, list_calibration_images
+
+    pp = read_model_info(int8).preprocessing
+    photos, _ = list_calibration_images(default_calib_dir())
+    crops = [resize_crop(read_image(str(p)), pp).transpose(2, 0, 1)[None].astype(np.float32) for p in photos]
+    name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter({name: c} for c in crops)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    atomic_write(target, b"", check=lambda tmp: quantize_static(
+        str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))
+    return target
+
+
+register_peer(Peer("onnxruntime", MODULE, _float_onnx), _onnxruntime)
+register_peer(Peer("onnxruntime-int8", MODULE, qdq_model), _onnxruntime)
+register_peer(Peer("opencv-dnn", MODULE, _float_onnx), _opencv_dnn)
+register_peer(Peer("pytorch", MODULE, _float_onnx), _pytorch)
+
+if __name__ == "__main__":
+    sys.exit(bench.child_main(sys.argv[1]))

@@ -1,0 +1,123 @@
+"""Stage 1 of the conversion: what is converted (a weights source or a user's ONNX classifier).
+
+The :class:`Source` record carries everything the artifact must say about the model (name, labels,
+preprocessing, file hash) and the image folders that belong with the weights, if their record names any.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_runtime.labels import imagenet_classes
+from edge_runtime.preprocess import Preprocessing
+
+from .errors import ConvertError
+from .presets import ONNX_DEFAULTS, at_input_size
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    """What a user says about their ONNX classifier's input; ``None`` takes the value from
+    :data:`convert.presets.ONNX_DEFAULTS` (torchvision's ImageNet record at the model's input size)."""
+
+    input_size: tuple[int, int] | None = None  # only checked against the ONNX input
+    resize: tuple[int, int] | None = None  # before the center crop: (N, 0) shorter side to N, or (H, W)
+    channel_order: str | None = None  # the model's channel order ("RGB" or "BGR")
+    mean: tuple[float, float, float] | None = None  # 0..255 units, model channel order
+    std: tuple[float, float, float] | None = None
+
+    def preprocessing(self, onnx_size: tuple[int, int]) -> Preprocessing:
+        """The full record for an ONNX input of ``onnx_size`` (H, W).
+
+        Raises:
+            ConvertError: ``input_size`` given and different from the ONNX input.
+        """
+        if self.input_size is not None and tuple(self.input_size) != tuple(onnx_size):
+            raise ConvertError(f"--input-size {self.input_size[0]}x{self.input_size[1]} does not match the "
+                               f"ONNX input {onnx_size[0]}x{onnx_size[1]}")
+        pp = at_input_size(ONNX_DEFAULTS, tuple(onnx_size))
+        given = {"channel_order": self.channel_order, "mean": self.mean, "std": self.std,
+                 "resize": tuple(self.resize) if self.resize else None}
+        return dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is being converted, with everything the artifact must carry."""
+
+    name: str
+    preprocessing: Preprocessing
+    labels: list[str]
+    wnids: list[str]
+    sha256: str  # of the weights or ONNX file actually loaded
+    torch_model: object | None = None  # PixelModel: raw BGR pixels in, logits out
+    onnx_path: Path | None = None  # a user's ONNX classifier (normalized input), when no torch model
+    calib_dir: Path | None = None  # calibration photos named by the weights' record
+    val_dir: Path | None = None  # labelled validation images named by the weights' record
+    extra: dict = field(default_factory=dict)  # recorded in the artifact as is (arch, weights name)
+
+
+def load_source(weights: str | None = None, arch: str | None = None, onnx: Path | None = None,
+                onnx_input: OnnxInput | None = None, labels: list[str] | None = None,
+                name: str | None = None) -> Source:
+    """The model to convert: ``onnx`` if given, else ``weights`` (default "deep-compression").
+
+    Raises:
+        ConvertError: missing or unloadable model, labels that do not fit it.
+    """
+    if onnx is not None:
+        return _onnx_source(Path(onnx), onnx_input or OnnxInput(), labels, name)
+    from .pixel_model import PixelModel
+    from .weights import load_model
+
+    model, record = load_model(weights or "deep-compression", arch)
+    return Source(name or record.name, record.preprocessing, list(record.labels), list(record.wnids),
+                  record.sha256, torch_model=PixelModel(model, record.preprocessing),
+                  calib_dir=record.calib_dir, val_dir=record.val_dir,
+                  extra={"arch": record.arch, "weights": record.name})
+
+
+def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, name: str | None) -> Source:
+    from .export import classifier_signature
+    from .weights import sha256_file
+
+    if not path.is_file():
+        raise ConvertError(f"{path}: ONNX file not found")
+    _, size, classes = classifier_signature(path)
+    check_onnx_runs(path, size, classes)
+    pp = onnx_input.preprocessing(size)
+    wnids = list(imagenet_classes()[0]) if classes == 1000 and not labels else []
+    labels = labels or (list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)])
+    if len(labels) != classes:
+        raise ConvertError(f"{len(labels)} labels given for a model with {classes} outputs")
+    return Source(name or path.stem, pp, labels, wnids, sha256_file(path), onnx_path=path)
+
+
+def check_onnx_runs(path: Path, size: tuple[int, int], classes: int) -> None:
+    """Run the ONNX model once: it must load and give the output its graph declares (a model whose
+    declared shape is false would otherwise fail after the whole conversion).
+
+    Raises:
+        ConvertError: ONNX Runtime cannot run it, or its output is not (1, classes).
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        out = sess.run(None, {inp.name: np.zeros((1, 3, *size), np.float32)})[0]
+    except Exception as e:  # onnxruntime raises its own types for models it cannot run
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConvertError(f"{path}: ONNX Runtime cannot run this model ({first})") from None
+    if tuple(np.shape(out)) != (1, classes):
+        raise ConvertError(f"{path}: the graph declares an output of shape (1, {classes}), running it gives "
+                           f"{tuple(np.shape(out))}")
+
+
+def float_bytes(src: Source) -> int:
+    """Bytes of the float weights being converted (drives the free space a conversion needs)."""
+    if src.torch_model is not None:
+        return sum(p.numel() * 4 for p in src.torch_model.parameters())
+    return Path(src.onnx_path).stat().st_size

@@ -1,0 +1,131 @@
+"""Stage 4 of the conversion: the int8 model against the float model, and the gates on the figures.
+
+Without labels the gates judge the agreement on unlabelled views no calibration saw (the held-out
+calibration photos and the check folder, with a cluster-robust interval: views of one photo are one
+group); with ``--val`` on the labelled images, reported whole and per half by class
+(:mod:`convert.fidelity`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images, split_by_class
+from edge_runtime.preprocess import Preprocessing
+
+from .calibration import HOLDOUT_EVERY, CalibrationSet
+from .errors import ConvertError
+from .fidelity import check_views, half_figures, labelled_figures, unlabelled_figures
+from .source import Source
+
+Predict = Callable[[np.ndarray], np.ndarray]  # N x H x W x 3 uint8 BGR crops -> N x classes scores
+
+
+@dataclass(frozen=True)
+class CheckViews:
+    """Unlabelled views never used for calibration: the held-out calibration photos' first, then the
+    check folder's; ``groups`` names the photo (or clip) of each view."""
+
+    views: np.ndarray
+    groups: list[str]
+    held_views: int  # how many of ``views`` come from the held-out calibration photos
+    held_images: int
+    folders: list[str]
+
+
+def unlabelled_views(calib: CalibrationSet, check_dir: Path, pp: Preprocessing) -> CheckViews:
+    """The views the gates judge without labels.
+
+    Raises:
+        ConvertError: the check folder holds calibration photos (the check must be unseen photos).
+    """
+    from .calibration_data import list_calibration_images
+
+    check_paths = list_calibration_images(check_dir)[0]
+    if {p.resolve() for p in check_paths} & {p.resolve() for p in calib.images}:
+        raise ConvertError(f"--check {check_dir}: holds calibration photos; the check must be unseen photos")
+    held, held_groups, _ = check_views(calib.held_out, pp)
+    extra, extra_groups, _ = check_views(check_paths, pp)
+    return CheckViews(np.concatenate([held, extra]), held_groups + extra_groups, len(held), len(calib.held_out),
+                      [f"{calib.folder.name} (every {HOLDOUT_EVERY}th, held out)", Path(check_dir).name])
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Figures an artifact must reach to be written (``None`` = not checked)."""
+
+    min_agreement: float | None = 0.95  # fraction: top-1 agreement int8 vs float
+    max_top1_drop: float | None = 1.0  # points of top-1 on labelled images
+
+    def judge(self, validation: dict) -> dict:
+        """The gates' verdict on :func:`validate`'s figures (labelled images first, else unlabelled views)."""
+        failed = []
+        figures = validation.get("val") or validation.get("unlabelled") or {}
+        if self.min_agreement is not None and figures:
+            if figures["agreement"] < 100 * self.min_agreement:
+                failed.append(f"top-1 agreement {figures['agreement']:.1f}% < {100 * self.min_agreement:.1f}%")
+        if self.max_top1_drop is not None and "top1_drop" in figures:
+            if figures["top1_drop"] > self.max_top1_drop:
+                failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {self.max_top1_drop:.2f}")
+        return {"min_agreement": self.min_agreement, "max_top1_drop": self.max_top1_drop, "failed": failed,
+                "passed": not failed}
+
+
+def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews, val: Path | None = None,
+             val_half: str | None = None, quiet: bool = False) -> dict:
+    """Compare the int8 artifact with the float ONNX model on ``check``'s views and, with ``val``, on
+    labelled images (``val_half``: only that half by class; else the whole folder and each half).
+
+    Raises:
+        ConvertError: ``val`` is not a usable labelled folder.
+    """
+    float_predict, int8_predict = onnx_predict(reference), tflite_predict(int8_tflite)
+    f_check, q_check = float_predict(check.views), int8_predict(check.views)
+    validation: dict = {"unlabelled": {"folders": check.folders,
+                                       **unlabelled_figures(f_check, q_check, check.groups)}}
+    k = check.held_views
+    if k:
+        validation["calibration_holdout"] = {"images": check.held_images,
+                                             **unlabelled_figures(f_check[:k], q_check[:k], check.groups[:k])}
+    if val:
+        try:
+            images = find_labelled_images(val, src.wnids, src.labels)
+            if val_half:
+                images = split_by_class(images, val_half)
+            fr = evaluate(images, float_predict, src.preprocessing, keep_scores=True, progress=not quiet)
+            qr = evaluate(images, int8_predict, src.preprocessing, keep_scores=True, progress=not quiet)
+        except DatasetError as e:
+            raise ConvertError(f"--val: {e}") from None
+        validation["val"] = {"folder": Path(val).name, "half": val_half or "all", "skipped": fr.n_skipped,
+                             "float_top5": round(fr.top5, 3), "int8_top5": round(qr.top5, 3),
+                             **labelled_figures(fr.scores, qr.scores, fr.targets)}
+        if not val_half:
+            validation["val"]["halves"] = half_figures(fr.scores, qr.scores, fr.targets)
+    return validation
+
+
+def onnx_predict(path: Path) -> Predict:
+    """The float ONNX model (BGR pixels in) under ONNX Runtime, one image at a time, 2 threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+    return predict
+
+
+def tflite_predict(path: Path) -> Predict:
+    """The artifact under the device runtime's classifier (its own metadata, 2 threads)."""
+    from edge_runtime.classify import Classifier
+
+    return Classifier(path, threads=2).predict_batch

@@ -1,0 +1,82 @@
+"""The one flag vocabulary of ``python -m convert``, ``python -m edge_runtime`` and ``tools/``.
+
+The same flag means the same thing everywhere:
+
+    --val DIR        labelled images (files named by WordNet id, or one sub-folder per class)
+    --limit N        use only the first N of the labelled images
+    --out PATH       the output file
+    --json           JSON to stdout (a switch)
+    --report FILE    a JSON report written to FILE
+    --top-k K        labels per image (default 5)
+    --threads N      interpreter / inference threads
+    --resize N|HxW   before the center crop: N = shorter side to N (aspect kept), HxW = exactly HxW
+    --channel-order  RGB|BGR: the channel order of the model's input tensor
+    --quiet          no progress lines
+
+Old spellings keep working for one release, with a one-line deprecation warning on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+TOP_K = 5
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling: stores into the new flag's destination and says so once on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, dest: str,
+               **kwargs) -> None:
+    """Accept ``old`` as a hidden alias of ``new`` (same ``dest``), warning when it is used.
+
+    For a switch pass ``nargs=0, const=True``; otherwise ``type=`` as the new flag has.
+    """
+    parser.add_argument(old, action=_Deprecated, new=new, dest=dest, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **kwargs)
+
+
+def resize_arg(text: str) -> tuple[int, int]:
+    """``--resize``: "N" -> (N, 0), the shorter side to N keeping the aspect; "HxW" -> (H, W) exactly."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] > 0:
+        return parts[0], 0
+    if len(parts) == 2 and min(parts) > 0:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"{text!r}: N (shorter side) or HxW (exact) expected, e.g. 256 or 256x256")
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """An HxW size, e.g. 224x224."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: HxW expected, e.g. 224x224") from None
+    return h, w
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive integer expected")
+    return value
+
+
+CHANNEL_ORDER_HELP = "the channel order of the model's input tensor"
+RESIZE_HELP = "before the center crop: N = shorter side to N (aspect kept), HxW = exactly HxW"

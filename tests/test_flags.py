@@ -1,0 +1,89 @@
+"""One flag vocabulary (edge_runtime/flags.py) across python -m convert, python -m edge_runtime and tools/."""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_runtime import flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from convert.cli import build_parser as convert_parser
+    from edge_runtime.cli import build_parser as runtime_parser
+    from tools.benchmark import build_parser as bench_parser
+
+    sub = next(a for a in convert_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {**{f"convert {name}": p for name, p in sub.choices.items()}, "edge_runtime": runtime_parser(),
+            "tools.benchmark": bench_parser()}
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {o: a for a in parser._actions for o in a.option_strings if a.help != argparse.SUPPRESS}
+
+
+# Flags that still differ, each with its owner's reason; remove the entry when it is aligned.
+EXCEPTIONS = {("convert train", "--resize"): "an int whose kind (square or shorter side) follows the weights' "
+                                             "record; to become N|HxW (train's options and run records)"}
+
+
+def test_one_meaning_per_flag():
+    parsers = _parsers()
+    for name, parser in parsers.items():
+        opts = {o: a for o, a in _options(parser).items() if (name, o) not in EXCEPTIONS}
+        assert "--images" not in opts, name  # labelled images are --val everywhere
+        if "--json" in opts:  # a switch: JSON on stdout
+            assert opts["--json"].nargs in (0, "?") and opts["--json"].const is True, name
+        if "--report" in opts:  # a JSON file
+            assert opts["--report"].nargs is None and opts["--report"].type is not None, name
+        if "--top-k" in opts:
+            assert opts["--top-k"].default == flags.TOP_K == 5, name
+        if "--resize" in opts:
+            assert opts["--resize"].type is flags.resize_arg, name
+        for action in opts.values():
+            assert action.help, (name, action.option_strings)  # every flag has a help text
+    assert "--val" in _options(parsers["convert tflite"]) and "--val" in _options(parsers["convert evaluate"])
+    assert "--val" in _options(parsers["convert compress"]) and "--val" in _options(parsers["tools.benchmark"])
+
+
+def test_resize_means_the_same_everywhere():
+    assert flags.resize_arg("256") == (256, 0) and flags.resize_arg("256x320") == (256, 320)
+    for bad in ("0", "x", "256x", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="N \\(shorter side\\) or HxW"):
+            flags.resize_arg(bad)
+
+
+@pytest.mark.parametrize("argv, old, new", [
+    (["convert", "evaluate", "--weights", "w", "--images", "X"], "--images", "--val"),
+    (["convert", "compress", "--weights", "w", "--out", "o.sqz", "--limit", "7"], "--limit", "--sensitivity-limit"),
+    (["edge_runtime", "--source", "a.mp4", "--simulate-disconnect-every", "9"], "--simulate-disconnect-every",
+     "--disconnect-every"),
+    (["tools.benchmark", "--model", "m.tflite", "--images", "X"], "--images", "--val"),
+])
+def test_old_spellings_work_for_one_release(argv, old, new, capsys):
+    from convert.cli import build_parser as convert_parser
+    from edge_runtime.cli import build_parser as runtime_parser
+    from tools.benchmark import build_parser as bench_parser
+
+    parser = {"convert": convert_parser, "edge_runtime": runtime_parser, "tools.benchmark": bench_parser}[argv[0]]()
+    args = parser.parse_args(argv[1:])
+    dest = new.lstrip("-").replace("-", "_")
+    assert str(getattr(args, dest)) == argv[-1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {old} is deprecated and goes in the next release; use {new}"]
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "convert", "tflite", "--weights", "deep-compression", "--mean",
+                           "1,2,3", "--channel-order", "BGR", "--out", str(tmp_path / "x_int8.tflite")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --channel-order, --mean: only with --onnx (the weights' record gives their labels and preprocessing)")
+    proc = subprocess.run([sys.executable, "-m", "convert", "tflite", "--onnx", str(tmp_path / "m.onnx"), "--arch",
+                           "squeezenet1_1", "--out", str(tmp_path / "x_int8.tflite")], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --arch: only with --weights (an ONNX file carries its own architecture)")

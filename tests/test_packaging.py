@@ -1,0 +1,46 @@
+"""The built wheel, installed in a fresh venv outside the source tree: the converter finds its own
+calibration photos (``squeezenet-convert tflite`` needs no --calib) and its commands start. The real
+gated conversion with the installed command runs in .ci/run."""
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "ci-venvs")
+
+
+def test_wheel_carries_the_calibration_photos_and_installs(tmp_path):
+    source = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the project
+    shutil.copytree(ROOT, source, symlinks=True, ignore=IGNORED)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("squeezenet_edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    photos = [n for n in names if n.startswith("convert/calib_data/") and n.endswith(".jpg")]
+    assert len(photos) == 60 and "convert/calib_data/MANIFEST.csv" in names
+    assert any(n.startswith("convert/calib_data/LICENSES/") for n in names)
+    assert "edge_runtime/data/imagenet_classes.tsv" in names
+    assert not [n for n in names if n.startswith(("tests/", "tools/"))]
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    # the heavy dependencies (torch, TensorFlow, ...) from this environment, added after the install
+    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    (site / "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = ("import convert, convert.calibration_data as c\n"
+            "print(convert.__file__)\n"
+            "print(len(c.list_calibration_images(c.default_calib_dir())[0]))\n")
+    lines = subprocess.check_output([str(py), "-c", code], text=True, cwd=run, env=env).split()
+    assert lines[0].startswith(str(site)) and lines[1] == "60"
+    for command in (["squeezenet-convert", "tflite", "--help"], ["edge-runtime", "--help"]):
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=run, env=env)
+        assert proc.returncode == 0 and "examples:" in proc.stdout, proc.stderr[-2000:]
