@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Design-space explorer: the SqueezeNet paper's sweeps as accuracy against int8 size and latency.
 
 Thin CLI over convert/design_space/: every variant is trained by the project's trainer, converted by
@@ -11,17 +10,16 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EXAMPLES = """examples:
-  python tools/make_fashion_mnist.py --out build/fm-6k --train-per-class 600 --test-per-class 300
-  nice -n 10 python tools/design_space.py --data build/fm-6k --out build/design --sweep reduced --budget-ms 10
-  python tools/design_space.py --data build/fm-6k --out build/design --resume          # after a kill
-  python tools/design_space.py --data build/fm-6k --out build/grid --grid "sr=0.25,0.5;pct_3x3=0.25,0.75" --epochs 2
-  python tools/design_space.py --sweep all --list --input-size 224                     # parameters and MACs only
+  python -m tools.make_fashion_mnist --out build/fm-6k --train-per-class 600 --test-per-class 300
+  nice -n 10 python -m tools.design_space --data build/fm-6k --out build/design --sweep reduced --budget-ms 10
+  python -m tools.design_space --data build/fm-6k --out build/design --resume          # after a kill
+  python -m tools.design_space --data build/fm-6k --out build/grid --grid "sr=0.25,0.5;pct_3x3=0.25,0.75" --epochs 2
+  python -m tools.design_space --sweep all --list --input-size 224                     # parameters and MACs only
 then on the device (no torch needed), and back on the workstation:
-  python tools/benchmark.py $(for m in design/models/*_int8.tflite; do echo --model $m; done) --threads 4 --json pi.json
-  python tools/design_space.py --out build/design --device-results pi.json --threads 4 --budget-ms 10
+  python -m tools.benchmark $(for m in design/models/*_int8.tflite; do echo --model $m; done) --threads 4 --report pi.json
+  python -m tools.design_space --out build/design --device-results pi.json --threads 4 --budget-ms 10
 """
 
 

@@ -49,11 +49,11 @@ assert not loaded, loaded
 print(f"ok: {find_backend()[1]} classified 30 frames, first frame: {first}")
 PY
   # the web service (--serve) in the same environment; /metrics only where prometheus_client is installed
-  PYTHONPATH="$PWD" "$venv/bin/python" tools/serve_check.py "$MODEL"
+  PYTHONPATH="$PWD" "$venv/bin/python" -m tools.serve_check "$MODEL"
   if [ -n "$VAL" ]; then  # top-1 of every image and clip frame, for the comparison below
     for kernels in default builtin; do
       flag=""; [ $kernels = builtin ] && flag=--builtin-kernels
-      PYTHONPATH="$PWD" "$venv/bin/python" tools/interpreter_agreement.py dump --model "$MODEL" --val "$VAL" \
+      PYTHONPATH="$PWD" "$venv/bin/python" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" \
         --source samples/sample_clip.mp4 $flag --out "$WORK/top1-$name-$kernels.json"
     done
   fi
@@ -65,14 +65,14 @@ check tflite-runtime-numpy1 "numpy==1.26.4" "opencv-python-headless>=4.8,<4.11" 
 if [ -n "$VAL" ]; then
   for kernels in default builtin; do
     flag=""; [ $kernels = builtin ] && flag=--builtin-kernels
-    PYTHONPATH="$PWD" "$TF_PYTHON" tools/interpreter_agreement.py dump --backend tensorflow --model "$MODEL" \
+    PYTHONPATH="$PWD" "$TF_PYTHON" -m tools.interpreter_agreement dump --backend tensorflow --model "$MODEL" \
       --val "$VAL" --source samples/sample_clip.mp4 $flag --out "$WORK/top1-tflite-$kernels.json" 2>/dev/null
   done
   echo "== the same top-1 on every interpreter (default kernels: XNNPACK where the interpreter has it)"
   # measured on x86 (AMD EPYC), three conversions: 97.8-98.8% of val500 and 95.0-96.7% of the clip's 180
   # frames between tflite-runtime 2.14 (builtin int8 kernels) and the XNNPACK interpreters (the issue's
   # 99.5% is not reached this way), 100% between ai-edge-litert and tf.lite
-  "$TF_PYTHON" tools/interpreter_agreement.py compare "$WORK"/top1-*-default.json --min-agreement 0.94 --max-ties 0.005
+  "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-default.json --min-agreement 0.94 --max-ties 0.005
   echo "== the same top-1 on every interpreter (builtin kernels everywhere)"
-  "$TF_PYTHON" tools/interpreter_agreement.py compare "$WORK"/top1-*-builtin.json --min-agreement 1.0 --max-ties 0.005
+  "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-builtin.json --min-agreement 1.0 --max-ties 0.005
 fi

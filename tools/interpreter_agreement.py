@@ -11,12 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EXAMPLES = """examples:
-  python tools/interpreter_agreement.py dump --model build/squeezenet1_0_int8.tflite \\
+  python -m tools.interpreter_agreement dump --model build/squeezenet1_0_int8.tflite \\
       --val ../shared/imagenet/val500 --source samples/sample_clip.mp4 --out build/top1-litert.json
-  python tools/interpreter_agreement.py compare build/top1-*.json --min-agreement 0.98 --max-ties 0.005
+  python -m tools.interpreter_agreement compare build/top1-*.json --min-agreement 0.98 --max-ties 0.005
 """
 
 

@@ -1,8 +1,8 @@
 """Write Fashion-MNIST (Debian package dataset-fashion-mnist) as class folders for `python -m convert train`.
 
 examples:
-  python tools/make_fashion_mnist.py --out build/fashion-mnist
-  python tools/make_fashion_mnist.py --out build/fmnist-small --train-per-class 200 --test-per-class 50
+  python -m tools.make_fashion_mnist --out build/fashion-mnist
+  python -m tools.make_fashion_mnist --out build/fmnist-small --train-per-class 200 --test-per-class 50
 then:
   python -m convert train --data build/fashion-mnist/train --val-split 0.1 --out build/runs/fmnist
 """
@@ -12,10 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.errors import ConvertError  # noqa: E402
-from convert.train.fashion_mnist import DEFAULT_SOURCE, export  # noqa: E402
+from convert.errors import ConvertError
+from convert.train.fashion_mnist import DEFAULT_SOURCE, export
 
 
 def main(argv: list[str] | None = None) -> int:

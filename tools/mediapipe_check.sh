@@ -17,8 +17,8 @@ mkdir -p "$WORK"
 venv=${MEDIAPIPE_VENV:-$WORK/venv}  # reuse one venv across checks
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
 "$venv/bin/python" -c "import mediapipe" 2>/dev/null || "$venv/bin/python" -m pip install -q "$MEDIAPIPE"
-PYTHONPATH="$PWD" "$venv/bin/python" tools/mediapipe_classify.py --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
-PYTHONPATH="$PWD" "$RUNTIME_PYTHON" tools/interpreter_agreement.py dump --model "$MODEL" --val "$VAL" --out "$WORK/top1-runtime.json"
+PYTHONPATH="$PWD" "$venv/bin/python" -m tools.mediapipe_classify --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
+PYTHONPATH="$PWD" "$RUNTIME_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" --out "$WORK/top1-runtime.json"
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" - "$MODEL" "$WORK/top1-mediapipe.json" <<'PY'
 import json, sys
 from edge_runtime.metadata import read_model_info
@@ -29,4 +29,4 @@ assert d["heads"] == [1], d["heads"]
 assert not wrong, f"MediaPipe reported names that are not the artifact's labels: {wrong[:3]}"
 print(f"ok: MediaPipe {d['version']} named all {len(d['val']['names'])} top-1 classes with the artifact's labels")
 PY
-"$RUNTIME_PYTHON" tools/interpreter_agreement.py compare "$WORK/top1-runtime.json" "$WORK/top1-mediapipe.json" --min-agreement "$MIN"
+"$RUNTIME_PYTHON" -m tools.interpreter_agreement compare "$WORK/top1-runtime.json" "$WORK/top1-mediapipe.json" --min-agreement "$MIN"

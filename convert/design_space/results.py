@@ -121,7 +121,7 @@ def merge_device(results: dict, device_file: Path, threads: int | None = None) -
              and "error" not in r and isinstance(r.get("latency_ms"), dict)]
     counts = sorted({int(r.get("threads", 0)) for r in found})
     if not found:
-        raise DesignSpaceError(f"--device-results {device_file}: no tflite results (the JSON of tools/benchmark.py --json "
+        raise DesignSpaceError(f"--device-results {device_file}: no tflite results (the JSON of python -m tools.benchmark --report "
                                "expected)")
     if threads is None:
         if len(counts) > 1:
