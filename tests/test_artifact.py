@@ -212,12 +212,12 @@ def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500
     for p in sorted(val500_dir.glob("*.JPEG"))[:5]:
         (images / p.name).write_bytes(p.read_bytes())
     runtime = ["-m", "edge_runtime", "--source", sample_clip, "--model", bad, "--json", "--max-frames", "1"]
-    evaluator = ["-m", "convert", "evaluate", "--weights", bad, "--images", images, "--json"]
-    benchmark = ["tools/benchmark.py", "--model", bad, "--runs", "2", "--warmup", "0", "--min-seconds", "0",
+    evaluator = ["-m", "convert", "evaluate", "--weights", bad, "--val", images, "--json"]
+    benchmark = ["-m", "tools.benchmark", "--model", bad, "--runs", "2", "--warmup", "0", "--min-seconds", "0",
                  "--threads", "1"]
     for argv in (runtime, evaluator, benchmark):
         assert "integrity check failed" in _one_line(_cli(*argv)), argv
         ok = _cli(*argv, "--no-verify")
         assert ok.returncode == 0, (argv, ok.stderr[-2000:])
-    good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--images", images, "--json").stdout)
+    good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--val", images, "--json").stdout)
     assert good["images"] == 5 and len(good["sha256"]) == 64
