@@ -62,8 +62,10 @@ def _to_int8(container: Path, out: Path, val: Path | None, quiet: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compress.pipeline import CompressOptions, compress
+    from .compress.pipeline import CompressOptions, check_output_path, compress
 
+    if args.tflite:  # before the compression's work, like every other output
+        check_output_path("--tflite", args.tflite)
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,

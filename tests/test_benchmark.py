@@ -82,8 +82,8 @@ def test_reference_regression_and_atomic_results(bench_run, int8_model, tmp_path
     bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--report", tmp_path / "x.json")
     errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-    assert errors == ["error: ref tflite x2: MetadataError: not a TFLite model (file identifier 'TFL3' expected at "
-                      "byte 4)"], bad.stderr
+    assert errors == [f"error: {tmp_path / 'ref.json'}: not a TFLite model (file identifier 'TFL3' expected at "
+                      "byte 4)"], bad.stderr  # refused before any case runs (the integrity check)
 
 
 def test_reference_from_another_cpu_is_named():

@@ -181,15 +181,21 @@ def check_inputs(opts: CompressOptions) -> None:
     for flag, folder in (("--val", opts.val), ("--finetune-images", opts.finetune_images)):
         if folder is not None and not Path(folder).is_dir():
             raise ConvertError(f"{flag} {folder}: not a folder of images")
-    for flag, path in (("--out", opts.out), ("--tflite", opts.tflite)):
-        if path is None:
-            continue
-        path = Path(path)
-        if path.is_dir():
-            raise ConvertError(f"{flag} {path}: is a folder; a file path expected")
-        folder = path.parent if str(path.parent) else Path(".")
-        if folder.exists() and not os.access(folder, os.W_OK):
-            raise ConvertError(f"{flag} {path}: the folder {folder} is not writable")
+    check_output_path("--out", opts.out)
+
+
+def check_output_path(flag: str, path: Path) -> None:
+    """``path`` can be written: not a folder, in a writable folder.
+
+    Raises:
+        ConvertError: it cannot.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{flag} {path}: is a folder; a file path expected")
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not os.access(folder, os.W_OK):
+        raise ConvertError(f"{flag} {path}: the folder {folder} is not writable")
 
 
 def compress(opts: CompressOptions) -> dict:
