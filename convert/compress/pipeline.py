@@ -131,7 +131,7 @@ def _top1_by_half(model, compressed, record, val) -> dict:
     from edge_runtime.evaluation import HALVES, class_half
     from edge_runtime.intervals import paired_difference
 
-    from ..evaluate import evaluate_torch
+    from ..torch_eval import evaluate_torch
 
     a = evaluate_torch(model, record, str(val), progress=False)
     b = evaluate_torch(compressed, record, str(val), progress=False)
