@@ -165,7 +165,10 @@ def read_weights_only(path: Path):
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from an untrusted ``.pth``: never unpickles arbitrary objects."""
-    obj = read_weights_only(path)
+    return _state_dict(read_weights_only(path), path)
+
+
+def _state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -212,7 +215,56 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
         if path.stat().st_size > MAX_CHECKPOINT_BYTES:
             raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
         return decode_net(path.read_bytes()).state_dict(), record or WEIGHTS["deep-compression"]
-    return load_checkpoint(path), record
+    obj = read_weights_only(path)
+    return _state_dict(obj, path), training_record(obj, path) or record
+
+
+# The record ``python -m convert train`` saves beside the state dict (convert/train/checkpoint.py).
+TRAINING_FORMAT = "squeezenet-edge/train-checkpoint"
+MAX_LABELS, MAX_LABEL_CHARS = 100_000, 200
+
+
+def training_record(obj, path: Path) -> WeightsRecord | None:
+    """The weights record of a training run's checkpoint (None for other files).
+
+    The record is untrusted: every field is checked for type and size. Its calibration and
+    validation folders (a sample of the run's training images, its validation split) become the
+    converter's defaults, so a trained model is calibrated on images of its own domain.
+
+    Raises:
+        WeightsError: a training record with a malformed field.
+    """
+    rec = obj.get("record") if isinstance(obj, dict) else None
+    if not isinstance(rec, dict) or rec.get("format") != TRAINING_FORMAT:
+        return None
+
+    def bad(field_name: str, expected: str):
+        return WeightsError(f"{path}: training record field {field_name!r} malformed ({expected} expected)")
+
+    arch, labels, kwargs = rec.get("arch"), rec.get("labels"), rec.get("arch_kwargs") or {}
+    if not isinstance(arch, str) or not 0 < len(arch) <= 100:
+        raise bad("arch", "a registered architecture name")
+    if not isinstance(labels, list) or not 1 <= len(labels) <= MAX_LABELS or not all(
+            isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS for x in labels):
+        raise bad("labels", f"1 to {MAX_LABELS} class names of at most {MAX_LABEL_CHARS} characters")
+    if not isinstance(kwargs, dict) or len(kwargs) > 20 or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in kwargs.items()):
+        raise bad("arch_kwargs", "at most 20 named numbers or strings")
+    try:
+        pp = Preprocessing.from_dict(rec.get("preprocessing"))
+    except ValueError as e:
+        raise WeightsError(f"{path}: training record: {e}") from None
+    folders = {}
+    for key in ("calib_dir", "val_dir"):
+        value = rec.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > 4096):
+            raise bad(key, "a folder path")
+        folders[key] = Path(value) if value else None
+    summary = rec.get("summary") if isinstance(rec.get("summary"), dict) else {}
+    accuracy = {k: summary[k] for k in ("val_top1", "val_top5") if isinstance(summary.get(k), (int, float))}
+    name = rec.get("name") if isinstance(rec.get("name"), str) and 0 < len(rec["name"]) <= 100 else path.stem
+    return WeightsRecord(name=name, arch=arch, preprocessing=pp, arch_kwargs=dict(kwargs), labels=tuple(labels),
+                         wnids=(), accuracy=accuracy, **folders)
 
 
 def load_model(source: str, arch: str | None = None) -> tuple[nn.Module, WeightsRecord]:

@@ -151,6 +151,50 @@ def sample_clip() -> Path:
 BUDGET_SECONDS = 360
 
 
+# The trainer's shared run (tests/test_train.py, the converter and MediaPipe tests use it): two short
+# epochs at 32x32 on a 2,000-image Fashion-MNIST subset.
+TRAIN_SETTINGS = ["--input-size", "32", "--epochs", "2", "--val-split", "0.15", "--threads", "2", "--seed", "3",
+                  "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def fmnist(tmp_path_factory) -> Path:
+    """200 training and 50 test images per class, plus one corrupt image and one stray file."""
+    from convert.train.fashion_mnist import DEFAULT_SOURCE, export
+
+    if not (DEFAULT_SOURCE / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"{DEFAULT_SOURCE} missing: install the Debian package dataset-fashion-mnist (tools/setup.sh)")
+    root = tmp_path_factory.mktemp("fmnist")
+    export(root, per_class={"train": 200, "test": 50})
+    (root / "train" / "Bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "train" / "Bag" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(fmnist, weights_env, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    # a process of its own, as users run it: torch is not imported yet, so the CLI's OMP_WAIT_POLICY
+    # (idle threads sleep) applies; in this process torch spins and runs 5x slower on a busy machine
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--test",
+                        str(fmnist / "test"), "--out", str(out), *TRAIN_SETTINGS],
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_converted(run_dir, tmp_path_factory) -> dict:
+    """``run_dir/best.pt`` converted as users do: no --arch, --labels, --calib or --val (the checkpoint's
+    record gives them), QUICK settings. Returns the report; ``report["out"]`` the int8 artifact."""
+    folder = tmp_path_factory.mktemp("trained_artifact")
+    out = folder / "fashion_int8.tflite"
+    proc = convert_cli(["--weights", run_dir / "best.pt", "--out", out, "--no-gates", "--report",
+                        folder / "report.json", *QUICK])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((folder / "report.json").read_text())
+
+
 def pytest_sessionstart(session):
     session.config._suite_t0 = time.monotonic()
 

@@ -22,41 +22,15 @@ import pytest
 import torch
 
 from convert.cli import main as convert_main
-from convert.train.fashion_mnist import DEFAULT_SOURCE, export
+from conftest import TRAIN_SETTINGS as SETTINGS
 from convert.train.report import COLUMNS, TIMING
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
-SETTINGS = ["--input-size", "32", "--epochs", str(EPOCHS), "--val-split", "0.15", "--threads", "2", "--seed", "3",
-            "--quiet"]
 
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture(scope="session")
-def fmnist(tmp_path_factory) -> Path:
-    """200 training and 50 test images per class, plus one corrupt image and one stray file."""
-    if not (DEFAULT_SOURCE / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"{DEFAULT_SOURCE} missing: install the Debian package dataset-fashion-mnist (tools/setup.sh)")
-    root = tmp_path_factory.mktemp("fmnist")
-    export(root, per_class={"train": 200, "test": 50})
-    (root / "train" / "Bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (root / "train" / "Bag" / "notes.txt").write_text("not an image")
-    return root
-
-
-@pytest.fixture(scope="session")
-def run_dir(fmnist, weights_env, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "reference"
-    # a process of its own, as users run it: torch is not imported yet, so the CLI's OMP_WAIT_POLICY
-    # (idle threads sleep) applies; in this process torch spins and runs 5x slower on a busy machine
-    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--test",
-                        str(fmnist / "test"), "--out", str(out), *SETTINGS], env=_env(), capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
 
 
 def _rows(path: Path) -> list[dict]:
@@ -194,3 +168,36 @@ def test_dsd_from_a_trained_run(run_dir, fmnist, tmp_path):
     assert redense["end"]["top1"] >= 45.0
     rec = torch.load(out / "best.pt", weights_only=True)["record"]
     assert rec["preprocessing"] == torch.load(run_dir / "best.pt", weights_only=True)["record"]["preprocessing"]
+
+
+def test_checkpoint_feeds_the_converter_and_the_runtime(run_dir, trained_converted, fmnist, tmp_path):
+    """``convert tflite --weights RUN/best.pt`` alone: the record gives architecture, class names and
+    preprocessing; the run's own training sample calibrates, its validation split validates; the int8
+    model classifies like the float one; ``convert evaluate`` reads the checkpoint; the camera runtime
+    names the classes."""
+    from edge_runtime.metadata import read_model_info
+
+    report = trained_converted
+    classes = sorted(p.name for p in (fmnist / "train").iterdir() if p.is_dir())
+    meta = read_model_info(report["out"])
+    assert list(meta.labels) == classes
+    assert tuple(meta.preprocessing.input_size) == (32, 32)
+    assert report["calibration"]["folder"] == "calib" and report["calibration"]["images"] >= 20
+    labelled = report["validation"]["val"]
+    assert labelled["folder"] == "val" and labelled["images"] == 300, labelled  # the run's 15% of 2,000
+    assert abs(labelled["top1_drop"]) <= 2.0 and labelled["agreement"] >= 95.0, labelled
+    evaluated = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(run_dir / "best.pt"),
+                                "--val", str(fmnist / "test"), "--json"], env=_env(), capture_output=True,
+                               text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    float_top1 = json.loads(evaluated.stdout)["top1"]
+    test_top1 = json.loads((run_dir / "metrics.json").read_text())["phases"][-1]["test"]["top1"]
+    assert float_top1 == pytest.approx(test_top1, abs=0.01)
+    shown = subprocess.run([sys.executable, "-m", "edge_runtime", "--model", report["out"], "--source",
+                            str(fmnist / "test" / "Sneaker"), "--headless", "--json"],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    frames = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert len(frames) == 50 and all({t["label"] for t in f["top"]} <= set(classes) for f in frames)
+    sneakers = sum(f["top"][0]["label"] == "Sneaker" for f in frames)
+    assert sneakers >= 25, sneakers  # chance: 5 of 50

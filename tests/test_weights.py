@@ -98,3 +98,27 @@ def test_net_file_by_path(dc_net_file):
     model, record = W.load_model(str(dc_net_file))
     assert record.name == "squeezenet1_0_deep_compression"
     assert model.classifier[1].padding == (1, 1)  # Caffe's conv10 pad: 1
+
+
+def test_training_record_is_checked_before_use(tmp_path):
+    """A training checkpoint's record names the architecture, classes and preprocessing; every field is
+    untrusted: a wrong type or an unbounded size is refused in one line, a good record is applied."""
+    model = create_model("squeezenet1_1", num_classes=3)
+    pp = {"input_size": [32, 32], "resize": [32, 32], "channel_order": "RGB", "mean": [0.5, 0.5, 0.5],
+          "std": [0.25, 0.25, 0.25], "interpolation": "linear", "crop": "center"}
+    good = {"format": W.TRAINING_FORMAT, "name": "porch", "arch": "squeezenet1_1", "arch_kwargs": {},
+            "labels": ["empty", "parcel", "person"], "preprocessing": pp}
+    path = tmp_path / "best.pt"
+    torch.save({"model": model.state_dict(), "record": good}, path)
+    loaded, record = W.load_model(str(path))
+    assert record.arch == "squeezenet1_1" and record.labels == ("empty", "parcel", "person") and record.wnids == ()
+    assert record.preprocessing.input_size == (32, 32) and loaded.classifier[1].out_channels == 3
+    for field, value, expect in (("labels", ["x" * 10_000] * 3, "'labels' malformed"),
+                                 ("labels", "empty", "'labels' malformed"),
+                                 ("arch", {"evil": 1}, "'arch' malformed"),
+                                 ("arch_kwargs", {"k": [1] * 10}, "'arch_kwargs' malformed"),
+                                 ("calib_dir", "x" * 5000, "'calib_dir' malformed"),
+                                 ("preprocessing", {"input_size": "big"}, "training record")):
+        torch.save({"model": model.state_dict(), "record": {**good, field: value}}, path)
+        with pytest.raises(WeightsError, match=expect):
+            W.load_model(str(path))

@@ -16,8 +16,8 @@ import torch
 from edge_runtime.fileio import atomic_write
 
 from ..errors import TrainError
+from ..weights import TRAINING_FORMAT as FORMAT  # one definition: the weights loader reads these records
 
-FORMAT = "squeezenet-edge/train-checkpoint"
 VERSION = 1
 
 
