@@ -33,6 +33,7 @@ from edge_runtime.fileio import sha256_file
 from edge_runtime.intervals import wilson
 from edge_runtime.metadata import read_model_info
 
+from .. import peers  # noqa: F401 (registers the workstation peers with the harness)
 from . import plots, report
 from . import results as R
 from .counting import macs, parameters
@@ -157,8 +158,9 @@ def _accuracy(case: bench.Case, images: Path) -> dict:
 def _measure(int8: Path, test_dir: Path, threads: int) -> dict:
     """Float and int8 test top-1 through the benchmark harness, with each image's int8 correctness."""
     q = _accuracy(bench.Case(f"{int8.stem} int8", "tflite", str(int8), threads, str(int8)), test_dir)
-    f = _accuracy(bench.Case(f"{int8.stem} float", "onnxruntime", str(bench.peer_path(int8, "onnxruntime")),
-                             threads, str(int8)), test_dir)
+    peer = bench.PEERS["onnxruntime"]
+    f = _accuracy(bench.Case(f"{int8.stem} float", peer.name, str(peer.model_for(int8)), threads, str(int8),
+                             module=peer.module), test_dir)
     info = read_model_info(int8)
     targets = find_labelled_images(test_dir, info.wnids, info.labels).targets
     predicted = q["accuracy"]["top1_indices"]

@@ -48,7 +48,7 @@ def recommendation(results: dict, budget_ms: float) -> str:
     where = (f"the device ({results['device']['machine'].get('cpu') or '?'}, {results['device']['threads']} threads)"
              if results.get("device") else
              f"this machine ({results['machine'].get('cpu') or '?'}, int8 ISA: "
-             f"{'/'.join(results['machine'].get('isa') or []) or 'none listed'}, {results['timing']['threads']} threads)")
+             f"{'/'.join(results['machine'].get('isa') or []) or 'none listed'}, {(results.get('timing') or {}).get('threads', '?')} threads)")
     c = rec["choice"]
     if c is None:
         f = rec["fastest"]
