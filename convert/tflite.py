@@ -57,6 +57,11 @@ def onnx_to_saved_model(onnx_path: Path, workdir: Path, crops: np.ndarray) -> tu
     out_dir = workdir / "saved_model"
     log_path = workdir / "onnx2tf.log"
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # Keras numbers its layers per process ("model_3/tf.nn.relu_51"); those names end up in the file, so
+    # a second conversion in one process would differ in bytes from the first: start every run afresh.
+    import tf_keras
+
+    tf_keras.backend.clear_session()
     try:
         with _quiet_cwd(workdir, log_path):
             onnx2tf.convert(input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(out_dir),
