@@ -92,25 +92,52 @@ def finish_artifact(tflite: bytes, info: ModelInfo, description: str = "", versi
                    author: str = "squeezenet-edge", license: str = "") -> bytes:
     """The finished artifact: both metadata records, the label file appended, the checksum sealed.
 
-    ``info.extra["output"]`` (from :func:`convert.head.score_head`) says how to read the output;
-    the standard record describes the same to stock clients.
+    ``info.extra["output"]`` says how to read the output: the exact score head's summary
+    (:func:`convert.head.score_head`), or plain logits (the float sibling); the standard record
+    describes the same to stock clients.
     """
     from .standard_metadata import LABEL_FILE, ClassifierDescription, append_files, build, label_file
 
     out = info.extra.get("output") or {}
-    floor = out.get("floor_logits")
+    head = "floor_logits" in out  # the exact score head: logit minus the best class's logit
+    arithmetic = ("float32 arithmetic" if info.input_dtype == "float32" and not head
+                  else "integer arithmetic (int8 weights and activations)")
     desc = ClassifierDescription(
         name=info.model_name, description=description or f"{info.model_name}: {len(info.labels)}-class image "
-        "classifier, integer arithmetic (int8 weights and activations)", version=version, author=author,
+        f"classifier, {arithmetic}", version=version, author=author,
         license=license or str(info.extra.get("license", "")), input_size=info.preprocessing.input_size,
-        input_float=info.input_dtype == "float32", labels=list(info.labels),
+        input_float=info.input_dtype == "float32", channel_order=info.input_channel_order, labels=list(info.labels),
         output_description=(f"{out['meaning']} (natural log of the class's probability relative to the best "
-                            "class; the best class reads 0, exactly)") if out else "class scores (logits)",
-        output_min=floor, output_max=0.0 if out else None)
+                            "class; the best class reads 0, exactly)") if head else "class logits",
+        output_min=out.get("floor_logits") if head else None, output_max=0.0 if head else None)
     sealed = dataclasses.replace(info, extra={**info.extra, integrity.DIGEST_KEY: integrity.PLACEHOLDER})
     model = embed_metadata(tflite, sealed, build(desc))
     model = append_files(model, {LABEL_FILE: label_file(info.labels)})
     return integrity.seal(model)
+
+
+def float_sibling(float_tflite: bytes, src, artifact_name: str) -> bytes:
+    """The float TFLite kept beside the artifact, as self-describing as the artifact: RGB input where
+    the graph allows it (:func:`rgb_input`, exact), the project's record (float32 pixels 0..255, the
+    same preprocessing and labels, plain logits out) and the standard metadata, whose normalization
+    options (mean 0, std 1: the normalization is folded into the graph) let MediaPipe feed it.
+
+    Args:
+        float_tflite: onnx2tf's float TFLite (BGR pixels 0..255 as float32 in, logits out).
+        src: the :class:`convert.source.Source` it was made from.
+        artifact_name: the int8 artifact's file name, recorded as the model this one is the float peer of.
+    """
+    try:
+        graph, order, note = rgb_input(float_tflite), "RGB", None
+    except ConvertError as e:
+        graph, order, note = float_tflite, "BGR", f"input kept BGR: {e}"
+    output = {"name": "logits", "dtype": "float32", "meaning": "logits", "exact_top1": False,
+              **({"note": note} if note else {})}
+    info = ModelInfo(preprocessing=src.preprocessing, labels=src.labels, model_name=src.name, input_dtype="float32",
+                     input_channel_order=order, wnids=src.wnids,
+                     extra={"weights_sha256": src.sha256, "output": output, "float_sibling_of": artifact_name,
+                            "quantization": {"weights": "float32", "activations": "float32"}, **src.extra})
+    return finish_artifact(graph, info)
 
 
 def rgb_input(tflite: bytes) -> bytes:
@@ -131,7 +158,7 @@ def rgb_input(tflite: bytes) -> bytes:
         if not any(int(i) in feeds for i in op.inputs):
             continue
         name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
-        if name == "QUANTIZE":
+        if name in ("QUANTIZE", "PAD", "PADV2"):  # per-element or one pad value: channel order passes through
             feeds.add(int(op.outputs[0]))
         elif name == "CONV_2D" and int(op.inputs[0]) in feeds:
             convs.append(op)

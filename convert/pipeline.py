@@ -7,8 +7,9 @@
     quantize        convert/quantize.py     Int8Model (int8 bytes, float TFLite, calibration summary)
     validate        convert/validate.py     validation figures, and the gates' verdict on them
     write           convert/artifact.py     FinishedGraph (exact score head, RGB input); the artifact
-                                            (records, standard metadata, labels, checksum); here: it
-                                            and its float siblings replaced together, or not at all
+                                            (records, standard metadata, labels, checksum) and its float
+                                            TFLite sibling finished the same way; here: the artifact and
+                                            its float siblings replaced together, or not at all
 
 Everything is checked before the long work starts (outputs writable, free space, settings in range);
 a failed or interrupted run leaves no partial file and never replaces an earlier good artifact.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 
-from .artifact import artifact_record, finish_artifact, finish_graph
+from .artifact import artifact_record, finish_artifact, finish_graph, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
@@ -131,9 +132,10 @@ def convert(opts: ConvertOptions) -> dict:
         validation = validate(graphs.reference, candidate, src, check, opts.val or src.val_dir, opts.val_half,
                               opts.quiet)
         final = finish_artifact(graph.tflite, record(validation))
+        float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
         report = {"model": src.name, "out": str(out), "input_type": opts.input_type, "output_type": opts.output_type,
                   "sizes": {"float_onnx": graphs.reference.stat().st_size,
-                            "float_tflite": int8.float_tflite.stat().st_size, "int8_tflite": len(final)},
+                            "float_tflite": len(float_tflite), "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),
                   "total_seconds": round(time.perf_counter() - progress.t0, 1),
                   "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation)}
@@ -142,7 +144,7 @@ def convert(opts: ConvertOptions) -> dict:
         if report["gates"]["failed"]:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})",
                             report)
-        write_artifact(out, final, graphs.reference, int8.float_tflite)
+        write_artifact(out, final, graphs.reference, float_tflite)
     finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
         shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
@@ -229,11 +231,12 @@ def sibling_record(out: Path) -> dict[str, str]:
     return {"float_onnx": onnx_path.name, "float_tflite": tflite_path.name}
 
 
-def write_artifact(out: Path, artifact: bytes, float_onnx: Path, float_tflite: Path) -> None:
-    """The artifact and its float siblings, replaced together or not at all."""
+def write_artifact(out: Path, artifact: bytes, float_onnx: Path, float_tflite: bytes) -> None:
+    """The artifact and its float siblings (the float TFLite finished by :func:`convert.artifact.float_sibling`),
+    replaced together or not at all."""
     check_stop()
     onnx_out, tflite_out = sibling_paths(out)
-    atomic_write_many({onnx_out: float_onnx.read_bytes(), tflite_out: float_tflite.read_bytes(), out: artifact})
+    atomic_write_many({onnx_out: float_onnx.read_bytes(), tflite_out: float_tflite, out: artifact})
 
 
 def _with_ci(figures: dict, key: str, unit: str) -> str:

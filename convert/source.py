@@ -75,7 +75,8 @@ def load_source(weights: str | None = None, arch: str | None = None, onnx: Path 
     return Source(name or record.name, record.preprocessing, list(record.labels), list(record.wnids),
                   record.sha256, torch_model=PixelModel(model, record.preprocessing),
                   calib_dir=record.calib_dir, val_dir=record.val_dir,
-                  extra={"arch": record.arch, "weights": record.name})
+                  extra={"arch": record.arch, "weights": record.name,
+                         **({"license": record.licence} if record.licence else {})})
 
 
 def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, name: str | None) -> Source:

@@ -21,7 +21,7 @@ LABEL_FILE = "labels.txt"
 
 # enum values of metadata_schema.fbs
 _TENSOR_AXIS_LABELS = 2
-_COLOR_RGB = 1
+_COLOR_UNKNOWN, _COLOR_RGB = 0, 1
 _CONTENT_FEATURE, _CONTENT_IMAGE = 1, 2
 _PROCESS_NORMALIZATION = 1
 
@@ -37,6 +37,7 @@ class ClassifierDescription:
     license: str
     input_size: tuple[int, int]  # (height, width)
     input_float: bool  # float32 pixels 0..255 in (needs normalization options) or uint8/int8
+    channel_order: str  # "RGB" (what stock clients feed), or "BGR" (declared unknown: MediaPipe refuses it)
     labels: list[str]
     output_description: str
     output_min: float | None
@@ -86,17 +87,20 @@ def build(desc: ClassifierDescription) -> bytes:
 
     b = flatbuffers.Builder(1024)
     s = b.CreateString
-    # input: an RGB image of the model's size; pixels 0..255 (mean/std are folded into the graph)
+    # input: an image of the model's size; pixels 0..255 (mean/std are folded into the graph, so the
+    # normalization options are mean 0, std 1: a client feeding float32 passes the pixel values as they are)
+    rgb = desc.channel_order == "RGB"
     size = _table(b, [("u32", 0, desc.input_size[1]), ("u32", 1, desc.input_size[0])])
-    image = _table(b, [("u8", 0, _COLOR_RGB), ("off", 1, size)])
+    image = _table(b, [("u8", 0, _COLOR_RGB if rgb else _COLOR_UNKNOWN), ("off", 1, size)])
     in_content = _table(b, [("u8", 0, _CONTENT_IMAGE), ("off", 1, image)])
     norm = _table(b, [("off", 0, _float_vector(b, [0.0, 0.0, 0.0])), ("off", 1, _float_vector(b, [1.0, 1.0, 1.0]))])
     unit = _table(b, [("u8", 0, _PROCESS_NORMALIZATION), ("off", 1, norm)])
     units = _string_vector(b, [unit])
     in_stats = _stats(b, 0.0, 255.0)
     in_tensor = _table(b, [("off", 0, s("image")),
-                           ("off", 1, s("RGB pixels 0..255, resized and center-cropped to "
-                                        f"{desc.input_size[1]}x{desc.input_size[0]}")),
+                           ("off", 1, s(f"{desc.channel_order} pixels 0..255"
+                                        f"{' as float32' if desc.input_float else ''}, resized and center-cropped "
+                                        f"to {desc.input_size[1]}x{desc.input_size[0]}")),
                            ("off", 3, in_content), ("off", 4, units), ("off", 5, in_stats)])
     # output: one score per class, labels as the standard associated file
     feature = _table(b, [])

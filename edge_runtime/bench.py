@@ -152,16 +152,21 @@ def _tflite(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
 
 
 def _tflite_float(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
-    from .interpreter import create_interpreter
+    """The float sibling through the runtime's classifier: its own record says RGB or BGR; a sibling
+    written before it carried one takes BGR pixels with the artifact's preprocessing."""
+    import dataclasses
+
+    from .classify import Classifier
+
+    plain = dataclasses.replace(info.preprocessing, channel_order="BGR") if info else None
 
     def load():
-        it, _ = create_interpreter(case.path, case.threads)
-        i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        clf = Classifier(case.path, threads=case.threads, preprocessing=plain, verify=case.verify)
 
         def predict(crop):
-            it.set_tensor(i, crop[None].astype(np.float32))
-            it.invoke()
-            return it.get_tensor(o)[0]
+            clf.set_crop(crop)
+            clf.invoke()
+            return clf.logits()
         return predict, None
     return load
 

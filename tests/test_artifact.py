@@ -221,3 +221,29 @@ def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500
         assert ok.returncode == 0, (argv, ok.stderr[-2000:])
     good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--val", images, "--json").stdout)
     assert good["images"] == 5 and len(good["sha256"]) == 64
+
+
+def test_float_sibling_is_self_describing_and_rgb(int8_model, val_crops):
+    """The float TFLite kept beside the artifact carries the project's record (float32 RGB pixels,
+    plain logits), the standard metadata with the labels file, and the checksum; with its first
+    filters reordered for RGB it gives the float ONNX reference's logits (BGR in) on real photos."""
+    from convert.pipeline import sibling_paths
+    from convert.validate import onnx_predict
+    from edge_runtime.metadata import read_metadata_bytes
+
+    onnx_path, sibling = sibling_paths(Path(int8_model))
+    info = read_model_info(sibling)
+    assert info.input_dtype == "float32" and info.input_channel_order == "RGB"
+    assert info.extra["output"]["meaning"] == "logits" and info.extra["float_sibling_of"] == Path(int8_model).name
+    assert info.labels == read_model_info(int8_model).labels and info.extra["license"]
+    data = sibling.read_bytes()
+    standard = read_metadata_bytes(data, "TFLITE_METADATA")
+    assert standard is not None and standard[4:8] == b"M001" and b"float32" in standard
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert z.read("labels.txt").decode().splitlines() == info.labels
+    clf = Classifier(sibling)  # verifies the checksum
+    assert clf.content_sha256 and clf.input_dtype == np.float32
+    got = clf.predict_batch(val_crops)
+    expected = onnx_predict(onnx_path)(val_crops)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+    assert np.array_equal(got.argmax(1), expected.argmax(1))

@@ -220,10 +220,6 @@ def test_fuzzed_models_are_refused_or_give_the_intact_label(fuzz, int8_model):
 
     _, outcomes = fuzz
     wrong = [o for o in outcomes if o.kind == "wrong"]
-    if DIGEST_KEY not in read_model_info(int8_model).extra:
-        # Before the converter seals its artifacts (edge_runtime/integrity.py), flipped weight bytes
-        # and edited records load: measured 3 of ~80 weight flips and 5 of ~45 record edits.
-        pytest.xfail(f"the artifact carries no integrity checksum yet: {len(wrong)} of {len(outcomes)} mutated "
-                     f"models exit 0 with another label ({_summary(outcomes)})")
+    assert DIGEST_KEY in read_model_info(int8_model).extra  # the converter seals every artifact
     assert not wrong, (f"{len(wrong)} of {len(outcomes)} mutated models exit 0 with another label "
                        f"({_summary(outcomes)}): " + " | ".join(f"{o.case} {o.detail}" for o in wrong[:5]))

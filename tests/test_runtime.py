@@ -200,14 +200,32 @@ def test_runtime_never_imports_heavy_packages(int8_model, sample_clip):
     assert len(proc.stdout.splitlines()) == 3
 
 
-def test_plain_tflite_and_missing_edgetpu(int8_model, sample_clip):
+def _without_metadata(model: Path, dest: Path) -> Path:
+    """``model`` as a plain TFLite file: no metadata entries, no appended label file."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model.read_bytes()))
+    for entry in m.metadata or []:
+        m.buffers[entry.buffer].data = None
+    m.metadata = None
+    dest.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(m)))
+    return dest
+
+
+def test_float_sibling_and_plain_tflite_and_missing_edgetpu(int8_model, sample_clip, tmp_path):
     from convert.pipeline import sibling_paths
 
-    plain = sibling_paths(int8_model)[1]  # the float TFLite kept beside the artifact has no metadata
-    proc = _runtime("--source", sample_clip, "--model", plain, "--json", "--max-frames", 2,
-                    "--channel-order", "BGR", "--resize", "256x256")
-    assert proc.returncode == 0 and "no embedded metadata" in proc.stderr
+    sibling = sibling_paths(int8_model)[1]  # the float TFLite kept beside the artifact carries its own record
+    proc = _runtime("--source", sample_clip, "--model", sibling, "--json", "--max-frames", 2)
+    assert proc.returncode == 0 and "no embedded metadata" not in proc.stderr, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] == "lemon"  # the float model's answer
+    clf = Classifier(sibling)
+    assert clf.input_dtype == np.float32 and clf.info.input_channel_order == "RGB" and clf.content_sha256
+    plain = _without_metadata(sibling, tmp_path / "plain_float.tflite")  # the same graph with no record
+    proc = _runtime("--source", sample_clip, "--model", plain, "--json", "--max-frames", 2,
+                    "--channel-order", "RGB", "--resize", "256x256")
+    assert proc.returncode == 0 and "no embedded metadata" in proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] == "lemon"
     # the plain-model flags are refused for a model that carries its own preprocessing
     proc = _runtime("--source", sample_clip, "--model", int8_model, "--resize", "256", "--max-frames", 2)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

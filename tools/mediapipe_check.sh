@@ -2,21 +2,18 @@
 # Prove a stock client reads the artifact: MediaPipe Tasks' ImageClassifier (pinned, in its own venv:
 # mediapipe brings opencv-contrib-python, which would overwrite the workstation venv's cv2) loads
 # MODEL, reports its class names, and decides the same top-1 as this project's runtime on VAL_DIR.
-# Usage: tools/mediapipe_check.sh MODEL.tflite VAL_DIR [WORKDIR] [MIN_AGREEMENT]   (MEDIAPIPE_VENV: the venv to use)
+# Usage: tools/mediapipe_check.sh MODEL.tflite VAL_DIR [WORKDIR] [MIN_AGREEMENT]
+#   (MEDIAPIPE_VENV: the venv to use, default build/mediapipe-env/venv, built by tools/mediapipe_env.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$(realpath "$1")
 VAL=$(realpath "$2")
 WORK=${3:-build/mediapipe-env}
 MIN=${4:-0.99}
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
 RUNTIME_PYTHON=${RUNTIME_PYTHON:-.venv/bin/python}
-MEDIAPIPE=mediapipe==1.2.2
 mkdir -p "$WORK"
-venv=${MEDIAPIPE_VENV:-$WORK/venv}  # reuse one venv across checks
-[ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
-"$venv/bin/python" -c "import mediapipe" 2>/dev/null || "$venv/bin/python" -m pip install -q "$MEDIAPIPE"
+venv=${MEDIAPIPE_VENV:-build/mediapipe-env/venv}  # one venv for every check, built once (tools/setup.sh does)
+bash tools/mediapipe_env.sh "$venv"
 PYTHONPATH="$PWD" "$venv/bin/python" -m tools.mediapipe_classify --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" --out "$WORK/top1-runtime.json"
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" - "$MODEL" "$WORK/top1-mediapipe.json" <<'PY'

@@ -33,4 +33,7 @@ python -m pip install -q -e ".[convert,bench,dev]"
 # onnx2tf 1.x pins protobuf 4, which conflicts with tensorflow 2.21: install it without its pins
 # (its real dependencies are in the [convert] extra).
 python -m pip install -q --no-deps "onnx2tf==1.29.24"
+# MediaPipe Tasks (the stock client the tests prove the artifact with) in its own venv: it brings its own
+# OpenCV, which would overwrite .venv's cv2. Built once, here, so the test suite only uses it.
+PYTHON="$PY" bash tools/mediapipe_env.sh build/mediapipe-env/venv
 echo "setup: ready ($(python -c 'import torch, tensorflow as tf, onnx2tf, numpy, cv2; print(f"torch {torch.__version__}, tensorflow {tf.__version__}, onnx2tf {onnx2tf.__version__}, numpy {numpy.__version__}, opencv {cv2.__version__}")' 2>/dev/null))" >&2
