@@ -54,6 +54,47 @@ def _opencv_dnn(case, info):
     return load
 
 
+def torch_weights(info) -> Path:
+    """The weights file an artifact was converted from, when this machine has exactly that file: a
+    named source whose sha256 is the one the artifact records.
+
+    Raises:
+        PeerUnavailable: converted from ONNX (no PyTorch model), from a weights file given by path,
+            or the named weights here differ from those the artifact was made from.
+    """
+    from .errors import WeightsError
+    from .weights import ALIASES, WEIGHTS, resolve
+    from edge_runtime.fileio import sha256_file
+
+    extra = info.extra if info else {}
+    name, digest = extra.get("weights"), extra.get("weights_sha256")
+    if not name:
+        raise PeerUnavailable("the artifact was converted from ONNX: there is no PyTorch model of it")
+    key = ALIASES.get(name, name)
+    key = key if key in WEIGHTS else next((k for k, r in WEIGHTS.items() if r.name == name), None)
+    if key is None:
+        raise PeerUnavailable(f"the artifact was converted from the weights file {name!r}, not a named source: "
+                              "benchmark that file's model directly")
+    try:
+        path = resolve(key, download=False)
+    except WeightsError as e:
+        raise PeerUnavailable(str(e)) from None
+    if digest and sha256_file(path) != digest:
+        raise PeerUnavailable(f"{path.name} here is not the file the artifact was converted from "
+                              f"(sha256 {digest[:12]}... recorded)")
+    return path
+
+
+def _pytorch_model(int8: Path) -> Path:
+    from edge_runtime.metadata import MetadataError, read_model_info
+
+    try:
+        torch_weights(read_model_info(int8))
+    except MetadataError as e:
+        raise PeerUnavailable(str(e)) from None
+    return _float_onnx(int8)  # the float model whose size is reported
+
+
 def _pytorch(case, info):
     import torch
 
@@ -62,8 +103,7 @@ def _pytorch(case, info):
         from .pixel_model import PixelModel
         from .weights import load_model
 
-        name = (info.extra.get("weights") if info else None) or "deep-compression"
-        model, record = load_model(name)
+        model, record = load_model(str(torch_weights(info)))
         pixel = PixelModel(model, record.preprocessing).eval()
 
         def predict(crop):
@@ -73,22 +113,36 @@ def _pytorch(case, info):
     return load
 
 
+SOURCE_KEY = "source_sha256"  # in the QDQ model's metadata: the float ONNX it was quantized from
+
+
 def qdq_model(int8: Path) -> Path:
     """ONNX Runtime's own int8 (QDQ) version of the artifact's float ONNX sibling, calibrated on the
-    project's calibration photos; made once and kept beside it as ``<stem>_qdq_int8.onnx``.
+    project's calibration photos; kept beside it as ``<stem>_qdq_int8.onnx`` and made again when the
+    float ONNX changed (it records the sha256 of the float ONNX it was made from).
 
     Raises:
         PeerUnavailable: no float ONNX sibling, or onnxruntime is not installed.
     """
     source = _float_onnx(int8)
     target = source.with_name(source.stem.removesuffix("_float") + "_qdq_int8.onnx")
-    if target.exists():
-        return target
     try:
+        import onnx
         import onnxruntime as ort
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError as e:
         raise PeerUnavailable(f"{e.name} is not installed") from None
+    from edge_runtime.fileio import sha256_file
+
+    digest = sha256_file(source)
+    if target.exists():
+        try:
+            made_from = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]) \
+                .get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        except Exception:  # noqa: BLE001 (a damaged or foreign file is made again)
+            made_from = None
+        if made_from == digest:
+            return target
     from edge_runtime.metadata import read_model_info
     from edge_runtime.preprocess import read_image, resize_crop
 
@@ -106,16 +160,21 @@ def qdq_model(int8: Path) -> Path:
         def get_next(self):
             return next(self.feeds, None)
 
-    atomic_write(target, b"", check=lambda tmp: quantize_static(
-        str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))
+    def make(tmp: Path) -> None:
+        quantize_static(str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, {SOURCE_KEY: digest})
+        onnx.save(model, str(tmp))
+
+    atomic_write(target, b"", check=make)
     return target
 
 
 register_peer(Peer("onnxruntime", MODULE, _float_onnx), _onnxruntime)
 register_peer(Peer("onnxruntime-int8", MODULE, qdq_model), _onnxruntime)
 register_peer(Peer("opencv-dnn", MODULE, _float_onnx), _opencv_dnn)
-register_peer(Peer("pytorch", MODULE, _float_onnx), _pytorch)
+register_peer(Peer("pytorch", MODULE, _pytorch_model), _pytorch)
 
 if __name__ == "__main__":
     sys.exit(bench.child_main(sys.argv[1]))

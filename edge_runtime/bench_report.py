@@ -99,15 +99,21 @@ def plot(results: list[dict], path: Path) -> str | None:
 
 
 
-def add_agreement(results: list[dict]) -> None:
-    """Top-1 agreement of every case with the first case that measured accuracy (in place)."""
-    base = next((r for r in results if "accuracy" in r), None)
+def add_agreement(results: list[dict]) -> str | None:
+    """Top-1 agreement of every case with the first case, the first model's (in place). When that
+    case measured no accuracy (it failed), no agreement is given: returns a note saying so."""
+    base = results[0] if results else None
+    if base is None or "accuracy" not in base:
+        if any("accuracy" in r for r in results):
+            return (f"agreement not measured: the first case ({base['label']}) has no accuracy "
+                    f"({base.get('error', 'not measured')})")
+        return None
+    a = base["accuracy"]["top1_indices"]
     for r in results:
-        if base and "accuracy" in r and r is not base:
-            a, b = base["accuracy"]["top1_indices"], r["accuracy"]["top1_indices"]
+        if "accuracy" in r:
+            b = r["accuracy"]["top1_indices"]
             r["agreement"] = 100.0 * sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
-        elif r is base:
-            r["agreement"] = 100.0
+    return None
 
 
 CSV_COLUMNS = ["label", "runtime", "threads", "size_bytes", "compressed_bytes", "load_ms", "first_inference_ms",

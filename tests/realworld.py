@@ -186,3 +186,28 @@ def video_frames(path: Path) -> int:
         n += 1
     cap.release()
     return n
+
+
+def edit_record(model: bytes, edit) -> bytes:
+    """The artifact with its JSON record changed by ``edit(record)`` in place (same length: padded
+    with spaces, the WordNet ids dropped when room is needed) and its integrity checksum sealed
+    again when it has one: a model a user edited deliberately, not a damaged one."""
+    import json
+
+    from edge_runtime import integrity
+    from edge_runtime.metadata import METADATA_NAME, read_metadata_bytes
+
+    raw = read_metadata_bytes(model, METADATA_NAME)
+    at = model.find(raw)
+    record = json.loads(raw)
+    edit(record)
+    sealed = integrity.DIGEST_KEY in record
+    if sealed:
+        record[integrity.DIGEST_KEY] = integrity.PLACEHOLDER
+    body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    if len(body) > len(raw):
+        record.pop("wnids", None)
+        body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    assert len(body) <= len(raw), (len(body), len(raw))
+    out = model[:at] + body.ljust(len(raw)) + model[at + len(raw):]
+    return integrity.seal(out) if sealed else out

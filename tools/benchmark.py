@@ -29,13 +29,23 @@ EXAMPLES = """examples:
 """
 
 
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(1 <= v <= 256 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated thread counts from 1 to 256 expected, e.g. 1,2,4")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", epilog=EXAMPLES,
                                 description="Latency percentiles, load time, size, memory and accuracy of "
                                             "TFLite models and their float peers, each case in its own process.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, type=Path, help=".tflite model (repeat for several)")
-    p.add_argument("--threads", default="2", help="comma-separated thread counts (default 2)")
+    p.add_argument("--threads", type=_threads, default=[2], help="comma-separated thread counts (default 2)")
     p.add_argument("--runs", type=int, default=100, help="minimum timed runs (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed duration per case (default 2)")
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             except MetadataError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    threads = args.threads
     cases, notes = build_cases(args.model, threads, [p.strip() for p in args.peers.split(",") if p.strip()],
                                verify=not args.no_verify)
     results = []
@@ -109,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(bench.run_case(case, args.runs, args.warmup, args.min_seconds, args.val,
                                       args.source if case.runtime == "tflite" else None))
-    bench_report.add_agreement(results)
+    no_agreement = bench_report.add_agreement(results)
     out = {"machine": bench.machine(), "settings": {k: str(v) for k, v in vars(args).items()},
-           "notes": notes + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
+           "notes": notes + ([no_agreement] if no_agreement else []) + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
            "results": results}
     text = sys.stderr if args.json else sys.stdout
     print(bench_report.table(results), file=text)

@@ -1,0 +1,103 @@
+"""The benchmark's bad inputs (issue 13, finding 7): a truncated model with peers, a corrupt first
+model beside a good one, an artifact whose PyTorch model is not this machine's (converted from ONNX,
+or from other weights), a stale ONNX Runtime int8 model, a bad --threads: one line or a note, never
+a traceback, never a figure that compares the wrong things."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edge_runtime.metadata import read_model_info
+from realworld import ROOT, edit_record
+
+
+def _bench(*args):
+    args = (*args, "--runs", 3, "--warmup", 0, "--min-seconds", 0)
+    return subprocess.run([sys.executable, "-m", "tools.benchmark", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+@pytest.fixture
+def artifact_set(int8_model, tmp_path):
+    """A copy of the session's artifact with its float siblings, which a test may damage or edit."""
+    info = read_model_info(int8_model)
+    for name in [int8_model.name, *info.extra["siblings"].values()]:
+        shutil.copy(int8_model.with_name(name), tmp_path / name)
+    return tmp_path / int8_model.name
+
+
+def test_truncated_model_with_peers_gives_one_line(artifact_set):
+    data = artifact_set.read_bytes()
+    artifact_set.write_bytes(data[: len(data) // 3])
+    proc = _bench("--model", artifact_set, "--peers", "onnxruntime-int8,tflite-fp32")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len([l for l in proc.stderr.splitlines() if l.startswith("error:")]) == 1
+    proc = _bench("--model", artifact_set, "--peers", "onnxruntime-int8,tflite-fp32", "--no-verify")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("peer onnxruntime-int8 skipped") == 1 and "peer tflite-fp32 skipped" in proc.stdout
+
+
+def test_a_failed_first_model_gives_no_agreement(artifact_set, int8_model, val500_dir, tmp_path):
+    """The first model is corrupt: the second one must not show "agree 100.0" against itself."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in sorted(val500_dir.iterdir())[:8]:
+        (images / f.name).write_bytes(f.read_bytes())
+    bad = tmp_path / "bad_int8.tflite"
+    bad.write_bytes(int8_model.read_bytes()[:500_000])  # cut short: it cannot load
+    report = tmp_path / "r.json"
+    proc = _bench("--model", bad, "--model", artifact_set, "--val", images, "--no-verify", "--report", report)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    results = json.loads(report.read_text())["results"]
+    assert "error" in results[0] and "accuracy" in results[1]
+    assert "agreement" not in results[1]
+    assert any("agreement not measured" in n for n in json.loads(report.read_text())["notes"])
+
+
+def test_pytorch_peer_only_for_the_weights_the_artifact_came_from(artifact_set, weights_env):
+    from convert.peers import PeerUnavailable, torch_weights
+
+    info = read_model_info(artifact_set)
+    assert torch_weights(info).name == "compressed_SqueezeNet.net"  # the real one is found
+    onnx_made = edit_record(artifact_set.read_bytes(), lambda r: (r.pop("weights"), r.pop("weights_sha256")))
+    other = edit_record(artifact_set.read_bytes(), lambda r: r.update(weights_sha256="0" * 64))
+    for data, why in ((onnx_made, "converted from ONNX"), (other, "is not the file the artifact was converted from")):
+        artifact_set.write_bytes(data)
+        with pytest.raises(PeerUnavailable, match=why):
+            torch_weights(read_model_info(artifact_set))
+        proc = _bench("--model", artifact_set, "--peers", "pytorch")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"note: peer pytorch skipped: " in proc.stdout and why in proc.stdout
+        assert "pytorch x2" not in proc.stdout
+
+
+def test_stale_onnxruntime_int8_model_is_made_again(artifact_set):
+    import onnx
+    import onnxruntime as ort
+
+    from convert.peers import SOURCE_KEY, qdq_model
+    from edge_runtime.fileio import sha256_file
+
+    def made_from(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta() \
+            .custom_metadata_map[SOURCE_KEY]
+
+    float_onnx = artifact_set.with_name(read_model_info(artifact_set).extra["siblings"]["float_onnx"])
+    qdq = qdq_model(artifact_set)
+    assert made_from(qdq) == sha256_file(float_onnx)
+    first = qdq.stat().st_mtime_ns
+    assert qdq_model(artifact_set) == qdq and qdq.stat().st_mtime_ns == first  # reused while current
+    model = onnx.load(str(float_onnx))  # the model converted again: other float weights
+    w = next(i for i in model.graph.initializer if len(i.dims) == 4)
+    arr = onnx.numpy_helper.to_array(w) * 1.01
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    onnx.save(model, str(float_onnx))
+    assert qdq_model(artifact_set) == qdq and made_from(qdq) == sha256_file(float_onnx)
+
+
+def test_bad_threads_give_one_line(int8_model):
+    proc = _bench("--model", int8_model, "--threads", "x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--threads" in proc.stderr.splitlines()[-1] and "thread counts" in proc.stderr
