@@ -31,12 +31,11 @@ def artifact_set(int8_model, tmp_path):
 def test_truncated_model_with_peers_gives_one_line(artifact_set):
     data = artifact_set.read_bytes()
     artifact_set.write_bytes(data[: len(data) // 3])
-    proc = _bench("--model", artifact_set, "--peers", "onnxruntime-int8,tflite-fp32")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert len([l for l in proc.stderr.splitlines() if l.startswith("error:")]) == 1
     proc = _bench("--model", artifact_set, "--peers", "onnxruntime-int8,tflite-fp32", "--no-verify")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stdout.count("peer onnxruntime-int8 skipped") == 1 and "peer tflite-fp32 skipped" in proc.stdout
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "truncated or corrupt" in errors[0], proc.stderr
+    assert "peer onnxruntime-int8 skipped" in proc.stdout and "peer tflite-fp32 skipped" in proc.stdout
 
 
 def test_a_failed_first_model_gives_no_agreement(artifact_set, int8_model, val500_dir, tmp_path):
@@ -58,22 +57,26 @@ def test_a_failed_first_model_gives_no_agreement(artifact_set, int8_model, val50
 
 def test_pytorch_peer_only_for_the_weights_the_artifact_came_from(artifact_set, weights_env):
     from convert.peers import PeerUnavailable, torch_weights
+    from tools.benchmark import build_cases
 
     info = read_model_info(artifact_set)
     assert torch_weights(info).name == "compressed_SqueezeNet.net"  # the real one is found
+    cases, notes = build_cases([artifact_set], [1], ["pytorch"])
+    assert [c.runtime for c in cases] == ["tflite", "pytorch"] and not notes
     onnx_made = edit_record(artifact_set.read_bytes(), lambda r: (r.pop("weights"), r.pop("weights_sha256")))
     other = edit_record(artifact_set.read_bytes(), lambda r: r.update(weights_sha256="0" * 64))
     for data, why in ((onnx_made, "converted from ONNX"), (other, "is not the file the artifact was converted from")):
         artifact_set.write_bytes(data)
         with pytest.raises(PeerUnavailable, match=why):
             torch_weights(read_model_info(artifact_set))
-        proc = _bench("--model", artifact_set, "--peers", "pytorch")
-        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"note: peer pytorch skipped: " in proc.stdout and why in proc.stdout
-        assert "pytorch x2" not in proc.stdout
+        cases, notes = build_cases([artifact_set], [1], ["pytorch"])
+        assert [c.runtime for c in cases] == ["tflite"] and len(notes) == 1
+        assert notes[0].startswith("peer pytorch skipped: ") and why in notes[0]
 
 
 def test_stale_onnxruntime_int8_model_is_made_again(artifact_set):
+    """A ``_qdq_int8.onnx`` left from an earlier conversion (it records another float ONNX) is made
+    again from the current float ONNX; a current one is reused."""
     import onnx
     import onnxruntime as ort
 
@@ -82,22 +85,27 @@ def test_stale_onnxruntime_int8_model_is_made_again(artifact_set):
 
     def made_from(path):
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta() \
-            .custom_metadata_map[SOURCE_KEY]
+            .custom_metadata_map.get(SOURCE_KEY)
 
     float_onnx = artifact_set.with_name(read_model_info(artifact_set).extra["siblings"]["float_onnx"])
-    qdq = qdq_model(artifact_set)
+    qdq = float_onnx.with_name(float_onnx.name.replace("_float.onnx", "_qdq_int8.onnx"))
+    stale = onnx.load(str(float_onnx))
+    onnx.helper.set_model_props(stale, {SOURCE_KEY: "0" * 64})  # made from an earlier float model
+    onnx.save(stale, str(qdq))
+    assert qdq_model(artifact_set) == qdq
     assert made_from(qdq) == sha256_file(float_onnx)
-    first = qdq.stat().st_mtime_ns
-    assert qdq_model(artifact_set) == qdq and qdq.stat().st_mtime_ns == first  # reused while current
-    model = onnx.load(str(float_onnx))  # the model converted again: other float weights
-    w = next(i for i in model.graph.initializer if len(i.dims) == 4)
-    arr = onnx.numpy_helper.to_array(w) * 1.01
-    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
-    onnx.save(model, str(float_onnx))
-    assert qdq_model(artifact_set) == qdq and made_from(qdq) == sha256_file(float_onnx)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(qdq)).graph.node)  # made again, quantized
+    mtime = qdq.stat().st_mtime_ns
+    assert qdq_model(artifact_set) == qdq and qdq.stat().st_mtime_ns == mtime  # current: reused
 
 
-def test_bad_threads_give_one_line(int8_model):
-    proc = _bench("--model", int8_model, "--threads", "x")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "--threads" in proc.stderr.splitlines()[-1] and "thread counts" in proc.stderr
+def test_bad_threads_give_one_line(capsys):
+    from tools.benchmark import build_parser
+
+    for bad in ("x", "0", "1,y", ""):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--model", "m.tflite", "--threads", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith("python -m tools.benchmark: error: argument --threads:"), err
+    assert build_parser().parse_args(["--model", "m.tflite", "--threads", "1,2,4"]).threads == [1, 2, 4]
