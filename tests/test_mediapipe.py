@@ -41,13 +41,21 @@ def test_mediapipe_classifies_val500_like_the_runtime(int8_model, val500_dir, tm
 
 
 def test_mediapipe_classifies_a_trained_model_with_its_own_names(trained_converted, fmnist, tmp_path):
-    proc = _check(Path(trained_converted["out"]), fmnist / "test", tmp_path / "fashion")
+    """The 2-epoch 32x32 run: its last feature map is 1x1, so the exact head sums one int8 value per
+    class and about 4% of the images tie at the top; a tie is broken by each client's own rule (the
+    runtime takes the lowest index). Wherever the top is unique MediaPipe must decide the same."""
+    proc = _check(Path(trained_converted["out"]), fmnist / "test", tmp_path / "fashion", min_agreement=0.0)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     mp = json.loads((tmp_path / "fashion" / "top1-mediapipe.json").read_text())
-    assert len(mp["val"]["top1"]) == 500 and mp["heads"] == [1]
+    runtime = json.loads((tmp_path / "fashion" / "top1-runtime.json").read_text())["val"]
+    assert len(mp["val"]["top1"]) == 500 and mp["heads"] == [1] and mp["val"]["files"] == runtime["files"]
     names = set(mp["val"]["names"])
     folders = {p.name for p in (fmnist / "test").iterdir() if p.is_dir()}
     assert len(folders) == 10 and names <= folders and len(names) >= 5, (names, folders)
+    unique = [i for i, tied in enumerate(runtime["tied"]) if not tied]
+    assert len(unique) >= 450, f"{500 - len(unique)} of 500 images tie at the top"
+    same = sum(runtime["top1"][i] == mp["val"]["top1"][i] for i in unique)
+    assert same >= 0.99 * len(unique), f"MediaPipe decides like the runtime on {same} of {len(unique)} untied images"
 
 
 def test_mediapipe_classifies_with_the_float_sibling(int8_model, val500_dir, tmp_path):

@@ -185,7 +185,9 @@ def test_checkpoint_feeds_the_converter_and_the_runtime(run_dir, trained_convert
     assert report["calibration"]["folder"] == "calib" and report["calibration"]["images"] >= 20
     labelled = report["validation"]["val"]
     assert labelled["folder"] == "val" and labelled["images"] == 300, labelled  # the run's 15% of 2,000
-    assert abs(labelled["top1_drop"]) <= 2.0 and labelled["agreement"] >= 95.0, labelled
+    # the converter's default gate on the drop; agreement: this 32x32 run's last map is 1x1, so about 3%
+    # of the images tie at the top and are broken arbitrarily (the 64x64 run in the README agrees on 99.7%)
+    assert labelled["top1_drop"] <= 1.0 and labelled["agreement"] >= 93.0, labelled
     evaluated = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(run_dir / "best.pt"),
                                 "--val", str(fmnist / "test"), "--json"], env=_env(), capture_output=True,
                                text=True, timeout=600)
