@@ -56,3 +56,17 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="1_0 or 1_1 expected"):
         from convert.models import SqueezeNet
         SqueezeNet("2_0")
+
+
+def test_bypass_variants_start_at_v1_0s_scale():
+    """Without batch normalization, a bypass that doubles the activations at every fire module kills
+    the network in its first epoch; the bypass variants start within 2x of v1.0's activation scale."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    scales = {}
+    for name in ("squeezenet1_0", "squeezenet1_0_simple_bypass", "squeezenet1_0_complex_bypass"):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            scales[name] = float(create_model(name, num_classes=10).eval().features(x).std())
+    base = scales.pop("squeezenet1_0")
+    assert all(0.5 * base < s < 2.0 * base for s in scales.values()), (base, scales)
