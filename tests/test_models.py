@@ -60,7 +60,8 @@ def test_registry_errors():
 
 def test_bypass_variants_start_at_v1_0s_scale():
     """Without batch normalization, a bypass that doubles the activations at every fire module kills
-    the network in its first epoch; the bypass variants start within 2x of v1.0's activation scale."""
+    the network in its first epoch (at 4.96x and 53x v1.0's scale they did); the bypass variants start
+    no larger than 2x v1.0's activation scale, and not vanishing."""
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32) * 2 - 1
     scales = {}
@@ -69,4 +70,4 @@ def test_bypass_variants_start_at_v1_0s_scale():
         with torch.no_grad():
             scales[name] = float(create_model(name, num_classes=10).eval().features(x).std())
     base = scales.pop("squeezenet1_0")
-    assert all(0.5 * base < s < 2.0 * base for s in scales.values()), (base, scales)
+    assert all(0.05 * base < s < 2.0 * base for s in scales.values()), (base, scales)
