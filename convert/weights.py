@@ -245,8 +245,8 @@ def training_record(obj, path: Path) -> WeightsRecord | None:
     if not isinstance(arch, str) or not 0 < len(arch) <= 100:
         raise bad("arch", "a registered architecture name")
     if not isinstance(labels, list) or not 1 <= len(labels) <= MAX_LABELS or not all(
-            isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS for x in labels):
-        raise bad("labels", f"1 to {MAX_LABELS} class names of at most {MAX_LABEL_CHARS} characters")
+            isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS and x.isprintable() for x in labels):
+        raise bad("labels", f"1 to {MAX_LABELS} printable class names of at most {MAX_LABEL_CHARS} characters")
     if not isinstance(kwargs, dict) or len(kwargs) > 20 or not all(
             isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in kwargs.items()):
         raise bad("arch_kwargs", "at most 20 named numbers or strings")

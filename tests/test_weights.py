@@ -115,6 +115,7 @@ def test_training_record_is_checked_before_use(tmp_path):
     assert record.preprocessing.input_size == (32, 32) and loaded.classifier[1].out_channels == 3
     for field, value, expect in (("labels", ["x" * 10_000] * 3, "'labels' malformed"),
                                  ("labels", "empty", "'labels' malformed"),
+                                 ("labels", ["empty", "par\ncel", "person"], "'labels' malformed"),
                                  ("arch", {"evil": 1}, "'arch' malformed"),
                                  ("arch_kwargs", {"k": [1] * 10}, "'arch_kwargs' malformed"),
                                  ("calib_dir", "x" * 5000, "'calib_dir' malformed"),
