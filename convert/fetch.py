@@ -19,14 +19,6 @@ class DigestMismatch(ValueError):
     """Downloaded or cached bytes are not the expected file."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_url(url: str) -> str:
     """``url``, or its copy under ``$SQUEEZENET_EDGE_MIRROR`` when that is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()

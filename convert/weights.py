@@ -23,7 +23,7 @@ from edge_runtime.labels import imagenet_classes
 from edge_runtime.preprocess import Preprocessing
 
 from .errors import WeightsError
-from .fetch import DigestMismatch, fetch_bytes, sha256_file
+from .fetch import DigestMismatch, fetch_bytes
 from .models import UnknownModelError, create_model
 from .presets import CAFFE_IMAGENET, TORCHVISION_IMAGENET
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import testdata
-from convert.fetch import MIRROR_ENV, sha256_file
+from convert.fetch import MIRROR_ENV
+from edge_runtime.fileio import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

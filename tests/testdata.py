@@ -69,7 +69,8 @@ def fill(root: Path, groups: list[dict], threads: int = 8) -> int:
     Raises:
         TestDataMissing: a download failed or gave other bytes; nothing partial is left.
     """
-    from convert.fetch import DigestMismatch, download, sha256_file
+    from convert.fetch import DigestMismatch, download
+    from edge_runtime.fileio import sha256_file
 
     todo = []
     for group in groups:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edge_runtime.evaluation import IMAGE_SUFFIXES
-from edge_runtime.fileio import atomic_write
+from edge_runtime.fileio import atomic_write, sha256_file
 from edge_runtime.preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
 
 from ..errors import TrainError
@@ -66,14 +66,6 @@ def _class_of(rel: Path) -> str | None:
 def _visible_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_image(path: Path) -> tuple[str | None, str]:
@@ -185,7 +177,7 @@ def _scan_files(root: Path, files: list[Path], classes: list[str], frames_dir: P
                 out.skipped.append(f"{rel} (no decodable frame)")
                 continue
             out.clips += 1
-            digest.update(f"{rel}\0{cls}\0{_sha256_file(path)}\0stride={frame_stride}\n".encode())
+            digest.update(f"{rel}\0{cls}\0{sha256_file(path)}\0stride={frame_stride}\n".encode())
             out.items.extend((str(f), index[cls], str(rel)) for f in frames)
             continue
         if suffix not in IMAGE_SUFFIXES:
