@@ -44,15 +44,21 @@ def input_moments(model: nn.Module, convs: list[nn.Conv2d], batches: Iterable[to
 
     def hook(conv):
         def fn(_m, inp, _out):
-            x = F.unfold(inp[0], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # N, D, L
-            x = x.transpose(1, 2).reshape(-1, x.shape[1])
-            x = x[:: max(1, x.shape[0] // (max_rows * inp[0].shape[0]))]
-            sums[conv] = sums.get(conv, 0) + (x.T @ x).double()  # float32 product, float64 sum over batches
-            counts[conv] = counts.get(conv, 0) + x.shape[0]
+            add_moments(conv, inp[0], conv, sums, counts, max_rows)
         return fn
 
     observe(model, convs, hook, batches)
     return {c: sums[c] / counts[c] for c in sums}
+
+
+def add_moments(conv: nn.Conv2d, inp: torch.Tensor, key, sums: dict, counts: dict, max_rows: int) -> None:
+    """Add one batch's sum of x x^T over ``conv``'s unfolded input patches (at most ``max_rows``
+    evenly strided patches per image) to ``sums[key]``, and their number to ``counts[key]``."""
+    x = F.unfold(inp, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # N, D, L
+    x = x.transpose(1, 2).reshape(-1, x.shape[1])
+    x = x[:: max(1, x.shape[0] // (max_rows * inp.shape[0]))]
+    sums[key] = sums.get(key, 0) + (x.T @ x).double()  # float32 product, float64 sum over batches
+    counts[key] = counts.get(key, 0) + x.shape[0]
 
 
 @torch.no_grad()

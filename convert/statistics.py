@@ -12,9 +12,9 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .observe import observe
+from .rounding import add_moments
 
 
 @torch.no_grad()
@@ -37,11 +37,7 @@ def shared_statistics(model: nn.Module, batches: Iterable[torch.Tensor], percent
             v = torch.relu(out).transpose(0, 1).reshape(out.shape[1], -1)
             q = torch.quantile(v[:, :: max(1, v.shape[1] // 4096)], percentile / 100, dim=1).numpy()
             ranges[name] = np.maximum(ranges.get(name, q), q)
-            x = F.unfold(inp[0], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # N, D, L
-            x = x.transpose(1, 2).reshape(-1, x.shape[1])
-            x = x[:: max(1, x.shape[0] // (max_rows * inp[0].shape[0]))]
-            sums[name] = sums.get(name, 0) + (x.T @ x).double()  # float32 product, float64 sum over batches
-            counts[name] = counts.get(name, 0) + x.shape[0]
+            add_moments(conv, inp[0], name, sums, counts, max_rows)
         return fn
 
     observe(model, list(convs), hook, batches)
