@@ -137,38 +137,33 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _tflite(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
+def _classifier(case: Case, preprocessing=None, keep: bool = True) -> Callable[[], tuple[Predict, Any]]:
+    """A loader running ``case.path`` through the runtime's classifier (``preprocessing``: for a model
+    without its own record); ``keep``: return the classifier for the pipeline figures."""
     from .classify import Classifier
 
     def load():
-        clf = Classifier(case.path, threads=case.threads, verify=case.verify)
+        clf = Classifier(case.path, threads=case.threads, preprocessing=preprocessing, verify=case.verify)
 
         def predict(crop):
             clf.set_crop(crop)
             clf.invoke()
             return clf.logits()
-        return predict, clf
+        return predict, clf if keep else None
     return load
+
+
+def _tflite(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
+    return _classifier(case)
 
 
 def _tflite_float(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
-    """The float sibling through the runtime's classifier: its own record says RGB or BGR; a sibling
-    written before it carried one takes BGR pixels with the artifact's preprocessing."""
+    """The float sibling: its own record says RGB or BGR; a sibling written before it carried one takes
+    BGR pixels with the artifact's preprocessing."""
     import dataclasses
 
-    from .classify import Classifier
-
-    plain = dataclasses.replace(info.preprocessing, channel_order="BGR") if info else None
-
-    def load():
-        clf = Classifier(case.path, threads=case.threads, preprocessing=plain, verify=case.verify)
-
-        def predict(crop):
-            clf.set_crop(crop)
-            clf.invoke()
-            return clf.logits()
-        return predict, None
-    return load
+    return _classifier(case, dataclasses.replace(info.preprocessing, channel_order="BGR") if info else None,
+                       keep=False)
 
 
 register_runner("tflite", _tflite)
