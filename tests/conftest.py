@@ -157,15 +157,22 @@ TRAIN_SETTINGS = ["--input-size", "32", "--epochs", "2", "--val-split", "0.15", 
                   "--quiet"]
 
 
-@pytest.fixture(scope="session")
-def fmnist(tmp_path_factory) -> Path:
-    """200 training and 50 test images per class, plus one corrupt image and one stray file."""
+def fashion_mnist_subset(tmp_path_factory, name: str, train: int, test: int) -> Path:
+    """The first ``train`` / ``test`` Fashion-MNIST images of each class as class folders (the Debian
+    package's files); fails in one line when the package is missing."""
     from convert.train.fashion_mnist import DEFAULT_SOURCE, export
 
     if not (DEFAULT_SOURCE / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail(f"{DEFAULT_SOURCE} missing: install the Debian package dataset-fashion-mnist (tools/setup.sh)")
-    root = tmp_path_factory.mktemp("fmnist")
-    export(root, per_class={"train": 200, "test": 50})
+    root = tmp_path_factory.mktemp(name)
+    export(root, per_class={"train": train, "test": test})
+    return root
+
+
+@pytest.fixture(scope="session")
+def fmnist(tmp_path_factory) -> Path:
+    """200 training and 50 test images per class, plus one corrupt image and one stray file."""
+    root = fashion_mnist_subset(tmp_path_factory, "fmnist", train=200, test=50)
     (root / "train" / "Bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "train" / "Bag" / "notes.txt").write_text("not an image")
     return root

@@ -21,7 +21,7 @@ import pytest
 
 from convert.design_space.counting import macs, parameters
 from convert.models import create_model
-from convert.train.fashion_mnist import DEFAULT_SOURCE, export
+from conftest import fashion_mnist_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = "pct_3x3=0.5,0.25"
@@ -38,11 +38,7 @@ def _tool(*args, timeout=600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def fm(tmp_path_factory) -> Path:
-    if not (DEFAULT_SOURCE / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"{DEFAULT_SOURCE} missing: install the Debian package dataset-fashion-mnist (tools/setup.sh)")
-    root = tmp_path_factory.mktemp("fm-design")
-    export(root, per_class={"train": 30, "test": 20})
-    return root
+    return fashion_mnist_subset(tmp_path_factory, "fm-design", train=30, test=20)
 
 
 @pytest.fixture(scope="module")
