@@ -61,8 +61,11 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     export_onnx(folded, pp.input_size, reference)
     x = torch.from_numpy(views.transpose(0, 3, 1, 2).astype(np.float32))
     subset = x[::max(1, -(-len(x) // ROUNDING_VIEWS))]
-    progress(f"calibration statistics: one pass over {len(subset)} views")
-    ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)])
+    want_ranges, want_moments = equalize_strength > 0, weight_rounding == "gptq"
+    if want_ranges or want_moments:  # QUICK-style settings (no equalization, nearest rounding) need no pass
+        progress(f"calibration statistics: one pass over {len(subset)} views")
+    ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)],
+                                        want_ranges=want_ranges, want_moments=want_moments)
     equalized, input_scales, to_tensorflow = folded, {}, reference
     if equalize_strength > 0:
         equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)

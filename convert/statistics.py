@@ -19,14 +19,18 @@ from .rounding import add_moments
 
 @torch.no_grad()
 def shared_statistics(model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = 99.99,
-                      max_rows: int = 20_000) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+                      max_rows: int = 20_000, want_ranges: bool = True, want_moments: bool = True,
+                      ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
     """(per conv name: the max over batches of each output channel's ``percentile`` after ReLU,
-    per conv name: E[x x^T] of its unfolded input patches), from a single pass over ``batches``.
+    per conv name: E[x x^T] of its unfolded input patches), from a single pass over ``batches``;
+    ``want_ranges=False`` / ``want_moments=False`` leave that dict empty (and no pass runs without either).
 
     Patches are strided to at most ``max_rows`` per image (deterministic), as GPTQ's own statistics.
     """
     convs = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     ranges: dict[str, np.ndarray] = {}
+    if not (want_ranges or want_moments):
+        return ranges, {}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -34,10 +38,12 @@ def shared_statistics(model: nn.Module, batches: Iterable[torch.Tensor], percent
         name = convs[conv]
 
         def fn(_m, inp, out):
-            v = torch.relu(out).transpose(0, 1).reshape(out.shape[1], -1)
-            q = torch.quantile(v[:, :: max(1, v.shape[1] // 4096)], percentile / 100, dim=1).numpy()
-            ranges[name] = np.maximum(ranges.get(name, q), q)
-            add_moments(conv, inp[0], name, sums, counts, max_rows)
+            if want_ranges:
+                v = torch.relu(out).transpose(0, 1).reshape(out.shape[1], -1)
+                q = torch.quantile(v[:, :: max(1, v.shape[1] // 4096)], percentile / 100, dim=1).numpy()
+                ranges[name] = np.maximum(ranges.get(name, q), q)
+            if want_moments:
+                add_moments(conv, inp[0], name, sums, counts, max_rows)
         return fn
 
     observe(model, list(convs), hook, batches)
