@@ -178,6 +178,8 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
         raise ConvertError(f"--output-type {opts.output_type}: uint8, int8 or float32 expected")
     if opts.weight_rounding not in ("gptq", "nearest"):
         raise ConvertError(f"--weight-rounding {opts.weight_rounding}: gptq or nearest expected")
+    if opts.val is not None and not Path(opts.val).is_dir():  # its labels are checked once the classes are known
+        raise ConvertError(f"--val {opts.val}: not a folder of labelled images")
     return out
 
 

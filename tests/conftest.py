@@ -90,7 +90,7 @@ def converted(tmp_path_factory, weights_env, val500_dir, offline_env) -> dict:
     go online). Returns the report, ``report["out"]`` the int8 artifact (float ONNX and TFLite beside it).
     Gates are off here: test_report_figures checks the figures, .ci/run converts with the gates on.
     Tests that need an artifact use this one (``int8_model``); a test that must convert again uses
-    QUICK settings (see ``quick_converted``) unless it is about fidelity.
+    QUICK settings (see ``trained_converted``) unless it is about fidelity.
     """
     folder = tmp_path_factory.mktemp("artifact")
     out = folder / "squeezenet1_0_int8.tflite"
@@ -101,31 +101,11 @@ def converted(tmp_path_factory, weights_env, val500_dir, offline_env) -> dict:
 
 
 # Cheap settings for conversions that are about behaviour, not fidelity: one view per calibration photo
-# instead of eight, no equalization, TFLite's own weight rounding (one onnx2tf run instead of two), no
-# bias correction. The full settings run once per session (``converted``) and in .ci/run, whose gated
+# instead of eight, no equalization, TFLite's own weight rounding (one onnx2tf run instead of two, and
+# without equalization or GPTQ no statistics pass over the views), no bias correction. The full settings run once per session (``converted``) and in .ci/run, whose gated
 # conversion must give the suite's artifact byte for byte.
 QUICK = ("--calib-scales", "1", "--equalize", "0", "--weight-rounding", "nearest", "--bias-correction", "0",
          "--quiet")
-
-
-@pytest.fixture(scope="session")
-def val20_dir(tmp_path_factory, val500_dir) -> Path:
-    """20 labelled images of val500 (every 25th), for conversions that only need some validation."""
-    folder = tmp_path_factory.mktemp("val20")
-    for path in sorted(val500_dir.iterdir())[::25]:
-        (folder / path.name).write_bytes(path.read_bytes())
-    return folder
-
-
-@pytest.fixture(scope="session")
-def quick_converted(tmp_path_factory, weights_env, val20_dir) -> dict:
-    """The real model converted with the QUICK settings (in this process), validated on ``val20_dir``."""
-    from convert.pipeline import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("quick") / "squeezenet1_0_int8.tflite"
-    return convert(ConvertOptions(out=out, weights="deep-compression", calib_scales=(1.0,), equalize=0.0,
-                                  weight_rounding="nearest", bias_correction=0.0, val=val20_dir,
-                                  min_agreement=None, max_top1_drop=None, quiet=True))
 
 
 @pytest.fixture(scope="session")
