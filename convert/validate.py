@@ -95,15 +95,16 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
             images = find_labelled_images(val, src.wnids, src.labels)
             if val_half:
                 images = split_by_class(images, val_half)
-            fr = evaluate(images, float_predict, src.preprocessing, keep_scores=True, progress=not quiet)
-            qr = evaluate(images, int8_predict, src.preprocessing, keep_scores=True, progress=not quiet)
+            float_result = evaluate(images, float_predict, src.preprocessing, keep_scores=True, progress=not quiet)
+            int8_result = evaluate(images, int8_predict, src.preprocessing, keep_scores=True, progress=not quiet)
         except DatasetError as e:
             raise ConvertError(f"--val: {e}") from None
-        validation["val"] = {"folder": Path(val).name, "half": val_half or "all", "skipped": fr.n_skipped,
-                             "float_top5": round(fr.top5, 3), "int8_top5": round(qr.top5, 3),
-                             **labelled_figures(fr.scores, qr.scores, fr.targets)}
+        validation["val"] = {"folder": Path(val).name, "half": val_half or "all", "skipped": float_result.n_skipped,
+                             "float_top5": round(float_result.top5, 3), "int8_top5": round(int8_result.top5, 3),
+                             **labelled_figures(float_result.scores, int8_result.scores,
+                                                float_result.targets)}
         if not val_half:
-            validation["val"]["halves"] = half_figures(fr.scores, qr.scores, fr.targets)
+            validation["val"]["halves"] = half_figures(float_result.scores, int8_result.scores, float_result.targets)
     return validation
 
 

@@ -130,17 +130,17 @@ class CaptureSource:
 
     def _reopen(self, quiet: bool = False) -> Any | None:
         delay = self.backoff[0]
-        say = log.debug if quiet else log.warning
+        log_reconnect = log.debug if quiet else log.warning
         while not self._stop.is_set():
             self.stats.attempts += 1
-            say("%s: reopening (attempt %d)", self.name, self.stats.attempts)
+            log_reconnect("%s: reopening (attempt %d)", self.name, self.stats.attempts)
             cap = self._try_open()
             if cap is not None:
                 if quiet:
                     return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
                 self.stats.events.append(f"reconnected after {self.stats.attempts} attempts")
-                say("%s: reconnected", self.name)
+                log_reconnect("%s: reconnected", self.name)
                 return cap
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])

@@ -56,7 +56,7 @@ def automatic(opts: CompressOptions) -> bool:
     return opts.bits is None and opts.sparsity is None and not opts.lossless
 
 
-def budget_layers(model, record, budget: int, say=lambda m: None) -> tuple[list[sqz.SharedLayer], dict]:
+def budget_layers(model, record, budget: int, progress=lambda m: None) -> tuple[list[sqz.SharedLayer], dict]:
     """Per-layer bits and pruning fitted to ``budget`` bytes by output distortion on unlabelled views
     of the converter's calibration photos (the ones it does not hold out); no label is read."""
     import torch
@@ -74,8 +74,8 @@ def budget_layers(model, record, budget: int, say=lambda m: None) -> tuple[list[
     x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
     x = ((x.flip(1) if pixel.swap else x) - pixel.mean) * pixel.inv_std  # the bare model's input
     header = len(sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, [])))
-    say(f"choosing bits and pruning per layer for {budget:,} bytes ({len(crops)} unlabelled views)")
-    return choose_layers(model, x, budget, header, progress=say)
+    progress(f"choosing bits and pruning per layer for {budget:,} bytes ({len(crops)} unlabelled views)")
+    return choose_layers(model, x, budget, header, progress=progress)
 
 
 def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.SharedLayer]:

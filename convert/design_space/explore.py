@@ -219,7 +219,7 @@ def run_variant(opts: SweepOptions, variant: Variant, train_dir: Path, test_dir:
 # ---------------------------------------------------------------- the timing pass
 
 def time_variants(results: dict, out: Path, threads: int, rounds: int = TIMING_ROUNDS, runs: int = 100,
-                  min_seconds: float = 1.0, say=lambda m: None) -> None:
+                  min_seconds: float = 1.0, progress=lambda m: None) -> None:
     """Invoke latency of every finished variant, ``rounds`` interleaved passes in one period of time:
     p50 / p90 are the medians of the rounds' figures, peak RSS the largest (each case in a child process)."""
     rows = [r for r in results["variants"] if r.get("status") == "ok"]
@@ -233,10 +233,10 @@ def time_variants(results: dict, out: Path, threads: int, rounds: int = TIMING_R
             res = bench.run_case(bench.Case(r["name"], "tflite", str(path), threads, str(path)), runs, 10,
                                  min_seconds, None, None)
             if "error" in res:
-                say(f"timing {r['name']}: {res['error']}")
+                progress(f"timing {r['name']}: {res['error']}")
                 continue
             samples[r["name"]].append(res)
-        say(f"timing round {k + 1}/{rounds} done")
+        progress(f"timing round {k + 1}/{rounds} done")
     for r in rows:
         got = samples[r["name"]]
         r["threads"] = threads
@@ -329,7 +329,7 @@ def explore(opts: SweepOptions) -> dict:
     wanted = {v.name for v in opts.variants}
     _say(opts, f"timing every finished variant at {opts.threads} threads, {opts.timing_rounds} interleaved rounds")
     time_variants(results, Path(opts.out), opts.threads, opts.timing_rounds, opts.timing_runs,
-                  opts.timing_min_seconds, say=lambda m: _say(opts, m))
+                  opts.timing_min_seconds, progress=lambda m: _say(opts, m))
     results["wall_seconds"] = round((results.get("wall_seconds") or 0) + time.perf_counter() - t0, 1)
     results["failed"] = [r["name"] for r in results["variants"] if r.get("status") != "ok" and r["name"] in wanted]
     finish(Path(opts.out), results, opts.budget_ms)
