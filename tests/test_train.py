@@ -145,6 +145,13 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     next(iter(sorted((other / "Bag").glob("train_*.png")))).unlink()
     _fails(["--data", str(other), "--out", str(run_dir), "--resume"], capsys, "the data differ")
     _fails(["--data", str(data), "--out", str(tmp_path / "o6"), "--resume"], capsys, "no last.pt")
+    # a run still writing the folder (here: this process holds its lock, as the workers a kill -9 of
+    # torchrun leaves behind do): a resume is refused, not a second writer of the same checkpoints
+    import fcntl
+
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _fails(["--data", str(data), "--out", str(run_dir), "--resume"], capsys, "another training run is writing")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     assert not (tmp_path / "o1" / "last.pt").exists()
 

@@ -36,6 +36,35 @@ def check_out(o: TrainOptions) -> None:
     if not o.resume and has_run:
         raise TrainError(f"--out {out} already holds a training run: pass --resume to continue it, "
                          "or choose another --out (nothing is overwritten)")
+    lock_run(out)
+
+
+_LOCKS: dict[Path, object] = {}  # run folder -> the open lock file, held until release_run
+
+
+def lock_run(out: Path) -> None:
+    """Hold an exclusive lock on ``out`` until :func:`release_run` (or this process ends): a second
+    run into the same folder (a resume started while the killed run's processes still live: a kill -9
+    of torchrun leaves its workers running) is refused instead of both writing the checkpoints."""
+    import fcntl
+
+    key = out.resolve()
+    if key in _LOCKS:
+        return
+    f = open(out / ".lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise TrainError(f"--out {out}: another training run is writing to it; stop that run first "
+                         "(after a kill -9 of torchrun, its worker processes may still be running)") from None
+    _LOCKS[key] = f
+
+
+def release_run(out: Path) -> None:
+    f = _LOCKS.pop(Path(out).resolve(), None)
+    if f is not None:
+        f.close()  # closing the file releases the lock
 
 
 def record(o: TrainOptions, arch: str, classes: list[str], pp: Preprocessing, summary: dict,

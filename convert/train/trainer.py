@@ -27,7 +27,7 @@ from . import data as D
 from . import distributed, dsd, report
 from .loop import Progress, evaluate, linear_decay, train_one_epoch
 from .options import Phase, TrainOptions, options_dict, plan
-from .setup import prepare, record
+from .setup import prepare, record, release_run
 
 
 def _say(ctx, quiet: bool, msg: str) -> None:
@@ -57,6 +57,8 @@ def train(opts: TrainOptions) -> dict:
             raise TrainError(setup)
         return _run(setup, ctx)
     finally:
+        if ctx.is_main:
+            release_run(Path(opts.out))
         distributed.shutdown(ctx)
 
 
