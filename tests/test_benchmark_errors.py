@@ -1,4 +1,4 @@
-"""The benchmark's bad inputs (issue 13, finding 7): a truncated model with peers, a corrupt first
+"""The benchmark's bad inputs: a truncated model with peers, a corrupt first
 model beside a good one, an artifact whose PyTorch model is not this machine's (converted from ONNX,
 or from other weights), a stale ONNX Runtime int8 model, a bad --threads: one line or a note, never
 a traceback, never a figure that compares the wrong things."""

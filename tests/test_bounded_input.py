@@ -1,4 +1,4 @@
-"""Bounded input (issue 13, findings 4 and 7): image sizes from headers and a pixel budget, before
+"""Bounded input: image sizes from headers and a pixel budget, before
 anything is decoded; metadata parsed with bounded depth, sizes and finite numbers; one line each."""
 import contextlib
 import io

@@ -1,4 +1,4 @@
-"""The converter's bad inputs and interrupted runs (issue 13, findings 7 and 8): one line and a
+"""The converter's bad inputs and interrupted runs: one line and a
 non-zero exit, outputs checked before the long work, no mismatched siblings, no working folder left
 behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights refused."""
 import contextlib

@@ -1,4 +1,4 @@
-"""Fuzzing the converted artifact (issue 13, findings 5 and 7): a few hundred mutations of the real
+"""Fuzzing the converted artifact: a few hundred mutations of the real
 int8 model and of its metadata record, each run through the real runtime command line on a real
 photo. None may crash the process, none may end in a traceback, and none may exit 0 with another
 label than the intact model's (a damaged model must be refused, never confidently wrong).

@@ -1,5 +1,5 @@
-"""Recordings survive full storage, read-only folders, kill -9 and frames of changing size (issue 13:
-findings 1, 2, 6), with the real runtime on the real clip and photos."""
+"""Recordings survive full storage, read-only folders, kill -9 and frames of changing size, with the
+real runtime on the real clip and photos."""
 import json
 import signal
 

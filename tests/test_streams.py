@@ -1,4 +1,4 @@
-"""Network streams and stop signals (issue 13, finding 3): a real local HTTP camera that stalls with
+"""Network streams and stop signals: a real local HTTP camera that stalls with
 its connection open, drops, or never answers; SIGTERM and Ctrl-C end the runtime within 2 s in every
 state, with the recording finished and no traceback."""
 import json

@@ -70,8 +70,8 @@ if [ -n "$VAL" ]; then
   done
   echo "== the same top-1 on every interpreter (default kernels: XNNPACK where the interpreter has it)"
   # measured on x86 (AMD EPYC), three conversions: 97.8-98.8% of val500 and 95.0-96.7% of the clip's 180
-  # frames between tflite-runtime 2.14 (builtin int8 kernels) and the XNNPACK interpreters (the issue's
-  # 99.5% is not reached this way), 100% between ai-edge-litert and tf.lite
+  # frames between tflite-runtime 2.14 (builtin int8 kernels) and the XNNPACK interpreters (the project's
+  # 99.5% target is not reached this way), 100% between ai-edge-litert and tf.lite
   "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-default.json --min-agreement 0.94 --max-ties 0.005
   echo "== the same top-1 on every interpreter (builtin kernels everywhere)"
   "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-builtin.json --min-agreement 1.0 --max-ties 0.005
