@@ -100,16 +100,11 @@ def _pytorch(case, info):
 
     def load():
         torch.set_num_threads(case.threads)
-        from .pixel_model import PixelModel
+        from .torch_eval import torch_predict
         from .weights import load_model
 
-        model, record = load_model(str(torch_weights(info)))
-        pixel = PixelModel(model, record.preprocessing).eval()
-
-        def predict(crop):
-            with torch.no_grad():
-                return pixel(torch.from_numpy(crop.transpose(2, 0, 1)[None].astype(np.float32)))[0].numpy()
-        return predict, None
+        predict_batch = torch_predict(*load_model(str(torch_weights(info))))  # the evaluator's own
+        return (lambda crop: predict_batch(crop[None])[0]), None
     return load
 
 
