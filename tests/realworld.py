@@ -3,6 +3,7 @@ streams, processes stopped by signals. Needs root for mount (CI runs as root): f
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import resource
 import socket
@@ -127,6 +128,21 @@ def run_module(module: str, *args, memory_limit: int | None = None, timeout: flo
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           preexec_fn=limit if memory_limit else None)
+
+
+def convert_main(*args) -> subprocess.CompletedProcess:
+    """``python -m convert ARGS`` in this process, for bad inputs that fail before the work (the
+    libraries are imported once, not once per case; torch alone takes over a second): the exit code and
+    stderr as a child's would be, and an uncaught exception fails the test as a traceback would."""
+    from convert.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 class Process:

@@ -12,6 +12,7 @@ from convert.compress import huffman
 from convert.compress.pipeline import CompressOptions, compress
 from convert.compress.share import kmeans_share, prune_mask
 from convert.deepcompression import decode_net
+from realworld import convert_main
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +122,10 @@ def test_pruning_and_sharing():
 
 
 def test_cli_errors(tmp_path, weights_env):
-    cmd = [sys.executable, "-m", "convert", "compress"]
     for args, expect in ((["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.sqz")], "no such"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--sensitivity"], "--val"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8")):
-        proc = subprocess.run(cmd + args, capture_output=True, text=True)
+        proc = convert_main("compress", *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
     bad = tmp_path / "bad.sqz"
     bad.write_bytes(b"SQZC" + b"\x00" * 40)

@@ -15,6 +15,7 @@ from edge_runtime.classify import Classifier
 from edge_runtime.metadata import read_model_info
 
 from conftest import QUICK
+from realworld import convert_main
 
 ROOT = Path(__file__).resolve().parents[1]
 INTEGER_OPS = {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE",
@@ -122,6 +123,10 @@ def _run(args, **kw):
                           cwd=ROOT, **kw)
 
 
+def _in_process(args):
+    return convert_main("tflite", *args)
+
+
 def _one_line_error(proc):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -132,28 +137,29 @@ def _one_line_error(proc):
 
 def test_bad_inputs_give_one_line(tmp_path, weights_env):
     out = str(tmp_path / "m_int8.tflite")
+    # a real process first (what a user sees), then the other cases in this process (convert_main)
     assert "no such weights file" in _one_line_error(_run(["--weights", str(tmp_path / "nope.pth"), "--out", out]))
     corrupt = tmp_path / "bad.net"
     corrupt.write_bytes(b"\x01" * 1000)
-    assert "truncated" in _one_line_error(_run(["--weights", str(corrupt), "--out", out]))
+    assert "truncated" in _one_line_error(_in_process(["--weights", str(corrupt), "--out", out]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no images" in _one_line_error(_run(["--calib", str(empty), "--out", out]))
+    assert "no images" in _one_line_error(_in_process(["--calib", str(empty), "--out", out]))
     # checked before the work, not after minutes of it
-    assert _one_line_error(_run(["--val", str(tmp_path / "nowhere"), "--out", out])) == \
+    assert _one_line_error(_in_process(["--val", str(tmp_path / "nowhere"), "--out", out])) == \
         f"error: --val {tmp_path / 'nowhere'}: not a folder of labelled images"
     few = tmp_path / "few"
     few.mkdir()
     for f in sorted((ROOT / "calib_data").glob("*.jpg"))[:5]:
         (few / f.name).write_bytes(f.read_bytes())
     (few / "broken.jpg").write_bytes(b"garbage")
-    assert "at least 20 expected" in _one_line_error(_run(["--calib", str(few), "--out", out]))
+    assert "at least 20 expected" in _one_line_error(_in_process(["--calib", str(few), "--out", out]))
     locked = tmp_path / "locked"
     locked.mkdir()
     with _unwritable(locked):
         out_locked = str(locked / "m_int8.tflite")
-        assert _one_line_error(_run(["--out", out_locked])) == f"error: {out_locked}: output path is not writable"
-    assert "not found" in _one_line_error(_run(["--onnx", str(tmp_path / "none.onnx"), "--out", out]))
+        assert _one_line_error(_in_process(["--out", out_locked])) == f"error: {out_locked}: output path is not writable"
+    assert "not found" in _one_line_error(_in_process(["--onnx", str(tmp_path / "none.onnx"), "--out", out]))
 
 
 def test_non_classifier_onnx(tmp_path):
@@ -165,11 +171,11 @@ def test_non_classifier_onnx(tmp_path):
 
     path = tmp_path / "seg.onnx"
     torch.onnx.export(Seg(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False)
-    err = _one_line_error(_run(["--onnx", str(path), "--out", str(tmp_path / "x_int8.tflite")]))
+    err = _one_line_error(_in_process(["--onnx", str(path), "--out", str(tmp_path / "x_int8.tflite")]))
     assert "output of shape [1, 3, 16, 16]: 1xN class scores expected for an image classifier" in err, err
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    assert "not a valid ONNX" in _one_line_error(_run(["--onnx", str(tmp_path / "junk.onnx"),
-                                                       "--out", str(tmp_path / "y_int8.tflite")]))
+    assert "not a valid ONNX" in _one_line_error(_in_process(["--onnx", str(tmp_path / "junk.onnx"),
+                                                             "--out", str(tmp_path / "y_int8.tflite")]))
 
 
 def test_gate_failure_keeps_the_previous_artifact(tmp_path, run_dir):

@@ -1,8 +1,6 @@
 """The converter's bad inputs and interrupted runs: one line and a
 non-zero exit, outputs checked before the long work, no mismatched siblings, no working folder left
 behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights refused."""
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -12,25 +10,11 @@ import numpy as np
 import pytest
 
 from edge_runtime.fileio import atomic_write, atomic_write_many
-from realworld import ROOT, Process, run_module, small_filesystem, wait_for
+from realworld import ROOT, Process, convert_main as _main, run_module, small_filesystem, wait_for
 
 
 def _convert(*args):
     return run_module("convert", *args)
-
-
-def _main(*args) -> subprocess.CompletedProcess:
-    """``python -m convert`` in this process (one import of the libraries for many bad inputs): an
-    uncaught exception fails the test as a traceback would."""
-    from convert.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as e:  # argparse
-            rc = e.code
-    return subprocess.CompletedProcess(args, rc, "", err.getvalue())
 
 
 def _one_error(proc) -> str:

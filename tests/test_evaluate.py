@@ -7,6 +7,7 @@ import pytest
 
 from convert.torch_eval import evaluate_torch
 from edge_runtime.evaluation import DatasetError, find_labelled_images
+from realworld import convert_main
 
 
 def test_deep_compression_accuracy_on_val500(float_model, val500_dir):
@@ -45,9 +46,8 @@ def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert result["images"] == 20 and 0 <= result["top1"] <= result["top5"] <= 100
-    bad = subprocess.run(cmd[:4] + ["--weights", str(tmp_path / "missing.pth"), "--val", str(val500_dir)],
-                         capture_output=True, text=True)
+    bad = convert_main("evaluate", "--weights", tmp_path / "missing.pth", "--val", val500_dir)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
-    empty = subprocess.run(cmd[:6] + ["--val", str(tmp_path)], capture_output=True, text=True)
+    empty = convert_main("evaluate", "--weights", "deep-compression", "--val", tmp_path)
     assert empty.returncode == 2 and "no labelled images" in empty.stderr and "Traceback" not in empty.stderr

@@ -1,14 +1,10 @@
 """One flag vocabulary (edge_runtime/flags.py) across python -m convert, python -m edge_runtime and tools/."""
 import argparse
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from edge_runtime import flags
-
-ROOT = Path(__file__).resolve().parents[1]
+from realworld import convert_main
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -77,13 +73,11 @@ def test_old_spellings_work_for_one_release(argv, old, new, capsys):
 
 
 def test_flags_that_do_not_apply_are_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "convert", "tflite", "--weights", "deep-compression", "--mean",
-                           "1,2,3", "--channel-order", "BGR", "--out", str(tmp_path / "x_int8.tflite")],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = convert_main("tflite", "--weights", "deep-compression", "--mean", "1,2,3", "--channel-order", "BGR",
+                        "--out", tmp_path / "x_int8.tflite")
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --channel-order, --mean: only with --onnx (the weights' record gives their labels and preprocessing)")
-    proc = subprocess.run([sys.executable, "-m", "convert", "tflite", "--onnx", str(tmp_path / "m.onnx"), "--arch",
-                           "squeezenet1_1", "--out", str(tmp_path / "x_int8.tflite")], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = convert_main("tflite", "--onnx", tmp_path / "m.onnx", "--arch", "squeezenet1_1",
+                        "--out", tmp_path / "x_int8.tflite")
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --arch: only with --weights (an ONNX file carries its own architecture)")
