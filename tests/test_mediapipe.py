@@ -4,12 +4,6 @@ project venv's cv2) loads the converted model, reports its class names and decid
 as this project's runtime: on all 500 val500 images for the ImageNet model and for its float sibling,
 and on the 500 test images of a model trained with ``python -m convert train`` (its own class names,
 converted from ``best.pt`` with no other flag).
-
-
-as this project's runtime on all 500 val500 images, with the int8 artifact and with its float
-sibling. (A model trained with ``python -m convert
-train`` is next: today the converter stops on it with "failed to create XNNPACK runtime", at 32 and
-at 64 pixels, before the output stage.)
 """
 from __future__ import annotations
 
