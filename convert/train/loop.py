@@ -65,7 +65,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     correct = images = 0
     t0 = time.perf_counter()
     for x, y in loader:
-        x = x.to(ctx.device, non_blocking=True).float()
+        x = x.to(ctx.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
         y = y.to(ctx.device, non_blocking=True)
         logits = model(x)
         loss = criterion(logits, y)
@@ -98,7 +98,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, ctx: DistContext,
     c1 = c5 = 0
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.float64)
     for x, y in loader:
-        x = x.to(ctx.device).float()
+        x = x.to(ctx.device).float().contiguous(memory_format=torch.channels_last)
         y = y.to(ctx.device)
         logits = model(x)
         loss_sum += criterion(logits, y).double().cpu()
