@@ -134,31 +134,22 @@ def test_cli_errors(tmp_path, weights_env):
     assert proc.returncode == 2 and "checksum" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_size_budget_is_honoured_without_labels(tmp_path, weights_env):
+def test_size_budget_is_honoured_without_labels(tmp_path, weights_env, monkeypatch):
     """Bits and pruning chosen per layer, from output distortion on unlabelled calibration views, fit the
-    budget exactly as the written container counts it (4 views here to stay fast; the CLI uses 32)."""
-    import torch
-
-    from convert.calibration import load_views
-    from convert.calibration_data import default_calib_dir, list_calibration_images
-    from convert.compress.budget import choose_layers
-    from convert.compress.pipeline import _record_key
+    budget exactly as the written container counts it (the CLI's own path, 4 views here to stay fast;
+    the CLI uses 32)."""
+    from convert.compress import pipeline
     from convert.errors import ConvertError
-    from convert.pixel_model import PixelModel
     from convert.weights import load_model
 
+    monkeypatch.setattr(pipeline, "BUDGET_VIEWS", 4)
     model, record = load_model("deep-compression")
-    photos = list_calibration_images(default_calib_dir())[0][:4]
-    crops, _ = load_views(photos, record.preprocessing, scales=(1.0,), mirror=False)
-    pixel = PixelModel(model, record.preprocessing)
-    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
-    x = ((x.flip(1) if pixel.swap else x) - pixel.mean) * pixel.inv_std
-    header = len(sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, [])))
     budget = 490_000
-    layers, summary = choose_layers(model, x, budget, header)
-    data = sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, layers))
+    layers, summary = pipeline.budget_layers(model, record, budget)
+    data = sqz.encode(sqz.Container(pipeline._record_key(record), record.arch, record.num_classes, layers))
     assert len(data) <= budget and len(data) == summary["estimated_bytes"], (len(data), summary)
     chosen = {(l["bits"], l["extra_pruning"]) for l in summary["layers"].values()}
     assert len(chosen) > 1 and (8, 0.0) in chosen  # layer by layer: some stay at 8 bits, some give way
+    monkeypatch.setattr(pipeline, "BUDGET_VIEWS", 2)
     with pytest.raises(ConvertError, match="smallest allowed"):
-        choose_layers(model, x[:2], 60_000, header)
+        pipeline.budget_layers(model, record, 60_000)

@@ -61,14 +61,12 @@ def budget_layers(model, record, budget: int, progress=lambda m: None) -> tuple[
     of the converter's calibration photos (the ones it does not hold out); no label is read."""
     import torch
 
-    from ..calibration import load_views
+    from ..calibration import calibration_set
     from ..calibration_data import default_calib_dir
-    from ..pipeline import _calibration_sets
     from ..pixel_model import PixelModel
     from .budget import choose_layers
 
-    used, _, _ = _calibration_sets(default_calib_dir(), record.preprocessing)
-    crops, _ = load_views(used, record.preprocessing, scales=(1.0, 1.3))
+    crops = calibration_set(default_calib_dir(), record.preprocessing, scales=(1.0, 1.3)).views
     crops = crops[::max(1, -(-len(crops) // BUDGET_VIEWS))]
     pixel = PixelModel(model, record.preprocessing)
     x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
