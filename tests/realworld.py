@@ -145,6 +145,15 @@ def convert_main(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed command: a non-zero exit, no traceback, exactly one line on stderr
+    that starts with ``error:`` (or argparse's ``PROG: error:``), returned."""
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:") or ": error: " in line]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
 class Process:
     """A ``python -m edge_runtime``/``convert`` process whose output is collected as it comes (so a
     chatty process never blocks on a full pipe), stopped by a signal and timed."""

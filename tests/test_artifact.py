@@ -12,6 +12,7 @@ import pytest
 
 from edge_runtime.classify import Classifier, ModelError
 from edge_runtime.metadata import read_model_info
+from realworld import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,13 +197,6 @@ def _cli(*args: str) -> "subprocess.CompletedProcess":
                           timeout=600)
 
 
-def _one_line(proc) -> str:
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    return errors[0]
-
-
 def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500_dir, tmp_path, sample_clip):
     """The three command lines refuse 16 flipped weight bytes with one line and a non-zero exit;
     --no-verify runs them anyway."""
@@ -216,7 +210,7 @@ def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500
     benchmark = ["-m", "tools.benchmark", "--model", bad, "--runs", "2", "--warmup", "0", "--min-seconds", "0",
                  "--threads", "1"]
     for argv in (runtime, evaluator, benchmark):
-        assert "integrity check failed" in _one_line(_cli(*argv)), argv
+        assert "integrity check failed" in one_error_line(_cli(*argv)), argv
         ok = _cli(*argv, "--no-verify")
         assert ok.returncode == 0, (argv, ok.stderr[-2000:])
     good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--val", images, "--json").stdout)

@@ -15,7 +15,7 @@ from edge_runtime.classify import Classifier
 from edge_runtime.metadata import read_model_info
 
 from conftest import QUICK
-from realworld import convert_main
+from realworld import convert_main, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 INTEGER_OPS = {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "MEAN", "PAD", "RESHAPE", "QUANTIZE",
@@ -127,39 +127,31 @@ def _in_process(args):
     return convert_main("tflite", *args)
 
 
-def _one_line_error(proc):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    return errors[0]
-
-
 def test_bad_inputs_give_one_line(tmp_path, weights_env):
     out = str(tmp_path / "m_int8.tflite")
     # a real process first (what a user sees), then the other cases in this process (convert_main)
-    assert "no such weights file" in _one_line_error(_run(["--weights", str(tmp_path / "nope.pth"), "--out", out]))
+    assert "no such weights file" in one_error_line(_run(["--weights", str(tmp_path / "nope.pth"), "--out", out]))
     corrupt = tmp_path / "bad.net"
     corrupt.write_bytes(b"\x01" * 1000)
-    assert "truncated" in _one_line_error(_in_process(["--weights", str(corrupt), "--out", out]))
+    assert "truncated" in one_error_line(_in_process(["--weights", str(corrupt), "--out", out]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no images" in _one_line_error(_in_process(["--calib", str(empty), "--out", out]))
+    assert "no images" in one_error_line(_in_process(["--calib", str(empty), "--out", out]))
     # checked before the work, not after minutes of it
-    assert _one_line_error(_in_process(["--val", str(tmp_path / "nowhere"), "--out", out])) == \
+    assert one_error_line(_in_process(["--val", str(tmp_path / "nowhere"), "--out", out])) == \
         f"error: --val {tmp_path / 'nowhere'}: not a folder of labelled images"
     few = tmp_path / "few"
     few.mkdir()
     for f in sorted((ROOT / "calib_data").glob("*.jpg"))[:5]:
         (few / f.name).write_bytes(f.read_bytes())
     (few / "broken.jpg").write_bytes(b"garbage")
-    assert "at least 20 expected" in _one_line_error(_in_process(["--calib", str(few), "--out", out]))
+    assert "at least 20 expected" in one_error_line(_in_process(["--calib", str(few), "--out", out]))
     locked = tmp_path / "locked"
     locked.mkdir()
     with _unwritable(locked):
         out_locked = str(locked / "m_int8.tflite")
-        assert _one_line_error(_in_process(["--out", out_locked])) == f"error: {out_locked}: output path is not writable"
-    assert "not found" in _one_line_error(_in_process(["--onnx", str(tmp_path / "none.onnx"), "--out", out]))
+        assert one_error_line(_in_process(["--out", out_locked])) == f"error: {out_locked}: output path is not writable"
+    assert "not found" in one_error_line(_in_process(["--onnx", str(tmp_path / "none.onnx"), "--out", out]))
 
 
 def test_non_classifier_onnx(tmp_path):
@@ -171,10 +163,10 @@ def test_non_classifier_onnx(tmp_path):
 
     path = tmp_path / "seg.onnx"
     torch.onnx.export(Seg(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False)
-    err = _one_line_error(_in_process(["--onnx", str(path), "--out", str(tmp_path / "x_int8.tflite")]))
+    err = one_error_line(_in_process(["--onnx", str(path), "--out", str(tmp_path / "x_int8.tflite")]))
     assert "output of shape [1, 3, 16, 16]: 1xN class scores expected for an image classifier" in err, err
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    assert "not a valid ONNX" in _one_line_error(_in_process(["--onnx", str(tmp_path / "junk.onnx"),
+    assert "not a valid ONNX" in one_error_line(_in_process(["--onnx", str(tmp_path / "junk.onnx"),
                                                              "--out", str(tmp_path / "y_int8.tflite")]))
 
 
@@ -186,7 +178,7 @@ def test_gate_failure_keeps_the_previous_artifact(tmp_path, run_dir):
     # every one of 300 images must agree: QUICK settings on this 32x32 run (about 3% ties) do not reach that
     proc = _run(["--weights", str(run_dir / "best.pt"), "--out", str(out), *QUICK, "--min-agreement", "1",
                  "--report", str(tmp_path / "r.json")])
-    err = _one_line_error(proc)
+    err = one_error_line(proc)
     report = json.loads((tmp_path / "r.json").read_text())
     agreement = report["validation"]["val"]["agreement"]
     assert agreement < 100 and report["gates"]["failed"][0] == f"top-1 agreement {agreement:.1f}% < 100.0%"
@@ -294,6 +286,6 @@ def test_a_model_onnx2tf_converts_wrongly_gives_one_line(tmp_path):
 
     path = tmp_path / "flips.onnx"
     torch.onnx.export(FlipsChannels().eval(), torch.zeros(1, 3, 64, 64), str(path), dynamo=False)
-    err = _one_line_error(_run(["--onnx", str(path), "--out", str(tmp_path / "flips_int8.tflite"), *QUICK]))
+    err = one_error_line(_run(["--onnx", str(path), "--out", str(tmp_path / "flips_int8.tflite"), *QUICK]))
     assert err.startswith("error: onnx2tf changed what the model computes: its float TFLite differs"), err
     assert not list(tmp_path.glob("flips_*.tflite"))

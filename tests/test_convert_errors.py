@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from edge_runtime.fileio import atomic_write, atomic_write_many
-from realworld import ROOT, Process, convert_main as _main, run_module, small_filesystem, wait_for
+from realworld import ROOT, Process, convert_main as _main, one_error_line, run_module, small_filesystem, wait_for
 
 
 def _convert(*args):
     return run_module("convert", *args)
-
-
-def _one_error(proc) -> str:
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 def _tiny_onnx(path: Path, classes: int = 10, declared: int | None = None) -> Path:
@@ -48,17 +41,17 @@ def _tiny_onnx(path: Path, classes: int = 10, declared: int | None = None) -> Pa
 
 def test_out_is_a_folder_or_unwritable_fails_before_any_work(tmp_path):
     (tmp_path / "taken.tflite").mkdir()
-    err = _one_error(_main("tflite", "--out", tmp_path / "taken.tflite"))
+    err = one_error_line(_main("tflite", "--out", tmp_path / "taken.tflite"))
     assert "is a folder" in err
     (tmp_path / "m_float.onnx").mkdir()  # a sibling in the way
-    assert "m_float.onnx: is a folder" in _one_error(_main("tflite", "--out", tmp_path / "m_int8.tflite"))
+    assert "m_float.onnx: is a folder" in one_error_line(_main("tflite", "--out", tmp_path / "m_int8.tflite"))
     with small_filesystem(tmp_path / "ro", "1m", read_only=True) as ro:
-        assert "not writable" in _one_error(_main("tflite", "--out", ro / "m.tflite"))
+        assert "not writable" in one_error_line(_main("tflite", "--out", ro / "m.tflite"))
 
 
 def test_full_storage_fails_before_the_long_work(weights_env, tmp_path):
     with small_filesystem(tmp_path / "sd", "2m") as sd:
-        err = _one_error(_main("tflite", "--weights", "deep-compression", "--out", sd / "m_int8.tflite"))
+        err = one_error_line(_main("tflite", "--weights", "deep-compression", "--out", sd / "m_int8.tflite"))
         assert "MB free, about" in err and "MB needed" in err
         assert not list(sd.iterdir())
 
@@ -71,12 +64,12 @@ def test_bad_flag_values_give_one_line(tmp_path):
                  ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "f=y"]):
         proc = _main(*args)
         assert proc.returncode == 2, (args, proc.stderr)
-        _one_error(proc)
+        one_error_line(proc)
     assert not list(tmp_path.glob("*.sqz")) and not list(tmp_path.glob("*.tflite"))
 
 
 def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path):
-    err = _one_error(_main("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz",
+    err = one_error_line(_main("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz",
                               "--val", tmp_path / "no_such_folder"))
     assert "--val" in err and "not a folder" in err
     assert not (tmp_path / "c.sqz").exists()
@@ -84,7 +77,7 @@ def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path
 
 def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
     liar = _tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
-    err = _one_error(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))
+    err = one_error_line(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))
     assert "declares an output of shape (1, 5), running it gives (1, 10)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.onnx"]
 
@@ -109,7 +102,7 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     few.mkdir()
     for name in ("skimage_coffee.jpg", "opencv_orange.jpg", "opencv_baboon.jpg"):
         (few / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
-    err = _one_error(_convert("tflite", "--onnx", model, "--out", out, "--calib", few))
+    err = one_error_line(_convert("tflite", "--onnx", model, "--out", out, "--calib", few))
     assert "at least 20 expected" in err
     assert not list(tmp_path.glob(".convert-*"))  # removed by the next run
     assert out.read_bytes() == b"an earlier artifact"
@@ -160,7 +153,7 @@ def test_non_finite_weights_are_refused(dc_net_file, weights_env, tmp_path):
     bad.write_bytes(sqz.encode(sqz.Container("deep-compression", "squeezenet1_0", 1000, layers)))
     with pytest.raises(sqz.ContainerError, match="NaN or Inf"):
         sqz.decode(bad.read_bytes())
-    err = _one_error(_main("evaluate", "--weights", bad, "--val", ROOT / "calib_data"))
+    err = one_error_line(_main("evaluate", "--weights", bad, "--val", ROOT / "calib_data"))
     assert "NaN or Inf" in err
     state = model.state_dict()
     state["features.0.bias"][0] = float("inf")
