@@ -137,13 +137,16 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _classifier(case: Case, preprocessing=None, keep: bool = True) -> Callable[[], tuple[Predict, Any]]:
+def _classifier(case: Case, preprocessing=None, keep: bool = True,
+                xnnpack: bool = False) -> Callable[[], tuple[Predict, Any]]:
     """A loader running ``case.path`` through the runtime's classifier (``preprocessing``: for a model
-    without its own record); ``keep``: return the classifier for the pipeline figures."""
+    without its own record); ``keep``: return the classifier for the pipeline figures; ``xnnpack``:
+    XNNPACK kernels instead of TFLite's builtin ones."""
     from .classify import Classifier
 
     def load():
-        clf = Classifier(case.path, threads=case.threads, preprocessing=preprocessing, verify=case.verify)
+        clf = Classifier(case.path, threads=case.threads, preprocessing=preprocessing, verify=case.verify,
+                         xnnpack=xnnpack)
 
         def predict(crop):
             clf.set_crop(crop)
@@ -157,16 +160,22 @@ def _tflite(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
     return _classifier(case)
 
 
+def _tflite_xnnpack(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
+    """The int8 artifact on XNNPACK's kernels (faster where the interpreter has them; ~2% of decisions differ)."""
+    return _classifier(case, xnnpack=True)
+
+
 def _tflite_float(case: Case, info) -> Callable[[], tuple[Predict, Any]]:
-    """The float sibling: its own record says RGB or BGR; a sibling written before it carried one takes
-    BGR pixels with the artifact's preprocessing."""
+    """The float sibling, on XNNPACK (no int8 rounding to keep exact): its own record says RGB or BGR; a
+    sibling written before it carried one takes BGR pixels with the artifact's preprocessing."""
     import dataclasses
 
     return _classifier(case, dataclasses.replace(info.preprocessing, channel_order="BGR") if info else None,
-                       keep=False)
+                       keep=False, xnnpack=True)
 
 
 register_runner("tflite", _tflite)
+register_peer(Peer("tflite-xnnpack", "edge_runtime.bench", lambda int8: int8), _tflite_xnnpack)
 register_peer(Peer("tflite-fp32", "edge_runtime.bench", lambda int8: sibling(int8, "float_tflite")), _tflite_float)
 
 

@@ -51,14 +51,16 @@ def backend_version(name: str) -> str:
 
 
 def create_interpreter(model_path: str, threads: int | None = None, edgetpu: bool = False,
-                       backend: str | None = None, builtin_kernels: bool = False) -> tuple[Any, str]:
+                       backend: str | None = None, xnnpack: bool = False) -> tuple[Any, str]:
     """An allocated interpreter for ``model_path`` and the backend name.
 
-    XNNPACK is applied by the interpreter's default op resolver. With ``builtin_kernels`` it is not:
-    TFLite's builtin kernels run every op (slower; they round the same in ai-edge-litert,
-    tflite-runtime 2.14 and tf.lite, while XNNPACK's int8 requantization rounds once where the
-    builtin kernels round twice, so a few decisions differ between the two families). With
-    ``edgetpu`` the Edge TPU delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable
+    TFLite's builtin kernels run every op: they compute the int8 reference arithmetic (a fixed-point
+    multiply, then a rounding shift), bit for bit the same in ai-edge-litert, tflite-runtime 2.14 (which runs
+    int8 on them even by default: its XNNPACK takes float ops only) and tf.lite, so the decision the converter
+    validated is the one every device makes. With ``xnnpack`` the interpreter's default resolver applies
+    XNNPACK where it has it (ai-edge-litert, tf.lite): about twice as fast for int8 on x86, but it
+    requantizes with one float rounding, and about 2% of decisions differ from the builtin kernels'.
+    With ``edgetpu`` the Edge TPU delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable
     says why it cannot be.
 
     Raises:
@@ -78,7 +80,7 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
                 "runtime (libedgetpu1-std) and plug in the device, or run without --edgetpu") from None
     try:
         kwargs = {}
-        if builtin_kernels:
+        if not xnnpack:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         interp = Interpreter(model_path=str(model_path), num_threads=threads,
                              experimental_delegates=delegates or None, **kwargs)

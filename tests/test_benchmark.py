@@ -23,7 +23,7 @@ def bench_run(int8_model, tmp_path_factory, val500_dir, sample_clip, weights_env
     for f in sorted(val500_dir.iterdir())[:20]:
         (images / f.name).write_bytes(f.read_bytes())
     proc = _bench("--model", int8_model, "--model", out / "missing.tflite", "--threads", "1,2", "--runs", "20",
-                  "--min-seconds", "0.2", "--warmup", "2", "--peers", "tflite-fp32,onnxruntime,opencv-dnn",
+                  "--min-seconds", "0.2", "--warmup", "2", "--peers", "tflite-xnnpack,tflite-fp32,onnxruntime,opencv-dnn",
                   "--val", images, "--source", sample_clip, "--report", out / "b.json", "--csv", out / "b.csv",
                   "--plot", out / "b.png")
     return proc, out, images
@@ -35,8 +35,8 @@ def test_figures_are_sane(bench_run, int8_model):
     assert "missing.tflite: model file not found" in proc.stderr and "Traceback" not in proc.stderr
     data = json.loads((out / "b.json").read_text())
     ok = [r for r in data["results"] if "error" not in r]
-    assert len(ok) == 8  # ... and everything else is still measured: 2 int8 + 3 peers x 2 threads
-    assert len(data["results"]) == 10
+    assert len(ok) == 10  # ... and everything else is still measured: 2 int8 + 4 peers x 2 threads
+    assert len(data["results"]) == 12
     for r in ok:
         L = r["latency_ms"]
         assert L["count"] >= 20 and 0 < L["min"] <= L["p50"] <= L["p90"] <= L["p99"] <= L["max"]
@@ -46,13 +46,15 @@ def test_figures_are_sane(bench_run, int8_model):
         assert r["accuracy"]["images"] == 20 and 0 <= r["accuracy"]["top1"] <= r["accuracy"]["top5"] <= 100
     first = ok[0]
     assert first["agreement"] == 100.0 and first["pipeline"]["frames"] == 180 and first["pipeline"]["fps"] > 0
+    xnnpack = [r for r in ok if r["runtime"] == "tflite-xnnpack"]  # the same file, rounded by XNNPACK
+    assert len(xnnpack) == 2 and all(r["agreement"] >= 85.0 and r["size_bytes"] == first["size_bytes"] for r in xnnpack)
     m = data["machine"]
     assert m["cores"] and m["interpreter"] and isinstance(m["isa"], list)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "model name" in cpuinfo:  # x86: the CPU's name, not the family's model number printed above it
         assert m["cpu"] in cpuinfo and not m["cpu"].isdigit(), m["cpu"]
     rows = list(csv.DictReader(open(out / "b.csv")))
-    assert len(rows) == 10 and (out / "b.png").stat().st_size > 10_000
+    assert len(rows) == 12 and (out / "b.png").stat().st_size > 10_000
 
 
 def test_accuracy_equals_the_evaluator(bench_run, int8_model):
@@ -119,4 +121,4 @@ def test_peers_are_found_through_the_artifacts_metadata(int8_model, tmp_path):
     cases, notes = build_cases([bare], [1], ["onnxruntime", "nope"])
     assert [c.runtime for c in cases] == ["tflite"]
     assert notes == ["peer onnxruntime skipped: bare.tflite records no float_onnx sibling (convert it again to keep one)",
-                     "unknown peer 'nope': one of tflite-fp32, onnxruntime, onnxruntime-int8, opencv-dnn, pytorch"]
+                     "unknown peer 'nope': one of tflite-xnnpack, tflite-fp32, onnxruntime, onnxruntime-int8, opencv-dnn, pytorch"]

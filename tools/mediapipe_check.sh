@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prove a stock client reads the artifact: MediaPipe Tasks' ImageClassifier (pinned, in its own venv:
 # mediapipe brings opencv-contrib-python, which would overwrite the workstation venv's cv2) loads
-# MODEL, reports its class names, and decides the same top-1 as this project's runtime on VAL_DIR.
+# MODEL, reports its class names, and decides the same top-1 as this project's runtime on VAL_DIR (both
+# on XNNPACK).
 # Usage: tools/mediapipe_check.sh MODEL.tflite VAL_DIR [WORKDIR] [MIN_AGREEMENT]
 #   (MEDIAPIPE_VENV: the venv to use, default build/mediapipe-env/venv, built by tools/mediapipe_env.sh)
 set -euo pipefail
@@ -15,7 +16,10 @@ mkdir -p "$WORK"
 venv=${MEDIAPIPE_VENV:-build/mediapipe-env/venv}  # one venv for every check, built once (tools/setup.sh does)
 bash tools/mediapipe_env.sh "$venv"
 PYTHONPATH="$PWD" "$venv/bin/python" -m tools.mediapipe_classify --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
-PYTHONPATH="$PWD" "$RUNTIME_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" --out "$WORK/top1-runtime.json"
+# MediaPipe's CPU inference applies XNNPACK, which rounds int8 layers differently from TFLite's builtin
+# kernels (the runtime's default): compare it with the runtime on the same kernels (--xnnpack)
+PYTHONPATH="$PWD" "$RUNTIME_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" --xnnpack \
+  --out "$WORK/top1-runtime.json"
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" - "$MODEL" "$WORK/top1-mediapipe.json" <<'PY'
 import json, sys
 from edge_runtime.metadata import read_model_info
