@@ -14,16 +14,16 @@ EXAMPLES = """examples:
       --val ../shared/imagenet/val500
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_440k.sqz --size-budget 440000
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_6bit.sqz --bits 6 \\
-      --finetune-images calib_data --val ../shared/imagenet/val500
+      --finetune-images photos/ --val ../shared/imagenet/val500
   python -m convert tflite --weights build/squeezenet1_0_8bit.sqz --out build/squeezenet1_0_8bit_int8.tflite
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code into a .sqz file",
-                       description="Magnitude pruning, per-layer k-means weight sharing, optional centroid "
-                                   "fine-tuning by distillation, and Huffman coding into a .sqz container that "
-                                   "`evaluate` and `tflite` accept as --weights.",
+                       description="Magnitude pruning, per-layer k-means weight sharing, centroid fine-tuning "
+                                   "by distillation on unlabelled photos, and Huffman coding into a .sqz container "
+                                   "that `evaluate` and `tflite` accept as --weights.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="named weights or a weights file (.net, .pth, .sqz)")
     p.add_argument("--out", required=True, type=Path, help="the .sqz container to write")
@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "'8,classifier.1=6,features.12=7'")
     p.add_argument("--sparsity", help="extra pruning per layer prefix, e.g. 'features.12.expand3x3=0.8'")
     p.add_argument("--lossless", action="store_true", help="keep a .net release's codebooks and codes (Huffman only)")
-    p.add_argument("--finetune-images", type=Path, help="unlabelled photos for centroid fine-tuning by distillation")
-    p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default 150)")
+    p.add_argument("--finetune-images", type=Path,
+                   help="unlabelled photos for centroid fine-tuning by distillation from the uncompressed model "
+                        "(default: the converter's calibration photos)")
+    p.add_argument("--finetune-steps", type=int, default=150,
+                   help="fine-tuning steps (default 150; 0: none). Not with --lossless")
     p.add_argument("--val", type=Path, help="labelled images: report float and compressed top-1")
     p.add_argument("--sensitivity", action="store_true", help="print the per-layer sensitivity table (needs --val)")
     p.add_argument("--sensitivity-limit", type=positive_int, default=100,

@@ -49,7 +49,7 @@ def goal(tmp_path_factory, weights_env, val500_dir):
     folder = tmp_path_factory.mktemp("goal")
     out = folder / "c.sqz"
     assert main(["compress", "--weights", "deep-compression", "--out", str(out), "--bits",
-                 "8,features.12=7,features.10=7", "--val", str(val500_dir), "--tflite", str(folder / "c_int8.tflite"),
+                 "8,features.12=7,features.10=7", "--finetune-steps", "0", "--val", str(val500_dir), "--tflite", str(folder / "c_int8.tflite"),
                  "--report", str(folder / "c.json"), "--quiet"]) == 0
     return out, json.loads((folder / "c.json").read_text())
 
@@ -124,7 +124,11 @@ def test_pruning_and_sharing():
 def test_cli_errors(tmp_path, weights_env):
     for args, expect in ((["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.sqz")], "no such"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--sensitivity"], "--val"),
-                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8")):
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
+                           "--finetune-images", str(tmp_path)], "not with --lossless"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--finetune-steps", "-1"],
+                          "0 (no fine-tuning) or more")):
         proc = convert_main("compress", *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
     bad = tmp_path / "bad.sqz"
@@ -153,3 +157,37 @@ def test_size_budget_is_honoured_without_labels(tmp_path, weights_env, monkeypat
     monkeypatch.setattr(pipeline, "BUDGET_VIEWS", 2)
     with pytest.raises(ConvertError, match="smallest allowed"):
         pipeline.budget_layers(model, record, 60_000)
+
+
+def test_centroid_finetuning_moves_the_compressed_model_towards_the_uncompressed_one(weights_env):
+    """Distillation on unlabelled views (the default of compress): the class probabilities come closer to
+    the uncompressed model's, only codebooks change (codes as they were) and pruned weights stay 0."""
+    import torch
+
+    from convert.calibration import load_views
+    from convert.calibration_data import default_calib_dir, list_calibration_images
+    from convert.compress.finetune import finetune_centroids
+    from convert.compress.pipeline import _apply, shared_layers
+    from convert.pixel_model import PixelModel
+    from convert.weights import load_model
+
+    model, record = load_model("deep-compression")
+    layers = shared_layers(model, "deep-compression", CompressOptions(weights="deep-compression", out="x.sqz", bits="5"))
+    crops, _ = load_views(list_calibration_images(default_calib_dir())[0][:4], record.preprocessing,
+                          scales=(1.0,), mirror=False)
+    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+    teacher = PixelModel(model, record.preprocessing).eval()
+
+    def kl(layers_) -> float:
+        with torch.no_grad():
+            p = torch.log_softmax(teacher(x), 1)
+            q = torch.log_softmax(PixelModel(_apply(model, layers_), record.preprocessing).eval()(x), 1)
+        return float((p.exp() * (p - q)).sum(1).mean())
+
+    tuned = finetune_centroids(PixelModel(_apply(model, layers), record.preprocessing), teacher, layers, crops,
+                               steps=15, batch=4, progress=False)
+    assert kl(tuned) < 0.8 * kl(layers), (kl(tuned), kl(layers))
+    for before, after in zip(layers, tuned):
+        assert np.array_equal(before.codes, after.codes) and after.codebook[0] == 0.0
+        assert np.array_equal(after.weight() == 0, before.weight() == 0)
+    assert any(not np.array_equal(b.codebook, a.codebook) for b, a in zip(layers, tuned))

@@ -28,8 +28,8 @@ class CompressOptions:
     size_budget: int = DEFAULT_BUDGET  # bytes of the container when bits and sparsity are chosen automatically
     sparsity: str | None = None  # "features.12.expand3x3=0.8,..." extra pruning (fraction of zeros)
     lossless: bool = False  # keep a .net release's own codebooks and codes (Huffman only)
-    finetune_images: Path | None = None
-    finetune_steps: int = 150
+    finetune_images: Path | None = None  # None: the converter's calibration photos
+    finetune_steps: int = 150  # 0: no fine-tuning
     val: Path | None = None
     sensitivity: bool = False
     limit: int | None = None  # images of --val used for the sensitivity table
@@ -176,6 +176,10 @@ def check_inputs(opts: CompressOptions) -> None:
     """
     layer_spec(opts.bits, 8)
     layer_spec(opts.sparsity, 0.0)
+    if opts.finetune_steps < 0:
+        raise ConvertError(f"--finetune-steps {opts.finetune_steps}: 0 (no fine-tuning) or more expected")
+    if opts.lossless and opts.finetune_images:
+        raise ConvertError("--finetune-images: not with --lossless (which keeps the release's codebooks as they are)")
     for flag, folder in (("--val", opts.val), ("--finetune-images", opts.finetune_images)):
         if folder is not None and not Path(folder).is_dir():
             raise ConvertError(f"{flag} {folder}: not a folder of images")
@@ -199,7 +203,7 @@ def check_output_path(flag: str, path: Path) -> None:
 def compress(opts: CompressOptions) -> dict:
     """Run the stage; writes the container atomically and returns the report."""
     from ..calibration import load_views
-    from ..calibration_data import list_calibration_images
+    from ..calibration_data import default_calib_dir, list_calibration_images
     from ..pixel_model import PixelModel
     from ..weights import load_model
 
@@ -222,8 +226,9 @@ def compress(opts: CompressOptions) -> dict:
     else:
         progress("pruning and weight sharing")
         layers = shared_layers(model, opts.weights, opts)
-    if opts.finetune_images:
-        paths, _ = list_calibration_images(opts.finetune_images)
+    finetune = not opts.lossless and opts.finetune_steps > 0
+    if finetune:
+        paths, _ = list_calibration_images(opts.finetune_images or default_calib_dir())
         crops, _ = load_views(paths, record.preprocessing, scales=(1.0, 1.15, 1.3, 1.6))
         progress(f"fine-tuning centroids by distillation on {len(crops)} views of {len(paths)} photos")
         from .finetune import finetune_centroids
@@ -246,7 +251,7 @@ def compress(opts: CompressOptions) -> dict:
     nz = sum(int(np.count_nonzero(l.codes)) for l in layers)
     report.update({"out": str(out), "bytes": len(data), "decode_seconds": round(decode_s, 3),
                    "nonzero_weights": nz, "bits": {l.name: l.bits for l in layers},
-                   "finetuned": bool(opts.finetune_images)})
+                   "finetuned": finetune})
     if opts.val:
         progress("evaluating float and compressed models")
         compressed, _ = load_model(str(out))
