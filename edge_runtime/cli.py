@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--xnnpack", action="store_true",
                    help="XNNPACK kernels where the interpreter has them (ai-edge-litert, tf.lite) instead of "
-                        "TFLite's builtin ones: about 2x faster for int8 on x86, but it rounds int8 layers "
+                        "TFLite's builtin ones: 2-3x faster for int8 on x86, but it rounds int8 layers "
                         "differently, so about 2%% of decisions differ from what the converter validated and "
                         "tflite-runtime computes")
     p.add_argument("--builtin-kernels", action="store_true", help=argparse.SUPPRESS)  # the default now

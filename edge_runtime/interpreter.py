@@ -58,7 +58,7 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
     multiply, then a rounding shift), bit for bit the same in ai-edge-litert, tflite-runtime 2.14 (which runs
     int8 on them even by default: its XNNPACK takes float ops only) and tf.lite, so the decision the converter
     validated is the one every device makes. With ``xnnpack`` the interpreter's default resolver applies
-    XNNPACK where it has it (ai-edge-litert, tf.lite): about twice as fast for int8 on x86, but it
+    XNNPACK where it has it (ai-edge-litert, tf.lite): 2-3x as fast for int8 on x86, but it
     requantizes with one float rounding, and about 2% of decisions differ from the builtin kernels'.
     With ``edgetpu`` the Edge TPU delegate (``libedgetpu.so.1``) is loaded, or InterpreterUnavailable
     says why it cannot be.
