@@ -267,5 +267,8 @@ def markdown_table(report: dict) -> str:
     if u:
         rows.append(f"| agreement on {u['views']} unlabelled views ({u['groups']} photos or clips never used "
                     f"for calibration) | {_with_ci(u, 'agreement', '%')} |")
+        if u.get("standardized"):
+            rows.append(f"| the same, weighted to the weights' own photos' mix of near-ties (what the gates judge "
+                        f"without --val) | {_with_ci(u['standardized'], 'agreement', '%')} |")
     rows.append(f"| gates | {'passed' if report['gates']['passed'] else 'FAILED: ' + '; '.join(report['gates']['failed'])} |")
     return "\n".join(rows)

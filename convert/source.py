@@ -55,6 +55,7 @@ class Source:
     onnx_path: Path | None = None  # a user's ONNX classifier (normalized input), when no torch model
     calib_dir: Path | None = None  # calibration photos named by the weights' record
     val_dir: Path | None = None  # labelled validation images named by the weights' record
+    check_reference: tuple[int, ...] = ()  # the weights' margin-band mix (convert.fidelity.unlabelled_figures)
     extra: dict = field(default_factory=dict)  # recorded in the artifact as is (arch, weights name)
 
 
@@ -74,7 +75,7 @@ def load_source(weights: str | None = None, arch: str | None = None, onnx: Path 
     model, record = load_model(weights or "deep-compression", arch)
     return Source(name or record.name, record.preprocessing, list(record.labels), list(record.wnids),
                   record.sha256, torch_model=PixelModel(model, record.preprocessing),
-                  calib_dir=record.calib_dir, val_dir=record.val_dir,
+                  calib_dir=record.calib_dir, val_dir=record.val_dir, check_reference=record.check_reference,
                   extra={"arch": record.arch, "weights": record.name,
                          **({"license": record.licence} if record.licence else {})})
 

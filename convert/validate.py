@@ -61,9 +61,11 @@ class Gates:
     max_top1_drop: float | None = 1.0  # points of top-1 on labelled images
 
     def judge(self, validation: dict) -> dict:
-        """The gates' verdict on :func:`validate`'s figures (labelled images first, else unlabelled views)."""
+        """The gates' verdict on :func:`validate`'s figures: labelled images first, else the unlabelled
+        views (their agreement standardized to the weights' reference mix when the weights have one)."""
         failed = []
-        figures = validation.get("val") or validation.get("unlabelled") or {}
+        unlabelled = validation.get("unlabelled") or {}
+        figures = validation.get("val") or unlabelled.get("standardized") or unlabelled
         if self.min_agreement is not None and figures:
             if figures["agreement"] < 100 * self.min_agreement:
                 failed.append(f"top-1 agreement {figures['agreement']:.1f}% < {100 * self.min_agreement:.1f}%")
@@ -85,7 +87,7 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
     float_predict, int8_predict = onnx_predict(reference), tflite_predict(int8_tflite)
     f_check, q_check = float_predict(check.views), int8_predict(check.views)
     validation: dict = {"unlabelled": {"folders": check.folders,
-                                       **unlabelled_figures(f_check, q_check, check.groups)}}
+                                       **unlabelled_figures(f_check, q_check, check.groups, src.check_reference)}}
     k = check.held_views
     if k:
         validation["calibration_holdout"] = {"images": check.held_images,

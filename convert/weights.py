@@ -52,6 +52,10 @@ class WeightsRecord:
     # calibrates and validates on them unless told otherwise.
     calib_dir: Path | None = None
     val_dir: Path | None = None
+    # How many of the weights' own labelled tuning images fall in each band of the float model's top-two
+    # logit margin (convert.fidelity.MARGIN_EDGES): the converter weighs its unlabelled check views to
+    # this mix when judging without --val. Measured by `python -m tools.check_reference`.
+    check_reference: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +70,8 @@ WEIGHTS: dict[str, WeightsRecord] = {
         sha256="e4ab6960ae8cd81505e1c2136921201507e930966c53deaf15862a395b3a3261", size=675763, fmt="net",
         arch_kwargs={"final_conv_padding": 1},  # Caffe's conv10 has pad: 1
         accuracy={"imagenet_top1": 57.5, "imagenet_top5": 80.3, "val500_top1": 65.4, "val500_top5": 84.6},
-        licence="BSD (songhan/SqueezeNet-Deep-Compression)"),
+        licence="BSD (songhan/SqueezeNet-Deep-Compression)",
+        check_reference=(11, 16, 22, 31, 170)),  # val500's tuning half (250 images)
     "squeezenet1_0": WeightsRecord(
         name="squeezenet1_0_torchvision", arch="squeezenet1_0", preprocessing=TORCHVISION_IMAGENET,
         file_name="squeezenet1_0-b66bff10.pth", url="https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth",

@@ -89,3 +89,44 @@ def wilson_fraction(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def standardized_interval(same: Sequence[bool], strata: Sequence[int], groups: Sequence[str],
+                          reference: Sequence[float], z: float = Z95) -> dict:
+    """Agreement re-weighted to a reference mix of strata (direct standardization), with a cluster-robust
+    95% interval.
+
+    Each view falls in a stratum ``0 .. len(reference) - 1``; ``reference[s]`` is the share (or count) of
+    stratum s among the images the figure should describe. The figure is ``sum_s w_s * agreement_s``; its
+    variance is the linearized (sandwich) variance summed per group, cluster-robust like
+    :func:`clustered_interval` (and never below the variance of independent views), and the Wilson
+    interval is taken at the effective size p(1-p)/variance (Korn & Graubard 1998), at most the number
+    of views; with no variance (every stratum all agrees or all disagrees), the number of groups.
+    Returns {"agreement", "agreement_ci95" (percent), "views", "groups", "strata": [{"weight", "views",
+    "agreement"}]}. Raises ValueError when a stratum the reference weighs holds no view.
+    """
+    if not (len(same) == len(strata) == len(groups)) or not same or sum(reference) <= 0:
+        raise ValueError("standardized_interval: one (outcome, stratum, group) per view and a positive reference")
+    w = [r / sum(reference) for r in reference]
+    n_s, a_s = [0] * len(w), [0] * len(w)
+    for y, s in zip(same, strata):
+        n_s[s] += 1
+        a_s[s] += bool(y)
+    empty = [s for s, (n, ws) in enumerate(zip(n_s, w)) if ws > 0 and n == 0]
+    if empty:
+        raise ValueError(f"standardized_interval: no view in stratum {empty[0]}, which the reference weighs")
+    p_s = [a / n if n else 0.0 for a, n in zip(a_s, n_s)]
+    p = sum(ws * ps for ws, ps in zip(w, p_s))
+    influence: dict[str, float] = {}
+    for y, s, g in zip(same, strata, groups):
+        influence[g] = influence.get(g, 0.0) + w[s] * (float(bool(y)) - p_s[s]) / n_s[s]
+    m = len(influence)
+    var = m / (m - 1) * sum(v * v for v in influence.values()) if m > 1 else 0.0
+    # never narrower than independent views would give (stratified binomial variance)
+    var = max(var, sum(ws * ws * ps * (1 - ps) / n for ws, ps, n in zip(w, p_s, n_s) if n))
+    n_eff = min(len(same), p * (1 - p) / var) if var > 0 and 0 < p < 1 else m
+    lo, hi = wilson_fraction(min(1.0, max(0.0, p)), n_eff, z)
+    return {"agreement": round(100 * p, 3), "agreement_ci95": [round(100 * lo, 1), round(100 * hi, 1)],
+            "views": len(same), "groups": m,
+            "strata": [{"weight": round(ws, 4), "views": n, "agreement": round(100 * ps, 1) if n else None}
+                       for ws, n, ps in zip(w, n_s, p_s)]}

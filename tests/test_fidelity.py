@@ -71,18 +71,72 @@ def test_report_carries_intervals_and_halves(converted):
 
 def test_gates_without_val_judge_many_unlabelled_views(converted):
     """Without --val the gates read the unlabelled check: held-out calibration photos and check_data/,
-    hundreds of views in dozens of independent groups, with a cluster-robust interval."""
+    hundreds of views in dozens of independent groups, with a cluster-robust interval; for weights
+    with a reference mix (the ImageNet release), its agreement weighted to that mix of near-ties."""
     from convert.pipeline import ConvertOptions
 
     u = converted["validation"]["unlabelled"]
     assert u["views"] >= 600 and u["groups"] >= 30, u
     lo, hi = u["agreement_ci95"]
     assert lo <= u["agreement"] <= hi and hi - lo < 10 and u["design_effect"] >= 1.0
+    std = u["standardized"]
+    assert std["views"] == u["views"] and std["groups"] == u["groups"]
+    assert sum(b["views"] for b in std["strata"]) == u["views"] and min(b["views"] for b in std["strata"]) >= 20
+    assert std["agreement"] == pytest.approx(sum(b["weight"] * b["agreement"] for b in std["strata"]), abs=0.1)
+    assert std["agreement_ci95"][0] <= std["agreement"] <= std["agreement_ci95"][1]
     without_val = {k: v for k, v in converted["validation"].items() if k != "val"}
     opts = ConvertOptions(out=Path("x.tflite"))
-    strict = ConvertOptions(out=Path("x.tflite"), min_agreement=(u["agreement"] + 0.5) / 100)
-    assert opts.gates().judge(without_val)["passed"] == (u["agreement"] >= 95.0)
+    strict = ConvertOptions(out=Path("x.tflite"), min_agreement=(std["agreement"] + 0.5) / 100)
+    assert opts.gates().judge(without_val)["passed"] == (std["agreement"] >= 95.0)
     assert not strict.gates().judge(without_val)["passed"]
+    raw_only = {"unlabelled": {k: v for k, v in u.items() if k != "standardized"}}
+    assert ConvertOptions(out=Path("x.tflite"), min_agreement=(u["agreement"] + 0.5) / 100).gates().judge(
+        raw_only)["failed"] and opts.gates().judge(raw_only)["passed"] == (u["agreement"] >= 95.0)
+
+
+def test_the_gates_unlabelled_figure_predicts_the_labelled_one(converted):
+    """The check photos hold far more near-ties than ImageNet photos, and int8 disagrees with float
+    almost only there: their raw agreement is several points below val500's, while the same views
+    weighted to the tuning half's mix of near-ties land within 2 points of the reporting half's
+    agreement, which no choice saw (measured 95.7% vs 95.6%; raw 91.5%)."""
+    u, halves = converted["validation"]["unlabelled"], converted["validation"]["val"]["halves"]
+    assert abs(u["standardized"]["agreement"] - halves["report"]["agreement"]) <= 2.0, (u, halves["report"])
+    assert u["agreement"] < u["standardized"]["agreement"]
+    near, decided = u["standardized"]["strata"][0], u["standardized"]["strata"][-1]
+    assert near["agreement"] < 80 and decided["agreement"] >= 99  # disagreement lives in the near-ties
+
+
+def test_check_reference_is_measured_on_the_tuning_half(val500_dir, float_model):
+    """The release weights' reference mix is what tools/check_reference measures on val500's tuning half."""
+    from convert.torch_eval import evaluate_torch
+    from tools.check_reference import band_counts
+
+    model, record = float_model
+    result = evaluate_torch(model, record, str(val500_dir), keep_scores=True, progress=False)
+    tune = np.array([class_half(int(t)) == "tune" for t in result.targets])
+    assert band_counts(result.scores[tune]) == record.check_reference
+    assert sum(record.check_reference) == 250
+
+
+def test_standardized_interval_weighs_strata_and_counts_groups_once():
+    from edge_runtime.intervals import clustered_interval, standardized_interval
+
+    # stratum 0: 4 of 8 agree (near-ties); stratum 1: 8 of 8; eight groups of two views
+    same = [1, 0, 1, 0, 1, 0, 1, 0] + [1] * 8
+    strata = [0] * 8 + [1] * 8
+    groups = [f"g{i // 2}" for i in range(16)]
+    even = standardized_interval(same, strata, groups, (1, 1))
+    assert even["agreement"] == 75.0 == clustered_interval([1] * 4 + [2] * 4, [2] * 8)["agreement"]
+    mostly_decided = standardized_interval(same, strata, groups, (1, 9))
+    assert mostly_decided["agreement"] == 95.0 and [b["views"] for b in mostly_decided["strata"]] == [8, 8]
+    assert mostly_decided["agreement_ci95"][0] < 95.0 < mostly_decided["agreement_ci95"][1]
+    # the same outcomes, but whole groups of near-ties agree or not: a wider interval
+    clumped = standardized_interval([1, 1, 0, 0, 1, 1, 0, 0] + [1] * 8, strata, groups, (1, 1))
+    assert clumped["agreement"] == 75.0
+    width = [r["agreement_ci95"][1] - r["agreement_ci95"][0] for r in (even, clumped)]
+    assert width[1] > width[0] + 3, width
+    with pytest.raises(ValueError, match="stratum 2"):
+        standardized_interval(same, strata, groups, (1, 1, 1))
 
 
 def test_check_data_is_never_calibration_data():
