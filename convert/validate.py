@@ -2,8 +2,9 @@
 
 Without labels the gates judge the agreement on unlabelled views no calibration saw (the held-out
 calibration photos and the check folder, with a cluster-robust interval: views of one photo are one
-group); with ``--val`` on the labelled images, reported whole and per half by class
-(:mod:`convert.fidelity`).
+group), weighted to the weights' own mix of near-ties when their record has one
+(:func:`convert.fidelity.unlabelled_figures`); with ``--val`` on the labelled images, reported whole
+and per half by class (:mod:`convert.fidelity`).
 """
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ class Gates:
         failed = []
         unlabelled = validation.get("unlabelled") or {}
         figures = validation.get("val") or unlabelled.get("standardized") or unlabelled
+        on = ("" if "val" in validation else " on the unlabelled views, weighted to the weights' near-tie mix"
+              if "standardized" in unlabelled else " on the unlabelled views")
         if self.min_agreement is not None and figures:
             if figures["agreement"] < 100 * self.min_agreement:
-                failed.append(f"top-1 agreement {figures['agreement']:.1f}% < {100 * self.min_agreement:.1f}%")
+                failed.append(f"top-1 agreement{on} {figures['agreement']:.1f}% < {100 * self.min_agreement:.1f}%")
         if self.max_top1_drop is not None and "top1_drop" in figures:
             if figures["top1_drop"] > self.max_top1_drop:
                 failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {self.max_top1_drop:.2f}")
