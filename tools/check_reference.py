@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", required=True, help="the weights' labelled images (val500 for the ImageNet weights)")
     args = p.parse_args(argv)
 
+    from convert.compress import container  # noqa: F401 (registers .sqz with the weights loader)
     from convert.errors import ConvertError
     from convert.fidelity import MARGIN_EDGES
     from convert.torch_eval import evaluate_torch
