@@ -459,8 +459,8 @@ def test_browser_shows_the_live_view(server, labels, tmp_path, capsys):
 
 
 def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip):
-    rt = Runtime(int8_model, sample_clip, "--disconnect-every", "150",
-                 "--disconnect-seconds", "3")
+    rt = Runtime(int8_model, sample_clip, "--disconnect-every", "60",
+                 "--disconnect-seconds", "2")
     try:
         seen, deadline = [], time.monotonic() + 40
         while time.monotonic() < deadline:
