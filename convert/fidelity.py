@@ -94,6 +94,12 @@ def margin_bands(f_scores: np.ndarray) -> np.ndarray:
     return np.digitize(top2[:, 1] - top2[:, 0], MARGIN_EDGES)
 
 
+def margin_band_counts(f_scores: np.ndarray) -> tuple[int, ...]:
+    """How many rows fall in each margin band: a weights record's ``check_reference`` when measured on its
+    labelled tuning images (``python -m tools.check_reference``)."""
+    return tuple(int(c) for c in np.bincount(margin_bands(f_scores), minlength=len(MARGIN_EDGES) + 1))
+
+
 def unlabelled_figures(f_scores: np.ndarray, q_scores: np.ndarray, groups: list[str],
                        reference: tuple[int, ...] = ()) -> dict:
     """Agreement on unlabelled views with a cluster-robust 95% interval (groups of correlated views).

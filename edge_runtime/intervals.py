@@ -108,6 +108,8 @@ def standardized_interval(same: Sequence[bool], strata: Sequence[int], groups: S
     if not (len(same) == len(strata) == len(groups)) or not same or sum(reference) <= 0:
         raise ValueError("standardized_interval: one (outcome, stratum, group) per view and a positive reference")
     w = [r / sum(reference) for r in reference]
+    if any(not 0 <= s < len(w) for s in strata):
+        raise ValueError(f"standardized_interval: strata 0 to {len(w) - 1} expected (one reference share each)")
     n_s, a_s = [0] * len(w), [0] * len(w)
     for y, s in zip(same, strata):
         n_s[s] += 1

@@ -109,12 +109,12 @@ def test_the_gates_unlabelled_figure_predicts_the_labelled_one(converted):
 def test_check_reference_is_measured_on_the_tuning_half(val500_dir, float_model):
     """The release weights' reference mix is what tools/check_reference measures on val500's tuning half."""
     from convert.torch_eval import evaluate_torch
-    from tools.check_reference import band_counts
+    from convert.fidelity import margin_band_counts
 
     model, record = float_model
     result = evaluate_torch(model, record, str(val500_dir), keep_scores=True, progress=False)
     tune = np.array([class_half(int(t)) == "tune" for t in result.targets])
-    assert band_counts(result.scores[tune]) == record.check_reference
+    assert margin_band_counts(result.scores[tune]) == record.check_reference
     assert sum(record.check_reference) == 250
 
 
@@ -137,6 +137,8 @@ def test_standardized_interval_weighs_strata_and_counts_groups_once():
     assert width[1] > width[0] + 3, width
     with pytest.raises(ValueError, match="stratum 2"):
         standardized_interval(same, strata, groups, (1, 1, 1))
+    with pytest.raises(ValueError, match="strata 0 to 0"):
+        standardized_interval(same, strata, groups, (1,))
 
 
 def test_check_data_is_never_calibration_data():

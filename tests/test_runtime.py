@@ -132,9 +132,10 @@ def test_latest_frame_source_drops_stale_frames(sample_clip):
 def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path):
     out = tmp_path / "rec.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--loop",
-                             "--model", str(int8_model), "--headless", "--record", str(out)],
+                             "--model", str(int8_model), "--headless", "--record", str(out), "--json"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    for _ in range(30):  # 30 frames classified (and recorded), then the signal
+        assert proc.stdout.readline().startswith("{"), proc.stderr.read() if proc.poll() is not None else ""
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

@@ -15,13 +15,6 @@ import sys
 import numpy as np
 
 
-def band_counts(f_scores: np.ndarray) -> tuple[int, ...]:
-    """How many rows of float scores fall in each margin band."""
-    from convert.fidelity import MARGIN_EDGES, margin_bands
-
-    return tuple(int(c) for c in np.bincount(margin_bands(f_scores), minlength=len(MARGIN_EDGES) + 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.check_reference", description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="deep-compression", help="named weights or a file (default deep-compression)")
@@ -30,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from convert.compress import container  # noqa: F401 (registers .sqz with the weights loader)
     from convert.errors import ConvertError
-    from convert.fidelity import MARGIN_EDGES
+    from convert.fidelity import MARGIN_EDGES, margin_band_counts
     from convert.torch_eval import evaluate_torch
     from convert.weights import load_model
     from edge_runtime.evaluation import DatasetError, class_half
@@ -46,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         [">= " + str(MARGIN_EDGES[-1])]
     print("margin band (logits): " + ", ".join(bands))
     for half in ("tune", "report"):
-        counts = band_counts(result.scores[halves == half])
+        counts = margin_band_counts(result.scores[halves == half])
         print(f"{half:6s} ({sum(counts)} images): {counts}")
-    print(f"check_reference={band_counts(result.scores[halves == 'tune'])}")
+    print(f"check_reference={margin_band_counts(result.scores[halves == 'tune'])}")
     return 0
 
 
