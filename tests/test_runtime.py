@@ -14,6 +14,7 @@ import pytest
 from edge_runtime import app
 from edge_runtime.classify import Classifier, ModelError
 from edge_runtime.sources import CaptureSource, DisconnectingCapture, SourceError, open_source
+from realworld import Process, video_frames, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,20 +132,15 @@ def test_latest_frame_source_drops_stale_frames(sample_clip):
 
 def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path):
     out = tmp_path / "rec.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--loop",
-                             "--model", str(int8_model), "--headless", "--record", str(out), "--json"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(30):  # 30 frames classified (and recorded), then the signal
-        assert proc.stdout.readline().startswith("{"), proc.stderr.read() if proc.poll() is not None else ""
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "stopped by signal" in err and "Traceback" not in err
-    cap = cv2.VideoCapture(str(out))
-    frames = 0
-    while cap.read()[0]:
-        frames += 1
-    assert frames > 10
+    proc = Process("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless",
+                   "--record", out, "--json")
+    # 30 frames classified (and recorded), then the signal
+    wait_for(lambda: len(proc.out) >= 30 or proc.proc.poll() is not None, 60, "30 classified frames")
+    assert proc.proc.poll() is None, proc.stderr
+    proc.stop(signal.SIGTERM)
+    assert proc.proc.returncode == 0, proc.stderr
+    assert "stopped by signal" in proc.stderr and "Traceback" not in proc.stderr
+    assert video_frames(out) >= 30
     assert not list(tmp_path.glob(".*partial*"))
 
 
