@@ -100,6 +100,12 @@ def margin_band_counts(f_scores: np.ndarray) -> tuple[int, ...]:
     return tuple(int(c) for c in np.bincount(margin_bands(f_scores), minlength=len(MARGIN_EDGES) + 1))
 
 
+def band_counts_by_half(f_scores: np.ndarray, targets) -> dict[str, tuple[int, ...]]:
+    """:func:`margin_band_counts` of each half by class: "tune" is a weights record's ``check_reference``."""
+    halves = np.array([class_half(int(t)) for t in targets])
+    return {h: margin_band_counts(np.asarray(f_scores)[halves == h]) for h in HALVES}
+
+
 def unlabelled_figures(f_scores: np.ndarray, q_scores: np.ndarray, groups: list[str],
                        reference: tuple[int, ...] = ()) -> dict:
     """Agreement on unlabelled views with a cluster-robust 95% interval (groups of correlated views).

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.check_reference", description=__doc__.splitlines()[0])
@@ -23,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from convert.compress import container  # noqa: F401 (registers .sqz with the weights loader)
     from convert.errors import ConvertError
-    from convert.fidelity import MARGIN_EDGES, margin_band_counts
+    from convert.fidelity import MARGIN_EDGES, band_counts_by_half
     from convert.torch_eval import evaluate_torch
     from convert.weights import load_model
-    from edge_runtime.evaluation import DatasetError, class_half
+    from edge_runtime.evaluation import DatasetError
 
     try:
         model, record = load_model(args.weights)
@@ -34,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConvertError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    halves = np.array([class_half(int(t)) for t in result.targets])
+    counts = band_counts_by_half(result.scores, result.targets)
     bands = ["< " + str(MARGIN_EDGES[0])] + [f"{a}-{b}" for a, b in zip(MARGIN_EDGES, MARGIN_EDGES[1:])] + \
         [">= " + str(MARGIN_EDGES[-1])]
     print("margin band (logits): " + ", ".join(bands))
-    for half in ("tune", "report"):
-        counts = margin_band_counts(result.scores[halves == half])
-        print(f"{half:6s} ({sum(counts)} images): {counts}")
-    print(f"check_reference={margin_band_counts(result.scores[halves == 'tune'])}")
+    for half, c in counts.items():
+        print(f"{half:6s} ({sum(c)} images): {c}")
+    print(f"check_reference={counts['tune']}")
     return 0
 
 
