@@ -66,9 +66,12 @@ class Gates:
         views (their agreement standardized to the weights' reference mix when the weights have one)."""
         failed = []
         unlabelled = validation.get("unlabelled") or {}
-        figures = validation.get("val") or unlabelled.get("standardized") or unlabelled
-        on = ("" if "val" in validation else " on the unlabelled views, weighted to the weights' near-tie mix"
-              if "standardized" in unlabelled else " on the unlabelled views")
+        if validation.get("val"):
+            figures, on = validation["val"], ""
+        elif unlabelled.get("standardized"):
+            figures, on = unlabelled["standardized"], " on the unlabelled views, weighted to the weights' near-tie mix"
+        else:
+            figures, on = unlabelled, " on the unlabelled views"
         if self.min_agreement is not None and figures:
             if figures["agreement"] < 100 * self.min_agreement:
                 failed.append(f"top-1 agreement{on} {figures['agreement']:.1f}% < {100 * self.min_agreement:.1f}%")
