@@ -121,6 +121,25 @@ def float_model(weights_env):
 
 
 @pytest.fixture(scope="session")
+def photo_batches(float_model):
+    """(fit, held): the first 16 and the last 8 calibration photos, one centre view each, as the float
+    NCHW pixel batches the converter's statistics take (for the tests of the float-graph stages)."""
+    import numpy as np
+    import torch
+
+    from convert.calibration import load_views
+
+    _, record = float_model
+    photos = sorted((ROOT / "calib_data").glob("*.jpg"))
+
+    def batch(paths):
+        crops, _ = load_views(paths, record.preprocessing, scales=(1.0,), mirror=False)
+        return torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
+
+    return batch(photos[:16]), batch(photos[-8:])
+
+
+@pytest.fixture(scope="session")
 def sample_clip() -> Path:
     return ROOT / "samples" / "sample_clip.mp4"
 

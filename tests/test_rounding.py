@@ -1,30 +1,18 @@
 """GPTQ weight rounding on the real model and real photos: weights land on TFLite's int8 grid and
 the convolutions' output error on photos not used for rounding is lower than with nearest rounding."""
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from convert.calibration import load_views
 from convert.rounding import QMAX, _nearest, gptq_round, input_moments
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _crops(photos, pp):
-    crops, _ = load_views(photos, pp, scales=(1.0,), mirror=False)
-    return torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
-
-
-def test_gptq_rounding_lands_on_the_int8_grid_and_beats_nearest(float_model):
+def test_gptq_rounding_lands_on_the_int8_grid_and_beats_nearest(float_model, photo_batches):
     from convert.pixel_model import PixelModel
 
     model, record = float_model
     pixel = PixelModel(model, record.preprocessing).folded()  # as the converter rounds it: pixels in
-    photos = sorted((ROOT / "calib_data").glob("*.jpg"))
-    fit, held = _crops(photos[:16], record.preprocessing), _crops(photos[-8:], record.preprocessing)
+    fit, held = photo_batches
 
     rounded, summary = gptq_round(pixel, [fit[i:i + 8] for i in range(0, len(fit), 8)])
 
