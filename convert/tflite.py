@@ -196,12 +196,13 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
 
 
 def replace_conv_weights(model_bytes: bytes, weights: list[np.ndarray], expected: list[np.ndarray]) -> bytes:
-    """The float TFLite model with its CONV_2D filters, in graph order, replaced by ``weights``
-    (PyTorch layout O x I x kh x kw). Each filter must currently hold exactly ``expected``'s values:
-    proof that the i-th CONV_2D is the i-th convolution of the model the weights belong to.
+    """The float TFLite model with its CONV_2D filters replaced by ``weights`` (PyTorch layout
+    O x I x kh x kw). Each filter must currently hold exactly the values of one of ``expected`` (the
+    convolution ``weights`` replaces; TFLite may order independent convolutions differently): proof
+    that every CONV_2D is a convolution of the model the weights belong to.
 
     Raises:
-        ConvertError: another number of convolutions, or a filter that is not the expected one.
+        ConvertError: another number of convolutions, or a filter that is none of the expected ones.
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -210,14 +211,16 @@ def replace_conv_weights(model_bytes: bytes, weights: list[np.ndarray], expected
     convs = [op for op in sg.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "CONV_2D"]
     if len(convs) != len(weights) or len(expected) != len(weights):
         raise ConvertError(f"weight rounding: {len(convs)} convolutions in the TFLite graph, {len(weights)} rounded")
-    for i, (op, w, e) in enumerate(zip(convs, weights, expected)):
-        tensor = sg.tensors[op.inputs[1]]
-        buf = model.buffers[tensor.buffer]
+    flat = [np.ascontiguousarray(np.asarray(e, np.float32).transpose(0, 2, 3, 1)).reshape(-1) for e in expected]
+    unused = list(range(len(flat)))
+    for i, op in enumerate(convs):
+        buf = model.buffers[sg.tensors[op.inputs[1]].buffer]
         old = np.frombuffer(bytes(bytearray(buf.data)), np.float32)
-        e = np.ascontiguousarray(np.asarray(e, np.float32).transpose(0, 2, 3, 1)).reshape(-1)
-        if old.shape != e.shape or not np.array_equal(old, e):
+        j = next((j for j in unused if flat[j].shape == old.shape and np.array_equal(flat[j], old)), None)
+        if j is None:
             raise ConvertError(f"weight rounding: convolution {i} of the TFLite graph is not the model's")
-        new = np.ascontiguousarray(np.asarray(w, np.float32).transpose(0, 2, 3, 1))
+        unused.remove(j)
+        new = np.ascontiguousarray(np.asarray(weights[j], np.float32).transpose(0, 2, 3, 1))
         buf.data = np.frombuffer(new.tobytes(), np.uint8).copy()
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
