@@ -34,16 +34,19 @@ class FloatGraphs:
 
 
 def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: float = 0.5,
-                 weight_rounding: str = "gptq", progress: Callable[[str], None] = lambda m: None) -> FloatGraphs:
+                 weight_rounding: str = "gptq", split_squeeze: int = 1,
+                 progress: Callable[[str], None] = lambda m: None) -> FloatGraphs:
     """Write the source's float graphs into ``work``.
 
-    One pass over at most ROUNDING_VIEWS of ``views`` gives both the equalization ranges and the GPTQ
-    input moments (rescaled for the equalized model, exactly).
+    One pass over at most ROUNDING_VIEWS of ``views`` gives the equalization ranges, the GPTQ input
+    moments (rescaled for the equalized model, exactly) and the split squeeze outputs' thresholds.
 
     Args:
         views: N x H x W x 3 uint8 calibration views.
         equalize_strength: cross-layer range equalization strength, 0 = off (PyTorch sources only).
         weight_rounding: "gptq" or "nearest" (PyTorch sources only; ONNX sources use TFLite's rounding).
+        split_squeeze: how many of the first fires get their squeeze output split onto a finer int8
+            grid (convert/split_squeeze.py; SqueezeNet sources only), 0 = none.
     """
     reference = work / "float.onnx"
     progress("exporting ONNX")
@@ -54,6 +57,7 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
 
     from .equalize import equalize_from_ranges
     from .export import export_onnx
+    from .split_squeeze import split_squeezes, thresholds
     from .statistics import rescale_moments, shared_statistics
 
     pp = src.preprocessing
@@ -61,7 +65,7 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     export_onnx(folded, pp.input_size, reference)
     x = torch.from_numpy(views.transpose(0, 3, 1, 2).astype(np.float32))
     subset = x[::max(1, -(-len(x) // ROUNDING_VIEWS))]
-    want_ranges, want_moments = equalize_strength > 0, weight_rounding == "gptq"
+    want_ranges, want_moments = equalize_strength > 0 or split_squeeze > 0, weight_rounding == "gptq"
     if want_ranges or want_moments:  # QUICK-style settings (no equalization, nearest rounding) need no pass
         progress(f"calibration statistics: one pass over {len(subset)} views")
     ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)],
@@ -69,17 +73,23 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     equalized, input_scales, to_tensorflow = folded, {}, reference
     if equalize_strength > 0:
         equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)
-    if equalized is not folded:
+    split = thresholds(equalized, ranges, input_scales, split_squeeze) if split_squeeze > 0 else {}
+    converted = split_squeezes(equalized, split)
+    if converted is not folded:
         to_tensorflow = work / "equalized.onnx"
-        export_onnx(equalized, pp.input_size, to_tensorflow)
+        export_onnx(converted, pp.input_size, to_tensorflow)
     summary, rounded = {"equalization_strength": equalize_strength, **NEAREST}, None
+    if split:
+        summary["squeeze_split"] = {"fires": list(split), "method": "relu(y) = min(relu(y), T) + relu(y - T), "
+                                    "T = half the measured range: a 2x finer int8 grid, exact in float"}
     if weight_rounding == "gptq":
         from .rounding import gptq_round
 
         progress("rounding weights onto the int8 grid (GPTQ)")
         model, rounding = gptq_round(equalized, moments_by_name=rescale_moments(moments, equalized, input_scales))
         summary.update(rounding)
-        rounded = (conv_weights(model), conv_weights(equalized))
+        # splitting scales whole channels of the rounded weights, so they stay on their int8 grid
+        rounded = (conv_weights(split_squeezes(model, split)), conv_weights(converted))
     return FloatGraphs(reference, to_tensorflow, rounded, summary)
 
 

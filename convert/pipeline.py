@@ -60,6 +60,7 @@ class ConvertOptions:
     # float graphs
     equalize: float = 0.5
     weight_rounding: str = "gptq"  # gptq | nearest (TFLite's own rounding)
+    split_squeeze: int = 1  # first fires whose squeeze output gets a 2x finer int8 grid (convert/split_squeeze.py)
     # quantize
     input_type: str = "uint8"
     output_type: str = "uint8"  # the exact score head's type (convert/head.py)
@@ -116,7 +117,8 @@ def convert(opts: ConvertOptions) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent)).resolve()
     try:  # onnx2tf runs with its own working directory: absolute paths
         t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
-        graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding, progress)
+        graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding,
+                              opts.split_squeeze, progress)
         int8 = quantize(graphs, calib.views, work, opts.quantize_settings(), progress)
         graph = finish_graph(int8.tflite, opts.output_type)
         conversion_s = time.perf_counter() - t_conv
@@ -178,6 +180,8 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
         raise ConvertError(f"--output-type {opts.output_type}: uint8, int8 or float32 expected")
     if opts.weight_rounding not in ("gptq", "nearest"):
         raise ConvertError(f"--weight-rounding {opts.weight_rounding}: gptq or nearest expected")
+    if not 0 <= opts.split_squeeze <= 8:
+        raise ConvertError(f"--split-squeeze {opts.split_squeeze}: 0..8 expected")
     if opts.val is not None and not Path(opts.val).is_dir():  # its labels are checked once the classes are known
         raise ConvertError(f"--val {opts.val}: not a folder of labelled images")
     return out
