@@ -3,7 +3,7 @@
     stage           module                  output
     source          convert/source.py       Source (model, labels, preprocessing, hash); CalibrationSet
                     convert/calibration.py  (calibration views, held-out photos); CheckViews (validate.py)
-    float graphs    convert/float_graphs.py FloatGraphs (reference and equalized ONNX, GPTQ-rounded weights)
+    float graphs    convert/float_graphs.py FloatGraphs (reference and equalized + split ONNX, GPTQ-rounded weights)
     quantize        convert/quantize.py     Int8Model (int8 bytes, float TFLite, calibration summary)
     validate        convert/validate.py     validation figures, and the gates' verdict on them
     write           convert/artifact.py     FinishedGraph (exact score head, RGB input); the artifact
