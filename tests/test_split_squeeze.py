@@ -1,5 +1,6 @@
 """The split squeeze output (convert/split_squeeze.py) on the real model and real photos: the float
 function is unchanged and the tensor the int8 model quantizes covers half the range."""
+import pytest
 import torch
 
 from convert.equalize import equalize_from_ranges
@@ -48,3 +49,19 @@ def test_split_is_exact_in_float_and_halves_the_quantized_range(float_model, pho
 def test_no_split_leaves_the_model_as_it_is(float_model):
     model, _ = float_model
     assert split_squeezes(model, {}) is model
+
+
+@pytest.mark.parametrize("arch", ["squeezenet1_1", "squeezenet1_0_simple_bypass", "squeezenet1_0_complex_bypass"])
+def test_split_is_exact_for_the_other_family_members(arch, photo_batches):
+    """v1.1 and the bypass variants (no equalization: a bypass adds tensors from two places)."""
+    from convert import models
+
+    torch.manual_seed(0)
+    model = getattr(models, arch)(num_classes=10).eval()
+    fit, held = photo_batches
+    ranges, _ = shared_statistics(model, [fit[i:i + 8] for i in range(0, len(fit), 8)], want_moments=False)
+    split = thresholds(model, ranges, {}, 2)
+    assert len(split) == 2
+    with torch.no_grad():
+        a, b = model(held), split_squeezes(model, split)(held)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
