@@ -1,8 +1,9 @@
 """Stage 2 of the conversion: the float model as ONNX graphs that take raw BGR pixels.
 
 A PyTorch source is exported with its normalization folded into the first convolution, then
-(SqueezeNet) range-equalized and its weights GPTQ-rounded onto the int8 grid, both from one pass over
-the calibration views; a user's ONNX classifier gets a 1x1 normalization convolution in front of its input.
+(SqueezeNet) range-equalized, its weights GPTQ-rounded onto the int8 grid and its first squeeze output
+split onto a finer one, all from one pass over the calibration views; a user's ONNX classifier gets a
+1x1 normalization convolution in front of its input.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     x = torch.from_numpy(views.transpose(0, 3, 1, 2).astype(np.float32))
     subset = x[::max(1, -(-len(x) // ROUNDING_VIEWS))]
     want_ranges, want_moments = equalize_strength > 0 or split_squeeze > 0, weight_rounding == "gptq"
-    if want_ranges or want_moments:  # QUICK-style settings (no equalization, nearest rounding) need no pass
+    if want_ranges or want_moments:  # no equalization, no split and nearest rounding need no pass
         progress(f"calibration statistics: one pass over {len(subset)} views")
     ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)],
                                         want_ranges=want_ranges, want_moments=want_moments)
@@ -74,10 +75,10 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     if equalize_strength > 0:
         equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)
     split = thresholds(equalized, ranges, input_scales, split_squeeze) if split_squeeze > 0 else {}
-    converted = split_squeezes(equalized, split)
-    if converted is not folded:
+    exported = split_squeezes(equalized, split)
+    if exported is not folded:
         to_tensorflow = work / "equalized.onnx"
-        export_onnx(converted, pp.input_size, to_tensorflow)
+        export_onnx(exported, pp.input_size, to_tensorflow)
     summary, rounded = {"equalization_strength": equalize_strength, **NEAREST}, None
     if split:
         summary["squeeze_split"] = {"fires": list(split), "method": "relu(y) = min(relu(y), T) + relu(y - T), "
@@ -89,12 +90,13 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
         model, rounding = gptq_round(equalized, moments_by_name=rescale_moments(moments, equalized, input_scales))
         summary.update(rounding)
         # splitting scales whole channels of the rounded weights, so they stay on their int8 grid
-        rounded = (conv_weights(split_squeezes(model, split)), conv_weights(converted))
+        rounded = (conv_weights(split_squeezes(model, split)), conv_weights(exported))
     return FloatGraphs(reference, to_tensorflow, rounded, summary)
 
 
 def conv_weights(model) -> list[np.ndarray]:
-    """Every convolution's weights in module order (the order of the exported graph's convolutions)."""
+    """Every convolution's weights in module order (tflite.replace_conv_weights matches them to the
+    graph's convolutions by value)."""
     from torch import nn
 
     return [m.weight.detach().numpy().copy() for m in model.modules() if isinstance(m, nn.Conv2d)]
