@@ -291,3 +291,37 @@ def test_a_model_onnx2tf_converts_wrongly_gives_one_line(tmp_path):
     err = one_error_line(_run(["--onnx", str(path), "--out", str(tmp_path / "flips_int8.tflite"), *QUICK]))
     assert err.startswith("error: onnx2tf changed what the model computes: its float TFLite differs"), err
     assert not list(tmp_path.glob("flips_*.tflite"))
+
+
+def test_rounded_weights_are_placed_by_value(int8_model):
+    """tflite.replace_conv_weights on the suite's float TFLite (27 convolutions, the split squeeze's two
+    halves among them): each filter gets the weights of the model convolution it holds, whatever order
+    they come in, and a filter that is none of the model's is refused."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from convert.errors import ConvertError
+    from convert.tflite import replace_conv_weights
+
+    _, float_tflite = sibling_paths(int8_model)
+    data = float_tflite.read_bytes()
+
+    def filters(model_bytes):
+        m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+        sg = m.subgraphs[0]
+        out = []
+        for op in sg.operators:
+            if flatbuffer_utils.opcode_to_name(m, op.opcodeIndex) == "CONV_2D":
+                t = sg.tensors[op.inputs[1]]
+                w = np.frombuffer(bytes(bytearray(m.buffers[t.buffer].data)), np.float32).reshape(t.shape)
+                out.append(w.transpose(0, 3, 1, 2))  # OHWI -> the model's OIHW
+        return out
+
+    expected = filters(data)
+    assert len(expected) == 27
+    order = list(range(len(expected)))[::-1]  # the model's order differs from the graph's
+    replaced = filters(replace_conv_weights(data, [expected[j] + 1 for j in order], [expected[j] for j in order]))
+    assert all(np.array_equal(r, e + 1) for r, e in zip(replaced, expected))
+    wrong = [e.copy() for e in expected]
+    wrong[5].flat[0] += 1
+    with pytest.raises(ConvertError, match="convolution 5 of the TFLite graph is not the model's"):
+        replace_conv_weights(data, expected, wrong)
