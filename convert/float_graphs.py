@@ -74,7 +74,7 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     equalized, input_scales, to_tensorflow = folded, {}, reference
     if equalize_strength > 0:
         equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)
-    split = thresholds(equalized, ranges, input_scales, split_squeeze) if split_squeeze > 0 else {}
+    split = thresholds(equalized, ranges, input_scales, split_squeeze)  # {} for 0
     exported = split_squeezes(equalized, split)
     if exported is not folded:
         to_tensorflow = work / "equalized.onnx"
