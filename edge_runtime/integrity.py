@@ -14,7 +14,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from .metadata import MAX_MODEL_BYTES, MetadataError, metadata_span
+from .metadata import MetadataError, metadata_span, read_model_bytes
 
 DIGEST_KEY = "content_sha256"
 PLACEHOLDER = "0" * 64
@@ -87,14 +87,7 @@ def verify(data: bytes) -> str | None:
 
 def verify_file(path: str | Path) -> str | None:
     """:func:`verify` on a file, with the path in every error message."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise MetadataError(f"{path}: {size} bytes, at most {MAX_MODEL_BYTES} expected")
-        data = path.read_bytes()
-    except OSError as e:
-        raise MetadataError(f"{path}: cannot read model file ({e.strerror or e})") from None
+    data = read_model_bytes(path)
     try:
         return verify(data)
     except MetadataError as e:

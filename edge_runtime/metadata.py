@@ -261,19 +261,27 @@ def metadata_span(model: bytes, name: str = METADATA_NAME) -> tuple[int, int] | 
     return None
 
 
-def read_model_info(path: str | Path) -> ModelInfo | None:
-    """The embedded :class:`ModelInfo` of a ``.tflite`` file, or None for a plain model.
+def read_model_bytes(path: str | Path) -> bytes:
+    """A model file's bytes, refused above :data:`MAX_MODEL_BYTES` before it is read.
 
     Raises:
-        MetadataError: unreadable file, corrupt flatbuffer, or a malformed record.
+        MetadataError: unreadable or too large, with the path.
     """
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_MODEL_BYTES:
             raise MetadataError(f"{path}: {size} bytes, at most {MAX_MODEL_BYTES} expected")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise MetadataError(f"{path}: cannot read model file ({e.strerror or e})") from None
-    raw = read_metadata_bytes(data)
+
+
+def read_model_info(path: str | Path) -> ModelInfo | None:
+    """The embedded :class:`ModelInfo` of a ``.tflite`` file, or None for a plain model.
+
+    Raises:
+        MetadataError: unreadable file, corrupt flatbuffer, or a malformed record.
+    """
+    raw = read_metadata_bytes(read_model_bytes(path))
     return None if raw is None else ModelInfo.from_json_bytes(raw)
