@@ -1,6 +1,6 @@
 import hashlib
+import os
 import pickle
-import shutil
 
 import pytest
 import torch
@@ -78,16 +78,23 @@ def test_shape_mismatch_names_the_key(tmp_path):
 
 
 class Evil:
+    """Unpickling it runs os.mkdir(marker): the side effect the test looks for."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (shutil.rmtree, ("/nonexistent-target",))
+        return (os.mkdir, (self.marker,))
 
 
 def test_pickled_objects_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"features.0.weight": Evil()}, f)
-    with pytest.raises(WeightsError, match="not a loadable weights-only checkpoint"):
-        W.load_model(str(path))
+    for i, save in enumerate((torch.save, lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=2)))):
+        marker = tmp_path / f"code-ran-{i}"
+        path = tmp_path / f"evil-{i}.pth"
+        save({"features.0.weight": Evil(marker)}, path)
+        with pytest.raises(WeightsError, match="not a loadable weights-only checkpoint"):
+            W.load_model(str(path))
+        assert not marker.exists(), "loading the checkpoint ran code from it"
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00" * 100)
     with pytest.raises(WeightsError):
