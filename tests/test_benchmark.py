@@ -47,9 +47,19 @@ def test_figures_are_sane(bench_run, int8_model):
         assert r["peak_rss_mb"] > 10 and r["load_ms"] > 0 and r["first_inference_ms"] > 0
         assert r["accuracy"]["images"] == 20 and 0 <= r["accuracy"]["top1"] <= r["accuracy"]["top5"] <= 100
     first = ok[0]
-    assert first["agreement"] == 100.0 and first["pipeline"]["frames"] == 180 and first["pipeline"]["fps"] > 0
+    assert first["pipeline"]["frames"] == 180 and first["pipeline"]["fps"] > 0
+    int8 = [r for r in ok if r["path"] == first["path"] and r["runtime"] == first["runtime"]]
+    assert len(int8) == 2 and int8[1]["agreement"] == 100.0  # the builtin kernels decide alike on 1 and 2 threads
     xnnpack = [r for r in ok if r["runtime"] == "tflite-xnnpack"]  # the same file, rounded by XNNPACK
     assert len(xnnpack) == 2 and all(r["agreement"] >= 85.0 and r["size_bytes"] == first["size_bytes"] for r in xnnpack)
+    # The float peers run one float graph through three runtimes, each with its own feeding code (colour order,
+    # layout, scaling): they decide alike, and like the int8 model on most of the 20 photos.
+    floats = [r for r in ok if r["runtime"] in ("tflite-fp32", "onnxruntime", "opencv-dnn")]
+    assert len(floats) == 6
+    reference = floats[0]["accuracy"]["top1_indices"]
+    for r in floats:
+        same = sum(a == b for a, b in zip(r["accuracy"]["top1_indices"], reference))
+        assert same >= 19 and r["agreement"] >= 85.0, (r["label"], r["runtime"], same, r["agreement"])
     m = data["machine"]
     assert m["cores"] and m["interpreter"] and isinstance(m["isa"], list)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
