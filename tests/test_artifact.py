@@ -18,20 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def finished(int8_model, tmp_path_factory) -> Path:
+def finished(int8_model) -> Path:
     """The converter's artifact in its finished form: exact uint8 score head, RGB input, both
     metadata records, labels appended, checksum sealed."""
-    from convert.artifact import rgb_input, finish_artifact
-    from convert.head import score_head
-
     info = read_model_info(int8_model)
-    if "output" in info.extra:  # the converter already writes it
-        return Path(int8_model)
-    model, summary = score_head(Path(int8_model).read_bytes(), "uint8")
-    info = dataclasses.replace(info, input_channel_order="RGB", extra={**info.extra, "output": summary})
-    out = tmp_path_factory.mktemp("finished") / "squeezenet1_0_int8.tflite"
-    out.write_bytes(finish_artifact(rgb_input(model), info))
-    return out
+    assert "output" in info.extra and info.input_channel_order == "RGB"  # the converter writes it finished
+    return Path(int8_model)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def _exact_relative_sums(path: Path, crops: np.ndarray, rgb: bool, builtin: bool
     return sums - sums.max(axis=1, keepdims=True), float(sg.tensors[int(op.inputs[0])].quantization.scale[0])
 
 
-def test_score_head_is_the_exact_integer_reduction(finished, int8_model, val_crops):
+def test_score_head_is_the_exact_integer_reduction(finished, val_crops):
     """uint8 scores = 255 + max(floor((S_c - max S) / d), -255), bit for bit, on two interpreters;
     the best class alone reads 255 unless two int32 sums are equal. The RGB graph decides as the
     BGR one did (its first filters are reordered, nothing else)."""
@@ -111,9 +103,6 @@ def test_score_head_is_the_exact_integer_reduction(finished, int8_model, val_cro
     # the runtime decides on TFLite's builtin kernels (XNNPACK, above, rounds some layers differently)
     builtin, _ = _exact_relative_sums(finished, val_crops, rgb=True, builtin=True)
     assert np.array_equal(clf.predict_batch(val_crops).argmax(1), builtin.argmax(1))
-    if "MEAN" in op_report(Path(int8_model).read_bytes())["ops"]:  # the BGR graph the head was made from
-        bgr, _ = _exact_relative_sums(int8_model, val_crops, rgb=False)
-        assert np.array_equal(bgr, rel)
     clf.set_crop(val_crops[0])
     clf.invoke()
     top = clf.top_k(3)
@@ -159,23 +148,26 @@ def _weight_offsets(path: Path, count: int = 16) -> list[int]:
 
 def test_damaged_weights_are_refused(finished, tmp_path):
     """16 flipped bytes inside the weights: refused with one line; verify=False loads it."""
-    import time
-
     from edge_runtime.integrity import verify_file
 
-    t0 = time.perf_counter()
     assert len(verify_file(finished)) == 64
-    assert time.perf_counter() - t0 < 0.5  # a few ms; generous for a loaded CI machine
     bad = _flip(finished, tmp_path / "damaged_int8.tflite", _weight_offsets(finished))
     with pytest.raises(ModelError) as e:
         Classifier(bad)
     assert "integrity check failed" in str(e.value) and "\n" not in str(e.value)
     assert Classifier(bad, verify=False).content_sha256 is None
-    # a flip in the metadata record or in the appended label file is caught too
+    # a change in the metadata record or in the appended label file is caught too, by the checksum alone: the
+    # first letter of the model's name changes case (still valid JSON), and a byte of the label file flips
     data = finished.read_bytes()
-    for where in (data.find(b'"model_name"') + 3, len(data) - 200):
-        with pytest.raises(ModelError):
-            Classifier(_flip(finished, tmp_path / "m.tflite", [where]))
+    name = data.find(b'"model_name"')
+    letter = data.find(b'"', name + len(b'"model_name"')) + 1
+    assert name > 0 and chr(data[letter]).isalpha()
+    renamed = tmp_path / "renamed.tflite"
+    renamed.write_bytes(data[:letter] + bytes([data[letter] ^ 0x20]) + data[letter + 1:])
+    assert Classifier(renamed, verify=False).info.model_name != read_model_info(finished).model_name
+    for bad in (renamed, _flip(finished, tmp_path / "m.tflite", [len(data) - 200])):
+        with pytest.raises(ModelError, match="integrity check failed"):
+            Classifier(bad)
 
 
 def test_older_artifacts_without_a_checksum_still_load(finished, tmp_path):
