@@ -130,7 +130,7 @@ def _calib_frames(f: str, n: int) -> list[int]:
 
 
 def make_check() -> int:
-    import skimage
+    skimage = _import("skimage")
 
     sk_dir = Path(skimage.__file__).parent / "data"
     out = ROOT / "convert" / "check_data"  # packaged with the converter; check_data/ links to it
@@ -140,13 +140,13 @@ def make_check() -> int:
     for f, (licence, desc) in CHECK_SKIMAGE.items():
         img = cv2.imread(str(sk_dir / f), cv2.IMREAD_COLOR)
         if img is None:
-            raise SystemExit(f"missing skimage/data/{f}")
+            raise SystemExit(f"error: missing skimage/data/{f}")
         save(img, f"skimage_{Path(f).stem.replace('_', '-')}.jpg",
              f"scikit-image {skimage.__version__}: skimage/data/{f}", licence, desc)
     for f, (name, desc) in CHECK_OPENCV.items():
         img = cv2.imread(str(OCV / f), cv2.IMREAD_COLOR)
         if img is None:
-            raise SystemExit(f"missing {OCV / f} (apt-get install opencv-doc)")
+            raise SystemExit(f"error: missing {OCV / f} (apt-get install opencv-doc)")
         save(img, f"{name}.jpg", f"opencv-doc: examples/{f}", OCV_LICENCE, desc)
     for f, step, clear, desc in CHECK_CLIPS:
         cap = cv2.VideoCapture(str(OCV / f))
@@ -165,10 +165,26 @@ def make_check() -> int:
     return 0
 
 
-def main() -> int:
-    if "--check" in sys.argv[1:]:
+def _import(package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise SystemExit(f"error: the photos come with the Python package {package}: pip install scikit-image "
+                         f"scikit-learn matplotlib") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tools.make_calib_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="rebuild check_data/ instead of calib_data/")
+    args = parser.parse_args(argv)
+    if args.check:
         return make_check()
-    import skimage
+    skimage = _import("skimage")
 
     sk_dir = Path(skimage.__file__).parent / "data"
     OUT.mkdir(exist_ok=True)
@@ -178,27 +194,20 @@ def main() -> int:
     for f, (licence, desc) in SKIMAGE.items():
         img = cv2.imread(str(sk_dir / f), cv2.IMREAD_COLOR)
         if img is None:
-            print(f"missing {f}", file=sys.stderr)
-            continue
+            raise SystemExit(f"error: missing skimage/data/{f}")
         save(img, f"skimage_{Path(f).stem}.jpg", f"scikit-image {skimage.__version__}: skimage/data/{f}", licence, desc)
     for f, desc in OPENCV.items():
         img = cv2.imread(str(OCV / f), cv2.IMREAD_COLOR)
         if img is None:
-            print(f"missing {f}", file=sys.stderr)
-            continue
+            raise SystemExit(f"error: missing {OCV / f} (apt-get install opencv-doc)")
         name = "opencv_" + f.replace("/", "_").replace("data_", "").rsplit(".", 1)[0] + ".jpg"
         save(img, name, f"opencv-doc: examples/{f}", OCV_LICENCE, desc)
-    import importlib
-
     for (package, rel), (licence, desc) in OTHERS.items():
-        try:
-            mod = importlib.import_module(package)
-        except ImportError:
-            print(f"missing package {package} for {rel}", file=sys.stderr)
-            continue
+        mod = _import(package)
         img = cv2.imread(str(Path(mod.__file__).parent / rel), cv2.IMREAD_COLOR)
-        if img is not None:
-            save(img, f"{package}_{Path(rel).stem}.jpg", f"{package} {mod.__version__}: {rel}", licence, desc)
+        if img is None:
+            raise SystemExit(f"error: missing {rel} in {package}")
+        save(img, f"{package}_{Path(rel).stem}.jpg", f"{package} {mod.__version__}: {rel}", licence, desc)
     for f, fractions, desc in CLIPS:
         cap = cv2.VideoCapture(str(OCV / f))
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
