@@ -366,6 +366,13 @@ def main(argv=None) -> int:
         print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
               "(--json alone prints JSON on stdout)", file=sys.stderr)
         args.report, args.json = Path(args.json), None
+    from edge_runtime.classify import Classifier, ModelError
+
+    try:  # a missing or damaged model is one line, before any measuring
+        Classifier(args.model, threads=1)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.serve:
         res = serve_figures(args)
         _output(res, args)
