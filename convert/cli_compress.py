@@ -15,7 +15,7 @@ EXAMPLES = """examples:
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_440k.sqz --size-budget 440000
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_6bit.sqz --bits 6 \\
       --finetune-images photos/ --val ../shared/imagenet/val500
-  python -m convert tflite --weights build/squeezenet1_0_8bit.sqz --out build/squeezenet1_0_8bit_int8.tflite
+  python -m convert tflite --weights build/squeezenet1_0_dc.sqz --out build/squeezenet1_0_dc_int8.tflite
 """
 
 
