@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 from edge_runtime.classify import ModelError
+from edge_runtime.evaluation import DatasetError
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import PreprocessingError
 
@@ -65,7 +66,7 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
         return int(func() or 0)
-    except (ConvertError, MetadataError, PreprocessingError, ModelError) as e:
+    except (ConvertError, DatasetError, MetadataError, PreprocessingError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder that went away during the run...

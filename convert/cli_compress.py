@@ -65,10 +65,12 @@ def _to_int8(container: Path, out: Path, val: Path | None, quiet: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compress.pipeline import CompressOptions, check_output_path, compress
+    from .compress.pipeline import CompressOptions, compress
+    from .outputs import check_output_path
 
-    if args.tflite:  # before the compression's work, like every other output
-        check_output_path("--tflite", args.tflite)
+    for flag, path in (("--tflite", args.tflite), ("--report", args.report)):
+        if path:  # before the compression's work, like every other output
+            check_output_path(path, flag)
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.val:
         raise ConvertError("--val: a folder of labelled images is required")
+    if args.report:
+        from .outputs import check_output_path
+
+        check_output_path(args.report, "--report")
     if str(args.weights).endswith(".tflite"):
         name, sha256, result = _evaluate_tflite(args)
     else:

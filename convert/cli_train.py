@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from edge_runtime.flags import nonnegative_int, positive_float, positive_int
+
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
   python -m convert train --data build/fashion-mnist/train --val-split 0.1 --input-size 64 \\
@@ -40,26 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="registered architecture (default: the weights' own, else squeezenet1_0)")
     p.add_argument("--weights", help="initial weights: deep-compression (default; ImageNet), none (from scratch), "
                                      "a named source, or a file (.pt from a run, .pth, .net, .sqz)")
-    p.add_argument("--epochs", type=int, help="epochs of training, --freeze-epochs included (default 10)")
-    p.add_argument("--batch-size", type=int, help="global batch, split among torchrun processes (default 64)")
-    p.add_argument("--lr", type=float, help="base learning rate, decayed linearly to 0 in each phase "
+    p.add_argument("--epochs", type=nonnegative_int, help="epochs of training, --freeze-epochs included (default 10)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch, split among torchrun processes (default 64)")
+    p.add_argument("--lr", type=positive_float, help="base learning rate, decayed linearly to 0 in each phase "
                                             "(default 0.04 x batch / 512: the paper's rate)")
-    p.add_argument("--finetune-lr", type=float,
+    p.add_argument("--finetune-lr", type=positive_float,
                    help="rate of the all-layers phase after --freeze-epochs, relative to --lr (default 0.5)")
-    p.add_argument("--freeze-epochs", type=int,
+    p.add_argument("--freeze-epochs", type=nonnegative_int,
                    help="epochs training only the new classifier first (default 1 with a new classifier on "
                         "trained features, else 0)")
-    p.add_argument("--input-size", type=int, help="square network input in pixels (default: the weights' own)")
-    p.add_argument("--resize", type=int, help="evaluation resize before the centre crop (default: the weights' ratio)")
-    p.add_argument("--min-scale", type=float, help="smallest area fraction of the random resized crop (default 0.35)")
+    p.add_argument("--input-size", type=positive_int, help="square network input in pixels (default: the weights' own)")
+    p.add_argument("--resize", type=positive_int, help="evaluation resize before the centre crop (default: the weights' ratio)")
+    p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized crop (default 0.35)")
     p.add_argument("--dsd", type=float, metavar="SPARSITY",
                    help="after training, dense-sparse-dense: prune every layer to SPARSITY, retrain, then retrain dense")
-    p.add_argument("--dsd-epochs", type=int, help="epochs of each DSD phase (default 3)")
-    p.add_argument("--frame-stride", type=int, help="keep every N-th frame of video clips (default 15)")
-    p.add_argument("--seed", type=int, help="seed of shuffling, augmentation and dropout (default 0)")
+    p.add_argument("--dsd-epochs", type=positive_int, help="epochs of each DSD phase (default 3)")
+    p.add_argument("--frame-stride", type=positive_int, help="keep every N-th frame of video clips (default 15)")
+    p.add_argument("--seed", type=nonnegative_int, help="seed of shuffling, augmentation and dropout (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes per training process (default 0)")
-    p.add_argument("--threads", type=int, help="torch threads per process (default: the cores / local processes)")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data-loading worker processes per training process (default 0)")
+    p.add_argument("--threads", type=positive_int, help="torch threads per process (default: the cores / local processes)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (gloo) or cuda (nccl); default cpu")
     p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -74,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     # jobs) spinning threads make torch 3.6x slower with 2 threads (40 vs 147 images/s, measured);
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .outputs import check_output_path
     from .train import TrainOptions, train
+
+    if args.report:
+        check_output_path(args.report, "--report")
 
     summary = train(TrainOptions(
         data=args.data, out=args.out, val=args.val, val_split=args.val_split, test=args.test, arch=args.arch,

@@ -32,6 +32,7 @@ from .artifact import artifact_record, finish_artifact, finish_graph, float_sibl
 from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
+from .outputs import check_output_path
 from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
@@ -194,13 +195,8 @@ def check_writable(out: Path, others: tuple[Path | None, ...] = ()) -> None:
     except OSError as e:
         raise ConvertError(f"{out}: cannot create the output folder ({e.strerror})") from None
     for path in (out, *others):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise ConvertError(f"{path}: is a folder; a file path expected")
-        folder = path.parent if str(path.parent) else Path(".")
-        if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
-            raise ConvertError(f"{path}: output path is not writable")
+        if path is not None:
+            check_output_path(path)
 
 
 def check_space(folder: Path, float_weight_bytes: int) -> None:

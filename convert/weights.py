@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -162,9 +163,13 @@ def read_weights_only(path: Path):
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols: the refusal below says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or hostile files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if first.startswith("Weights only load failed"):  # torch's text goes on to suggest unpickling it
+            first = "it holds Python objects other than tensors and plain data; they are never unpickled"
         raise WeightsError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
 
 

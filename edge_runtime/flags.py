@@ -18,6 +18,7 @@ Old spellings keep working for one release, with a one-line deprecation warning 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 TOP_K = 5
@@ -66,6 +67,26 @@ def size_arg(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: HxW expected, e.g. 224x224") from None
     return h, w
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: 0 or a positive integer expected")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number expected")
+    return value
 
 
 def positive_int(text: str) -> int:

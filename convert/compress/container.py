@@ -187,6 +187,9 @@ def decode(data: bytes) -> Container:
 
 def load_container(path: Path) -> tuple[dict[str, np.ndarray], str, str]:
     """(state dict, weights record key, arch) of a ``.sqz`` file, for ``convert.weights.load_model``."""
+    size = Path(path).stat().st_size
+    if size > MAX_FILE_BYTES:  # refused before it is read
+        raise ContainerError(f"{path}: container of {size} bytes: at most {MAX_FILE_BYTES} expected")
     c = decode(Path(path).read_bytes())
     return c.state_dict(), c.record, c.arch
 

@@ -1,7 +1,6 @@
 """``compress``: prune -> share weights -> (fine-tune centroids) -> Huffman container, measured."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import numpy as np
 from edge_runtime.fileio import atomic_write
 
 from ..errors import ConvertError
+from ..outputs import check_output_path
 from . import container as sqz
 from .share import for_layer, layer_spec, prune_mask, share_layer
 
@@ -175,7 +175,11 @@ def check_inputs(opts: CompressOptions) -> None:
         ConvertError: a folder that does not exist, an output that cannot be written, a bad spec.
     """
     layer_spec(opts.bits, 8)
-    layer_spec(opts.sparsity, 0.0)
+    for key, value in layer_spec(opts.sparsity, 0.0).items():
+        if not 0.0 <= value < 1.0:
+            where = "" if key == "*" else f" for {key}"
+            raise ConvertError(f"--sparsity {value:g}{where}: a fraction of zeros from 0 to below 1 expected "
+                               "(e.g. 'features.12.expand3x3=0.8')")
     if opts.finetune_steps < 0:
         raise ConvertError(f"--finetune-steps {opts.finetune_steps}: 0 (no fine-tuning) or more expected")
     if opts.lossless and opts.finetune_images:
@@ -183,21 +187,7 @@ def check_inputs(opts: CompressOptions) -> None:
     for flag, folder in (("--val", opts.val), ("--finetune-images", opts.finetune_images)):
         if folder is not None and not Path(folder).is_dir():
             raise ConvertError(f"{flag} {folder}: not a folder of images")
-    check_output_path("--out", opts.out)
-
-
-def check_output_path(flag: str, path: Path) -> None:
-    """``path`` can be written: not a folder, in a writable folder.
-
-    Raises:
-        ConvertError: it cannot.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ConvertError(f"{flag} {path}: is a folder; a file path expected")
-    folder = path.parent if str(path.parent) else Path(".")
-    if folder.exists() and not os.access(folder, os.W_OK):
-        raise ConvertError(f"{flag} {path}: the folder {folder} is not writable")
+    check_output_path(opts.out, "--out")
 
 
 def compress(opts: CompressOptions) -> dict:

@@ -20,7 +20,8 @@ import torch
 
 from edge_runtime.evaluation import IMAGE_SUFFIXES
 from edge_runtime.fileio import atomic_write, sha256_file
-from edge_runtime.preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
+from edge_runtime.image_size import ImageHeaderError, image_size
+from edge_runtime.preprocess import MAX_IMAGE_PIXELS, Preprocessing, PreprocessingError, read_image, resize_crop
 
 from ..errors import TrainError
 
@@ -74,6 +75,12 @@ def _check_image(path: Path) -> tuple[str | None, str]:
     if size > MAX_FILE_BYTES:
         return f"larger than {MAX_FILE_BYTES >> 20} MB", ""
     data = np.fromfile(path, dtype=np.uint8)
+    try:  # the budget read_image applies when training reads it, judged from the header here
+        w, h, fmt = image_size(memoryview(data))
+    except ImageHeaderError:
+        return "unreadable image", ""
+    if w * h > MAX_IMAGE_PIXELS:
+        return f"{fmt} of {w}x{h} pixels, over the budget of {MAX_IMAGE_PIXELS:,}", ""
     # decoding at 1/8 scale reads the whole stream (JPEG's DCT scaling makes it cheap)
     image = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8) if data.size else None
     if image is None or image.size == 0:

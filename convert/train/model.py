@@ -87,7 +87,21 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
                            mean=pp_base.mean, std=pp_base.std, interpolation=pp_base.interpolation)
     except PreprocessingError as e:
         raise TrainError(f"--input-size {size} / --resize {r}: {e}") from None
+    _check_input_size(model, arch, size)
     return model, pp, arch, new_head, kwargs
+
+
+def _check_input_size(model: nn.Module, arch: str, size: int) -> None:
+    """One forward pass at ``size``: an input too small for the network's strides is one line here."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise TrainError(f"--input-size {size}: too small for {arch} ({first})") from None
+    finally:
+        model.train(training)
 
 
 def _normalize_input_scale(model: nn.Module, pp: Preprocessing) -> tuple[nn.Module, Preprocessing]:

@@ -30,13 +30,18 @@ def check_out(o: TrainOptions) -> None:
         raise TrainError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise TrainError(f"--out {out}: the run folder is not writable")
-    has_run = (out / "last.pt").exists() or (out / "run.json").exists()
+    # a run stopped before its first checkpoint left nothing to resume or protect: it starts over
+    has_run = (out / "last.pt").exists() or (out / "best.pt").exists()
     if o.resume and not (out / "last.pt").exists():
         raise TrainError(f"--resume: {out} holds no last.pt to resume (start without --resume)")
     if not o.resume and has_run:
         raise TrainError(f"--out {out} already holds a training run: pass --resume to continue it, "
                          "or choose another --out (nothing is overwritten)")
     lock_run(out)
+    if not o.resume:  # what a run stopped before its first checkpoint left: its own working folders
+        for name in ("calib", "val", "frames", "frames-val"):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
 
 
 _LOCKS: dict[Path, object] = {}  # run folder -> the open lock file, held until release_run
@@ -111,7 +116,7 @@ def prepare(o: TrainOptions) -> dict:
     saved = None
     if o.resume:
         check_out(o)
-        saved = ckpt.load(Path(o.out) / "last.pt")
+        saved = ckpt.load(Path(o.out) / "last.pt", resume=True)
         o = resolve_identity(o, saved["train_state"]["options"])
     else:
         o = resolve_identity(o, None)
