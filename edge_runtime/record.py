@@ -12,14 +12,18 @@ starts in that folder.
 
 Free space is checked before every frame: when it falls below what the writer may still need
 (its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
-so, instead of the writer failing silently on a full disk. Frames of another size than the first
+so, instead of the writer failing silently on a full disk. The same holds for a limit on the size of
+one file (``ulimit -f``, or the 4 GiB of a FAT-formatted SD card), which free space does not show:
+segments end early to stay under it, a single file stops with the error. Frames of another size than the first
 are scaled into the recording (letterboxed), never dropped.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
+import resource
 from pathlib import Path
 
 import cv2
@@ -64,6 +68,35 @@ def free_bytes(folder: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+FAT_FILE_LIMIT = (4 << 30) - 1  # the largest file FAT32 (and exFAT-less SD cards) can hold
+
+
+def _filesystem(folder: Path) -> str:
+    """The type of the filesystem holding ``folder`` (from /proc/mounts; "" when unknown)."""
+    try:
+        mounts = Path("/proc/mounts").read_text(errors="replace").splitlines()[:10_000]
+    except OSError:
+        return ""
+    where, best = str(Path(folder).resolve()), ("", "")
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            point = parts[1].replace("\\040", " ")
+            inside = where == point or where.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best[0]):
+                best = (point, parts[2])
+    return best[1]
+
+
+def file_size_limit(folder: Path, fs_type: str | None = None) -> int | None:
+    """The most bytes one file in ``folder`` may hold (``ulimit -f``, FAT), or None for no limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limits = [] if soft == resource.RLIM_INFINITY else [soft]
+    if (fs_type if fs_type is not None else _filesystem(folder)) in ("vfat", "msdos", "fat"):
+        limits.append(FAT_FILE_LIMIT)
+    return min(limits, default=None)
+
+
 def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``frame`` scaled to fit ``size`` (width, height) keeping its proportions, on black."""
     w, h = size
@@ -92,13 +125,14 @@ def recover_partials(folder: Path, stem: str, suffix: str) -> list[str]:
     """Finish what killed runs left in ``folder``: a playable partial file of this recording is
     renamed to a visible name, an unplayable one is removed. Returns what was done, one line each."""
     done = []
-    for p in sorted(folder.glob(f".{stem}*.partial{suffix}")):
+    ours = re.compile(rf"^{re.escape(stem)}(-\d+)?$")  # this recording's file or one of its segments
+    for p in sorted(folder.glob(f".{glob.escape(stem)}*.partial{suffix}")):
         m = _PARTIAL.match(p.name)
-        if not m or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
+        if not m or not ours.match(m["name"]) or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
             continue
         ok, _ = readable(p)
         if ok:
-            target = free_name(folder / f"{Path(m['name']).stem}{m['suffix']}", "recovered")
+            target = free_name(folder / f"{m['name']}{m['suffix']}", "recovered")
             os.replace(p, target)
             fsync_path(folder)
             done.append(f"recovered {target.name} from an interrupted recording")
@@ -135,6 +169,7 @@ class Recorder:
         self.files: list[Path] = []  # finished files, in order
         self.frames = 0  # frames written over all files
         self.recovered = recover_partials(self.folder, self.stem, self.suffix)
+        self._fs_type = _filesystem(self.folder)
         self._writer = None
         self._tmp: Path | None = None
         self._target: Path | None = None
@@ -160,6 +195,7 @@ class Recorder:
         else:
             self._target = self.path
         self._tmp = self.folder / f".{self._target.stem}.{os.getpid()}.partial{self.suffix}"
+        self._in_file, self._last_size = 0, 0
         self._check_space()
         fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.suffix.lower()])
         self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self.size)
@@ -174,6 +210,16 @@ class Recorder:
         if free < self._reserve():
             raise RecordingError(f"storage full in {self.folder} ({free:,} bytes free, {self._reserve():,} needed "
                                  "to finish the file): recording stopped")
+        limit = file_size_limit(self.folder, self._fs_type)
+        if limit is not None and self._last_size + self._reserve() > limit:
+            if self._in_file == 0:
+                raise RecordingError(f"{self.folder}: one file may hold at most {limit:,} bytes here (ulimit -f or "
+                                     "a FAT card), too few for a frame and the file's index: recording stopped")
+            if not self.segment_frames:
+                raise RecordingError(f"{self._target}: the file reached the size limit of {limit:,} bytes for one "
+                                     "file here (ulimit -f or a FAT card): recording stopped (--record-segment "
+                                     "keeps recording in files under it)")
+            self._finish()  # this segment ends early, the next one starts with the next frame
 
     def write(self, frame: np.ndarray) -> None:
         """Append one BGR frame (scaled into the recording's size when its size differs)."""
@@ -185,10 +231,10 @@ class Recorder:
                 self.size = (w - w % 2, h - h % 2)  # encoders want even sizes
             if (frame.shape[1], frame.shape[0]) != self.size:
                 frame = letterbox(frame, self.size)
+            if self._writer is not None:
+                self._check_space()  # may end a segment at the size limit
             if self._writer is None:
                 self._open()
-            else:
-                self._check_space()
             self._writer.write(frame)
             self._in_file += 1
             self.frames += 1

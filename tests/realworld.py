@@ -119,15 +119,19 @@ class SilentServer:
         self.sock.close()
 
 
-def run_module(module: str, *args, memory_limit: int | None = None, timeout: float = 300):
+def run_module(module: str, *args, memory_limit: int | None = None, file_limit: int | None = None,
+               timeout: float = 300):
     """``python -m MODULE ARGS`` to completion (optionally under a virtual memory limit, as
-    ``ulimit -v`` sets it), output captured."""
+    ``ulimit -v`` sets it, or a limit on the size of one file, as ``ulimit -f``), output captured."""
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if file_limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          preexec_fn=limit if memory_limit else None)
+                          preexec_fn=limit if memory_limit or file_limit else None)
 
 
 def convert_main(*args) -> subprocess.CompletedProcess:

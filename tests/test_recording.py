@@ -36,6 +36,32 @@ def test_full_storage_keeps_the_earlier_recording(int8_model, sample_clip, tmp_p
         assert not list(sd.glob(".*partial*"))
 
 
+def test_file_size_limit_keeps_the_earlier_recording_and_segments_stay_under_it(int8_model, sample_clip, tmp_path):
+    """A limit on one file's size that free space does not show (ulimit -f here; a FAT card's 4 GiB on a
+    device): the writer would fail silently there. A single file stops with one line and a non-zero exit,
+    the earlier recording untouched and the frames before the limit kept; segments end early and every
+    frame is recorded."""
+    limit = 1_000_000
+    rec = tmp_path / "rec.mkv"
+    first = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record", rec, "--max-frames", 20)
+    assert first.returncode == 0, first.stderr
+    before = rec.read_bytes()
+    cut = run_module("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless",
+                     "--record", rec, "--max-frames", 3000, file_limit=limit)
+    assert cut.returncode == 1 and "size limit of 1,000,000 bytes" in one_error_line(cut), cut.stderr
+    assert rec.read_bytes() == before
+    kept = tmp_path / "rec.incomplete.mkv"
+    assert 20 < video_frames(kept) < 3000 and kept.stat().st_size <= limit
+    segments = run_module("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless",
+                          "--record", tmp_path / "seg.mp4", "--record-segment", 600, "--max-frames", 200,
+                          file_limit=limit)
+    assert segments.returncode == 0, segments.stderr
+    files = sorted(tmp_path.glob("seg-*.mp4"))
+    assert len(files) >= 2 and all(f.stat().st_size <= limit for f in files)
+    assert sum(video_frames(f) for f in files) == 200
+    assert not list(tmp_path.glob(".*partial*"))
+
+
 def test_read_only_folder_fails_before_starting(int8_model, sample_clip, tmp_path):
     with small_filesystem(tmp_path / "ro", "1m", read_only=True) as ro:
         proc = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record", ro / "rec.mp4")
