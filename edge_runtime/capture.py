@@ -154,11 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Save labelled photos for training from a camera, a video file, a "
                                             "stream or an image folder: JPEGs in OUT/LABEL/, never overwriting.")
     from .cli import add_source_arguments
+    from .flags import seconds_arg
 
     add_source_arguments(p)
     p.add_argument("--label", required=True, help="class name: photos go to OUT/LABEL/")
     p.add_argument("--out", type=Path, required=True, help="data folder (one sub-folder per class)")
-    p.add_argument("--every", type=float, default=1.0, help="seconds between saved photos (default 1.0)")
+    p.add_argument("--every", type=seconds_arg, default=1.0, help="seconds between saved photos (default 1.0)")
     p.add_argument("--count", type=int, help="stop after N photos (default: until Ctrl-C or the source ends)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
     p.add_argument("--quiet", action="store_true", help="no line per saved photo")
@@ -166,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
     from .app import install_stop_signals
-    from .sources import SourceError, open_source
+    from .sources import SourceError, open_source, quiet_opencv
+
+    quiet_opencv()
 
     if args.every < 0 or (args.count is not None and args.count < 1) or not 1 <= args.quality <= 100:
         print(f"error: --every {args.every} / --count {args.count} / --quality {args.quality}: every >= 0, "

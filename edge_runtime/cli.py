@@ -11,7 +11,8 @@ from pathlib import Path
 from . import serve
 from .classify import Classifier, ModelError
 from .interpreter import InterpreterUnavailable
-from .flags import CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, deprecated, positive_int, resize_arg
+from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, deprecated, nonnegative_int, positive_int, resize_arg,
+                    seconds_arg)
 from .metadata import MetadataError, read_model_info
 from .preprocess import Preprocessing, PreprocessingError
 
@@ -44,26 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_arguments(p)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help=f"the .tflite model (default: {DEFAULT_MODEL}, what `python -m convert tflite` writes)")
-    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="interpreter threads (default 2)")
     p.add_argument("--top-k", type=positive_int, default=TOP_K, help=f"labels shown per frame (default {TOP_K})")
     p.add_argument("--threshold", type=float, default=0.0, help="hide labels below this probability (default 0)")
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
     p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
-    p.add_argument("--max-frames", type=int, help="stop after N classified frames")
+    p.add_argument("--max-frames", type=positive_int, help="stop after N classified frames")
     p.add_argument("--record", type=Path, metavar="OUT.mp4",
                    help="record the annotated frames (.mp4, .mkv, .ts, .avi); finished only when closed: "
                         "use --record-segment, and .mkv or .ts, to keep what was recorded if the device dies")
-    p.add_argument("--record-segment", type=_seconds, default=0.0, metavar="SECONDS",
+    p.add_argument("--record-segment", type=seconds_arg, default=0.0, metavar="SECONDS",
                    help="cut the recording into files of SECONDS of video each (OUT-00001.mp4, ...); "
                         "every finished file survives a kill or a power cut (default: one file)")
-    p.add_argument("--stream-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+    p.add_argument("--stream-timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
                    help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
                         "(default 10)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    p.add_argument("--disconnect-every", type=int, default=0, metavar="N",
+    p.add_argument("--disconnect-every", type=nonnegative_int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
     deprecated(p, "--simulate-disconnect-every", "--disconnect-every", "disconnect_every", type=int)
-    p.add_argument("--disconnect-seconds", type=float, default=0.0, metavar="S",
+    p.add_argument("--disconnect-seconds", type=seconds_arg, default=0.0, metavar="S",
                    help="with --disconnect-every: the camera stays unplugged S seconds each time "
                         "(default 0: it comes back at the first reopen attempt)")
     deprecated(p, "--simulate-disconnect-seconds", "--disconnect-seconds", "disconnect_seconds", type=float)
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builtin-kernels", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--no-verify", action="store_true",
                    help="load the model even if its integrity checksum does not match (experiments only)")
-    p.add_argument("--log-interval", type=float, default=1.0, help="seconds between headless text lines")
+    p.add_argument("--log-interval", type=seconds_arg, default=1.0, help="seconds between headless text lines")
     pre = p.add_argument_group("preprocessing of a plain .tflite without embedded metadata (refused for a "
                                "model that carries its own)")
     pre.add_argument("--resize", type=resize_arg, metavar="N|HxW",
@@ -85,16 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.add_arguments(p)
     return p
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds expected") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text}: 0..86400 seconds expected")
-    return value
 
 
 def has_display() -> bool:
@@ -116,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         from .capture import main as capture_main
 
         return capture_main(argv[1:])
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app
     from .record import RecordingError, check_target
-    from .sources import SourceError, open_source
+    from .sources import SourceError, open_source, quiet_opencv
+
+    if not args.verbose:
+        quiet_opencv()
 
     stop = threading.Event()
     app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
@@ -198,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
           f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", file=sys.stderr)
     if stats.error:
         print(f"error: {stats.error}", file=sys.stderr)
+        return 1
+    if stats.frames == 0 and stats.stopped_by == "end of source":
+        print(f"error: the source ended before any frame could be classified ({skipped})", file=sys.stderr)
         return 1
     return 0
 

@@ -89,6 +89,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds_arg(text: str) -> float:
+    """A number of seconds from 0 to a day (NaN and infinity refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds expected") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text}: 0..86400 seconds expected")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -12,6 +12,7 @@ second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stre
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 from .evaluation import IMAGE_SUFFIXES
-from .preprocess import ImageTooLarge, PreprocessingError, read_image
+from .preprocess import MAX_IMAGE_PIXELS, ImageTooLarge, PreprocessingError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,23 @@ _POLL = 0.1  # seconds between checks of a stop request while waiting
 STREAM_TIMEOUT = 10.0  # seconds: open and read timeout of network streams
 
 
+def quiet_opencv() -> None:
+    """OpenCV's and FFmpeg's own log lines off (a garbled clip makes FFmpeg print hundreds; this
+    project's messages say what failed in one line). FFmpeg reads its variable when it first opens a
+    file, so this works after cv2 is imported; OpenCV's level is set directly."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is not None and hasattr(logging_api, "setLogLevel"):
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+
+
 class SourceError(RuntimeError):
     """A source cannot be opened (the message says what to use instead)."""
+
+
+class SourceTooLarge(SourceError):
+    """The source's frames are over the pixel budget (refused before any frame is decoded)."""
 
 
 @dataclass
@@ -84,6 +100,7 @@ class CaptureSource:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._latest: Any = None
         self._cond = threading.Condition()
+        self._too_large: str | None = None  # the frame size of a source over the pixel budget
         self._cap = self._open_first(startup_attempts)
         self._thread = threading.Thread(target=self._run, name=f"capture:{name}", daemon=True)
         self._thread.start()
@@ -98,7 +115,13 @@ class CaptureSource:
             if cap is not None:
                 cap.release()
             return None
-        fps = getattr(cap, "get", lambda _p: 0.0)(cv2.CAP_PROP_FPS) if hasattr(cap, "get") else 0.0
+        get = getattr(cap, "get", lambda _p: 0.0)
+        w, h = int(get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if w * h > MAX_IMAGE_PIXELS:  # every frame would be that large: refused before any is decoded
+            cap.release()
+            self._too_large = f"{w}x{h}"
+            return None
+        fps = get(cv2.CAP_PROP_FPS)
         self.stats.fps_hint = float(fps) if fps and 0 < fps < 1000 else self.stats.fps_hint
         return cap
 
@@ -120,6 +143,9 @@ class CaptureSource:
                 raise SourceError(f"stopped while opening {self.name}")
             if box and box[0] is not None:
                 return box[0]
+            if self._too_large:
+                raise SourceTooLarge(f"{self.name}: frames of {self._too_large} pixels, over the budget of "
+                                  f"{MAX_IMAGE_PIXELS:,} pixels")
             if i + 1 < attempts:
                 log.warning("cannot open %s (attempt %d/%d), retrying in %.1fs", self.name, i + 1, attempts, delay)
                 end = time.monotonic() + delay
@@ -439,12 +465,16 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
             raise SourceError(f"no camera found at index {index}; to classify a video file, an image folder "
                               f"or a stream instead use --source PATH_OR_URL") from None
     spec = str(spec)
+    if not spec.strip():  # Path("") is the current folder: never what was meant
+        raise SourceError("--source: empty; a video file, an image folder or a stream URL expected")
     if _is_stream(spec):
         if not 0 < stream_timeout <= 3600:
             raise SourceError(f"stream timeout {stream_timeout} s: 0 < seconds <= 3600 expected")
         try:
             return CaptureSource(lambda: _stream_capture(spec, stream_timeout), spec, latest=True, reconnect=True,
                                  backoff=backoff, startup_attempts=startup_attempts, live=True, stop=stop)
+        except SourceTooLarge:
+            raise
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
@@ -461,6 +491,8 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     try:
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
                              backoff=(0.0, 0.0) if loop else backoff, stop=stop)
+    except SourceTooLarge:
+        raise
     except SourceError:
         if stop is not None and stop.is_set():
             raise
