@@ -61,7 +61,9 @@ def test_bad_flag_values_give_one_line(tmp_path):
                  ["tflite", "--percentile", "nan", "--out", tmp_path / "m.tflite"],
                  ["tflite", "--mean", "nan,0,0", "--onnx", _tiny_onnx(tmp_path / "t.onnx"), "--out", tmp_path / "m.tflite"],
                  ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--bits", "x"],
-                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "f=y"]):
+                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "f=y"],
+                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "1.5"],
+                 ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "features=-3"]):
         proc = _main(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         one_error_line(proc)

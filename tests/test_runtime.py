@@ -91,6 +91,25 @@ def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp
     assert "stopped by end of source" in proc.stderr
 
 
+def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_path):
+    """A folder of unreadable files, an empty --source (not the current folder) and a clip whose frames are
+    over the pixel budget (refused at open, before a frame is decoded): one line and a non-zero exit."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff corrupt")
+    (bad / "empty.png").write_bytes(b"")
+    proc = _runtime("--source", bad, "--model", int8_model, "--headless")
+    assert proc.returncode == 1 and "ended before any frame could be classified" in one_error_line(proc)
+    proc = _runtime("--source", "", "--model", int8_model, "--headless")
+    assert proc.returncode == 2 and "--source: empty" in one_error_line(proc)
+    huge = tmp_path / "huge.avi"
+    writer = cv2.VideoWriter(str(huge), cv2.VideoWriter_fourcc(*"MJPG"), 1, (8000, 7000))
+    writer.write(np.zeros((7000, 8000, 3), np.uint8))
+    writer.release()
+    proc = _runtime("--source", huge, "--model", int8_model, "--headless")
+    assert proc.returncode == 2 and "frames of 8000x7000 pixels, over the budget" in one_error_line(proc)
+
+
 def test_disconnects_are_recovered(int8_model, sample_clip):
     opened = []
 

@@ -145,6 +145,17 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     next(iter(sorted((other / "Bag").glob("train_*.png")))).unlink()
     _fails(["--data", str(other), "--out", str(run_dir), "--resume"], capsys, "the data differ")
     _fails(["--data", str(data), "--out", str(tmp_path / "o6"), "--resume"], capsys, "no last.pt")
+    _fails(["--data", str(data), "--out", str(tmp_path / "o7"), "--input-size", "8"], capsys, "too small for")
+    # checkpoints are untrusted files: a field of the wrong kind, or best.pt resumed, is one line
+    saved = torch.load(run_dir / "last.pt", weights_only=True)
+    del saved["record"]["labels"]
+    torch.save(saved, tmp_path / "nolabels.pt")
+    _fails(["--data", str(data), "--out", str(tmp_path / "o8"), "--weights", str(tmp_path / "nolabels.pt")], capsys,
+           "record.labels")
+    resumed = tmp_path / "o9"
+    resumed.mkdir()
+    shutil.copy(run_dir / "best.pt", resumed / "last.pt")
+    _fails(["--data", str(data), "--out", str(resumed), "--resume"], capsys, "holds no training state")
     # a run still writing the folder (here: this process holds its lock, as the workers a kill -9 of
     # torchrun leaves behind do): a resume is refused, not a second writer of the same checkpoints
     import fcntl
