@@ -25,7 +25,7 @@ EXAMPLES = """examples:
   python -m tools.benchmark --model build/squeezenet1_0_int8.tflite --peers onnxruntime,tflite-fp32,opencv-dnn,pytorch \\
       --val ../shared/imagenet/val500 --source samples/sample_clip.mp4 --report build/bench.json --plot build/bench.png
   python -m tools.benchmark --model build/squeezenet1_0_int8.tflite \\
-      --reference benchmarks/reference-x86_64-2core-epyc-avx2.json --fail-on-regression
+      --reference benchmarks/reference-x86_64-2core.json --fail-on-regression
 """
 
 
