@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_runtime.flags import CHANNEL_ORDER_HELP, RESIZE_HELP, resize_arg
+from edge_runtime.flags import CHANNEL_ORDER_HELP, RESIZE_HELP, input_size_arg, resize_arg
 
 from .errors import ConvertError
 
@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         return f"with --onnx: {text} (default {default}, from torchvision's ImageNet record)"
 
     p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
-    p.add_argument("--input-size", help="with --onnx: HxW, checked against the ONNX input")
+    p.add_argument("--input-size", type=input_size_arg, metavar="N|HxW",
+                   help="with --onnx: N (square) or HxW, checked against the ONNX input")
     p.add_argument("--resize", type=resize_arg, metavar="N|HxW",
                    help=onnx_only(f"shorter side {D.resize[0]}/{D.input_size[0]} of the input size", RESIZE_HELP))
     p.add_argument("--channel-order", choices=("RGB", "BGR"), help=onnx_only(D.channel_order, CHANNEL_ORDER_HELP))
@@ -127,14 +128,7 @@ def _onnx_input(args: argparse.Namespace):
         return None
     if args.arch:
         raise ConvertError("--arch: only with --weights (an ONNX file carries its own architecture)")
-    size = None
-    if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise ConvertError(f"--input-size {args.input_size!r}: HxW expected, e.g. 224x224") from None
-        size = (h, w)
-    return OnnxInput(input_size=size, resize=args.resize, channel_order=args.channel_order, mean=args.mean,
+    return OnnxInput(input_size=args.input_size, resize=args.resize, channel_order=args.channel_order, mean=args.mean,
                      std=args.std)
 
 

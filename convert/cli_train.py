@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import nonnegative_int, positive_float, positive_int
+from edge_runtime.flags import nonnegative_int, positive_float, positive_int, square_size_arg
 
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-epochs", type=nonnegative_int,
                    help="epochs training only the new classifier first (default 1 with a new classifier on "
                         "trained features, else 0)")
-    p.add_argument("--input-size", type=positive_int, help="square network input in pixels (default: the weights' own)")
+    p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN",
+                   help="square network input in pixels (default: the weights' own)")
     p.add_argument("--resize", type=positive_int, help="evaluation resize before the centre crop (default: the weights' ratio)")
     p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized crop (default 0.35)")
     p.add_argument("--dsd", type=float, metavar="SPARSITY",

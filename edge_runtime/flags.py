@@ -10,6 +10,7 @@ The same flag means the same thing everywhere:
     --top-k K        labels per image (default 5)
     --threads N      interpreter / inference threads
     --resize N|HxW   before the center crop: N = shorter side to N (aspect kept), HxW = exactly HxW
+    --input-size N|HxW  the network's input: N = N x N (training and the design space take squares)
     --channel-order  RGB|BGR: the channel order of the model's input tensor
     --quiet          no progress lines
 
@@ -60,13 +61,25 @@ def resize_arg(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"{text!r}: N (shorter side) or HxW (exact) expected, e.g. 256 or 256x256")
 
 
-def size_arg(text: str) -> tuple[int, int]:
-    """An HxW size, e.g. 224x224."""
+def input_size_arg(text: str) -> tuple[int, int]:
+    """``--input-size``: "N" -> (N, N), a square; "HxW" -> (H, W)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: HxW expected, e.g. 224x224") from None
-    return h, w
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: N (square) or HxW expected, e.g. 224 or 224x224")
+    return parts[0], parts[1]
+
+
+def square_size_arg(text: str) -> int:
+    """``--input-size`` where the input is square (training, the design space): "N" or "NxN" -> N."""
+    h, w = input_size_arg(text)
+    if h != w:
+        raise argparse.ArgumentTypeError(f"{text!r}: a square input expected here (N or NxN, e.g. 128)")
+    return h
 
 
 def nonnegative_int(text: str) -> int:

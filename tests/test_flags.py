@@ -39,10 +39,22 @@ def test_one_meaning_per_flag():
             assert opts["--top-k"].default == flags.TOP_K == 5, name
         if "--resize" in opts:
             assert opts["--resize"].type is flags.resize_arg, name
+        if "--input-size" in opts:  # N or HxW; where the input must be square, N or NxN
+            assert opts["--input-size"].type in (flags.input_size_arg, flags.square_size_arg), name
         for action in opts.values():
             assert action.help, (name, action.option_strings)  # every flag has a help text
     assert "--val" in _options(parsers["convert tflite"]) and "--val" in _options(parsers["convert evaluate"])
     assert "--val" in _options(parsers["convert compress"]) and "--val" in _options(parsers["tools.benchmark"])
+
+
+def test_input_size_means_the_same_everywhere():
+    assert flags.input_size_arg("224") == (224, 224) and flags.input_size_arg("224x160") == (224, 160)
+    assert flags.square_size_arg("128") == 128 == flags.square_size_arg("128x128")
+    for bad in ("0", "x", "224x", "-3", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="N \\(square\\) or HxW"):
+            flags.input_size_arg(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="a square input expected"):
+        flags.square_size_arg("128x96")
 
 
 def test_resize_means_the_same_everywhere():

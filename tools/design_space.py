@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from edge_runtime.flags import square_size_arg
+
 
 EXAMPLES = """examples:
   python -m tools.make_fashion_mnist --out build/fm-6k --train-per-class 600 --test-per-class 300
@@ -43,7 +45,7 @@ def parse(argv):
     which.add_argument("--grid", help='a product of metaparameters, e.g. "sr=0.25,0.5;pct_3x3=0.5;bypass=none,simple" '
                                       "(keys: sr, pct_3x3, bypass, version, base_e, incr_e, freq)")
     p.add_argument("--epochs", type=int, help=f"training epochs of every variant (default {D.epochs})")
-    p.add_argument("--input-size", type=int, help=f"square network input in pixels (default {D.input_size})")
+    p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN", help=f"square network input in pixels (default {D.input_size})")
     p.add_argument("--batch-size", type=int, help=f"training batch of every variant (default {D.batch_size})")
     p.add_argument("--lr", type=float, help=f"base learning rate of every variant, decayed linearly (default {D.lr})")
     p.add_argument("--min-scale", type=float, help="smallest area fraction of the random resized training crops "
