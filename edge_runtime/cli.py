@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_opencv()
 
+    misuse = _flags_without_effect(args)
+    if misuse:
+        print(f"error: {misuse}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
     if args.record:
@@ -196,6 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the source ended before any frame could be classified ({skipped})", file=sys.stderr)
         return 1
     return 0
+
+
+def _flags_without_effect(args: argparse.Namespace) -> str | None:
+    """A flag that would be silently ignored with the others given, said as one line (else None)."""
+    video_file = args.source is not None and "://" not in args.source and not Path(args.source).is_dir()
+    rules = (("--record-segment", args.record_segment, "--record", args.record is not None),
+             ("--picamera", args.picamera, "--camera N", args.camera is not None),
+             ("--disconnect-seconds", args.disconnect_seconds, "--disconnect-every", bool(args.disconnect_every)),
+             ("--loop", args.loop, "a video file as --source", video_file),
+             ("--disconnect-every", args.disconnect_every, "a video file as --source", video_file))
+    for flag, given, needs, ok in rules:
+        if given and not ok:
+            return f"{flag}: only with {needs} (it would have no effect)"
+    return None
 
 
 class _FlagNotApplicable(ValueError):

@@ -62,9 +62,10 @@ class Preprocessing:
             raise PreprocessingError(f"input_size {self.input_size}: 8..4096 expected per side")
         if rw == 0:
             if not (min(h, w) <= rh <= 8192):
-                raise PreprocessingError(f"shorter-side resize {rh}: >= {min(h, w)} expected")
+                raise PreprocessingError(f"shorter-side resize {rh}: {min(h, w)}..8192 expected")
         elif not (h <= rh <= 8192 and w <= rw <= 8192):
-            raise PreprocessingError(f"resize {self.resize}: at least input_size {self.input_size} expected")
+            raise PreprocessingError(f"resize {self.resize}: from input_size {self.input_size} to 8192 per side "
+                                     "expected")
         if self.channel_order not in _ORDERS:
             raise PreprocessingError(f"channel_order {self.channel_order!r}: one of {_ORDERS} expected")
         if self.interpolation not in _INTERPOLATIONS:

@@ -92,8 +92,9 @@ def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp
 
 
 def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_path):
-    """A folder of unreadable files, an empty --source (not the current folder) and a clip whose frames are
-    over the pixel budget (refused at open, before a frame is decoded): one line and a non-zero exit."""
+    """A folder of unreadable files, an empty --source (not the current folder), flags that would have no
+    effect with it, and a clip whose frames are over the pixel budget (refused at open, before a frame is
+    decoded): one line and a non-zero exit."""
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff corrupt")
@@ -102,6 +103,10 @@ def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_pat
     assert proc.returncode == 1 and "ended before any frame could be classified" in one_error_line(proc)
     proc = _runtime("--source", "", "--model", int8_model, "--headless")
     assert proc.returncode == 2 and "--source: empty" in one_error_line(proc)
+    for flags, line in ((["--source", bad, "--loop"], "--loop: only with a video file"),
+                        (["--source", bad, "--record-segment", 5], "--record-segment: only with --record")):
+        proc = _runtime(*flags, "--model", int8_model, "--headless")
+        assert proc.returncode == 2 and line in one_error_line(proc)  # refused, not silently ignored
     huge = tmp_path / "huge.avi"
     writer = cv2.VideoWriter(str(huge), cv2.VideoWriter_fourcc(*"MJPG"), 1, (8000, 7000))
     writer.write(np.zeros((7000, 8000, 3), np.uint8))
