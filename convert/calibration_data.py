@@ -22,8 +22,9 @@ def default_check_dir() -> Path:
     return Path(__file__).resolve().parent / "check_data"
 
 
-def list_calibration_images(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """Image files under ``folder`` in a deterministic order, and the other files skipped.
+def list_calibration_images(folder: str | Path, what: str = "calibration folder") -> tuple[list[Path], list[str]]:
+    """Image files under ``folder`` in a deterministic order, and the other files skipped (``what``:
+    the folder's role, for the message).
 
     Raises:
         ConvertError: the folder is missing or holds no image.
@@ -32,7 +33,7 @@ def list_calibration_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConvertError(f"{folder}: calibration folder not found (a folder of photos expected)")
+        raise ConvertError(f"{what} {folder}: not found (a folder of photos expected)")
     paths, skipped = [], []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or p.suffix.lower() in DOC_SUFFIXES:

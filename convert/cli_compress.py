@@ -8,6 +8,8 @@ from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
 
+from .errors import ConvertError
+
 EXAMPLES = """examples:
   python -m convert compress --weights deep-compression --out build/squeezenet1_0.sqz --lossless
   python -m convert compress --weights deep-compression --out build/squeezenet1_0_dc.sqz \\
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--tflite", args.tflite), ("--report", args.report)):
         if path:  # before the compression's work, like every other output
             check_output_path(path, flag)
+    if args.tflite and Path(args.tflite).suffix != ".tflite":
+        raise ConvertError(f"--tflite {args.tflite}: a .tflite path expected")
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,

@@ -45,7 +45,7 @@ def unlabelled_views(calib: CalibrationSet, check_dir: Path, pp: Preprocessing) 
     """
     from .calibration_data import list_calibration_images
 
-    check_paths = list_calibration_images(check_dir)[0]
+    check_paths = list_calibration_images(check_dir, "--check")[0]
     if {p.resolve() for p in check_paths} & {p.resolve() for p in calib.images}:
         raise ConvertError(f"--check {check_dir}: holds calibration photos; the check must be unseen photos")
     held, held_groups, _ = check_views(calib.held_out, pp)
