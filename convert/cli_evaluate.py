@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   python -m convert evaluate --weights deep-compression --val ../shared/imagenet/val500
   python -m convert evaluate --weights build/squeezenet1_0_dc.sqz --val photos/ --json
   python -m convert evaluate --weights my_squeezenet.pth --arch squeezenet1_1 --val val/ --limit 100
+  python -m convert evaluate --model build/squeezenet1_0_int8.tflite --val ../shared/imagenet/val500
 """
 
 
@@ -23,10 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Measure top-1 and top-5 accuracy of a float model on a folder of "
                                    "labelled images, with the weights' own preprocessing.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True,
-                   help="a named source (deep-compression, squeezenet1_0, squeezenet1_1) or a weights file "
-                        "(.net, .pth state dict, or a compressed container), or a converted .tflite artifact "
-                        "(run by the device runtime, with the preprocessing and labels it carries)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, metavar="MODEL.tflite",
+                       help="a converted .tflite (the name the runtime and the benchmark use for it; the same "
+                            "as --weights MODEL.tflite)")
+    which.add_argument("--weights",
+                       help="a named source (deep-compression, squeezenet1_0, squeezenet1_1) or a weights file "
+                            "(.net, .pth state dict, or a compressed container), or a converted .tflite artifact "
+                            "(run by the device runtime, with the preprocessing and labels it carries)")
     p.add_argument("--arch", help="architecture for a plain checkpoint (default: the weights' own)")
     p.add_argument("--val", help="labelled images: files named by WordNet id, or one sub-folder per class "
                                  "(required)")
@@ -40,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        if Path(args.model).suffix != ".tflite":
+            raise ConvertError(f"--model {args.model}: a .tflite expected (other weights go to --weights)")
+        args.weights = str(args.model)
     if not args.val:
         raise ConvertError("--val: a folder of labelled images is required")
     if args.report:
