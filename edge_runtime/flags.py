@@ -11,6 +11,7 @@ The same flag means the same thing everywhere:
     --threads N      interpreter / inference threads
     --resize N|HxW   before the center crop: N = shorter side to N (aspect kept), HxW = exactly HxW
     --input-size N|HxW  the network's input: N = N x N (training and the design space take squares)
+    --model PATH     a converted .tflite to run (the runtime, the benchmark, convert evaluate)
     --channel-order  RGB|BGR: the channel order of the model's input tensor
     --quiet          no progress lines
 
