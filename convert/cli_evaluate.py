@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         from .outputs import check_output_path
 
         check_output_path(args.report, "--report")
+    extra = {}
     if str(args.weights).endswith(".tflite"):
-        name, sha256, result = _evaluate_tflite(args)
+        name, sha256, result, extra["content_sha256"] = _evaluate_tflite(args)
     else:
         from .torch_eval import evaluate_torch
         from .weights import load_model
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         except DatasetError as e:
             raise ConvertError(str(e)) from None
         name, sha256 = record.name, record.sha256
-    record_json = json.dumps({"weights": name, "sha256": sha256, **result.to_dict()})
+    record_json = json.dumps({"weights": name, "sha256": sha256, **extra, **result.to_dict()})
     if args.report:
         from edge_runtime.fileio import atomic_write
 
@@ -81,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_tflite(args: argparse.Namespace):
-    """(name, content sha256, EvalResult) of a converted artifact, run by the device runtime."""
+    """(name, the file's sha256, EvalResult, the embedded content sha256 or None) of a converted artifact,
+    run by the device runtime. The file's sha256 is what the runtime's /model and metrics report."""
     from edge_runtime.classify import Classifier, ModelError
     from edge_runtime.evaluation import evaluate, find_labelled_images
+    from edge_runtime.fileio import sha256_file
 
     try:
         clf = Classifier(args.weights, verify=not args.no_verify)
@@ -93,4 +96,4 @@ def _evaluate_tflite(args: argparse.Namespace):
         result = evaluate(images, clf.predict_batch, clf.preprocessing, progress=not args.json)
     except (ModelError, DatasetError) as e:
         raise ConvertError(str(e)) from None
-    return clf.info.model_name, clf.content_sha256, result
+    return clf.info.model_name, sha256_file(clf.path), result, clf.content_sha256

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import zipfile
@@ -211,7 +212,8 @@ def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500
         ok = _cli(*argv, "--no-verify")
         assert ok.returncode == 0, (argv, ok.stderr[-2000:])
     good = json.loads(_cli("-m", "convert", "evaluate", "--weights", finished, "--val", images, "--json").stdout)
-    assert good["images"] == 5 and len(good["sha256"]) == 64
+    assert good["images"] == 5 and good["sha256"] == hashlib.sha256(finished.read_bytes()).hexdigest()  # as /model
+    assert good["content_sha256"] == Classifier(finished).content_sha256 != good["sha256"]  # the sealed content
 
 
 def test_float_sibling_is_self_describing_and_rgb(int8_model, val_crops):
