@@ -112,6 +112,18 @@ def extract_frames(clip: Path, dest: Path, stride: int) -> list[Path]:
     return paths
 
 
+def check_folder(root: str | Path, what: str = "--data") -> Path:
+    """``root`` as a Path when it is a folder (checked before a run folder is made for it).
+
+    Raises:
+        TrainError: it is not.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainError(f"{what} {root}: not a directory (one sub-folder of images per class expected)")
+    return root
+
+
 def scan(root: str | Path, frames_dir: Path | None = None, frame_stride: int = DEFAULT_FRAME_STRIDE,
          classes: list[str] | None = None, what: str = "--data") -> Scan:
     """Find the labelled samples under ``root``.
@@ -127,9 +139,7 @@ def scan(root: str | Path, frames_dir: Path | None = None, frame_stride: int = D
         TrainError: missing or empty folder, fewer than two classes, a class without a readable
             image, or (with ``classes``) class folders unknown to the training set.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise TrainError(f"{what} {root}: not a directory (one sub-folder of images per class expected)")
+    root = check_folder(root, what)
     if frame_stride < 1:
         raise TrainError(f"--frame-stride {frame_stride}: at least 1 expected")
     files = _visible_files(root)

@@ -114,6 +114,9 @@ def _calibration_sample(items, classes: list[str]):
 def prepare(o: TrainOptions) -> dict:
     """Everything rank 0 decides before training: options, data, split, model, resume state."""
     saved = None
+    for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
+        if folder is not None:  # before the run folder is made
+            D.check_folder(folder, what)
     if o.resume:
         check_out(o)
         saved = ckpt.load(Path(o.out) / "last.pt", resume=True)
