@@ -135,14 +135,3 @@ def append_files(model: bytes, files: dict[str, bytes]) -> bytes:
             z.writestr(info, files[name])
     return buf.getvalue()
 
-
-def read_associated_files(data: bytes, limit: int = 16 << 20) -> dict[str, bytes]:
-    """The files packed after a model (bounded: at most ``limit`` bytes in all); {} when none."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            infos = z.infolist()
-            if sum(i.file_size for i in infos) > limit:
-                raise ValueError(f"associated files larger than {limit} bytes")
-            return {i.filename: z.read(i) for i in infos}
-    except zipfile.BadZipFile:
-        return {}

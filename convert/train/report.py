@@ -34,11 +34,6 @@ def write_results(path: Path, rows: list[dict]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def read_results(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
