@@ -135,9 +135,12 @@ def _onnx_input(args: argparse.Namespace):
 def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    try:
-        return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
+    from edge_runtime.fileio import read_bounded
+
+    try:  # at most MAX_LABELS names of MAX_LABEL_CHARS characters, with room for blank lines
+        text = read_bounded(path, 32 << 20).decode("utf-8")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
         raise ConvertError(f"--labels {path}: cannot read ({e})") from None
 
 

@@ -1,8 +1,9 @@
 """Output paths are checked before any work: a run never ends by finding that it cannot write its result."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from edge_runtime.fileio import output_problem
 
 from .errors import ConvertError
 
@@ -13,10 +14,6 @@ def check_output_path(path: str | Path, flag: str = "") -> None:
     Raises:
         ConvertError: it cannot, naming the flag that gave it.
     """
-    path = Path(path)
-    name = f"{flag} {path}" if flag else str(path)
-    if path.is_dir():
-        raise ConvertError(f"{name}: is a folder; a file path expected")
-    folder = path.parent if str(path.parent) else Path(".")
-    if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConvertError(f"{name}: output path is not writable")
+    problem = output_problem(path)
+    if problem:
+        raise ConvertError(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.fileio import atomic_write, sha256_file
+from edge_runtime.fileio import FileTooLarge, atomic_write, read_bounded, sha256_file
 from edge_runtime.labels import imagenet_classes
 from edge_runtime.preprocess import Preprocessing
 
@@ -154,6 +154,18 @@ def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | No
     return dest
 
 
+def read_net(path: Path) -> bytes:
+    """The bytes of a Deep Compression ``.net`` file, refused above :data:`MAX_CHECKPOINT_BYTES`.
+
+    Raises:
+        WeightsError: too large.
+    """
+    try:
+        return read_bounded(path, MAX_CHECKPOINT_BYTES)
+    except FileTooLarge as e:
+        raise WeightsError(f"{e}, refusing") from None
+
+
 def read_weights_only(path: Path):
     """The objects of an untrusted torch file (tensors and plain data only: never unpickles code).
 
@@ -171,11 +183,6 @@ def read_weights_only(path: Path):
         if first.startswith("Weights only load failed"):  # torch's text goes on to suggest unpickling it
             first = "it holds Python objects other than tensors and plain data; they are never unpickled"
         raise WeightsError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
-
-
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from an untrusted ``.pth``: never unpickles arbitrary objects."""
-    return _state_dict(read_weights_only(path), path)
 
 
 def _state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -222,9 +229,7 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
                                    f"{', '.join(WEIGHTS)} expected")
             return state, dataclasses.replace(base, name=f"{base.name}_compressed", arch=arch, fmt=fmt)
     if path.suffix == ".net" or (record is not None and record.fmt == "net"):
-        if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-            raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
-        return decode_net(path.read_bytes()).state_dict(), record or WEIGHTS["deep-compression"]
+        return decode_net(read_net(path)).state_dict(), record or WEIGHTS["deep-compression"]
     obj = read_weights_only(path)
     return _state_dict(obj, path), training_record(obj, path) or record
 

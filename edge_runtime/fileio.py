@@ -116,3 +116,36 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class FileTooLarge(ValueError):
+    """A file over the size its reader accepts (the message names it and both sizes)."""
+
+
+def read_bounded(path: str | Path, limit: int) -> bytes:
+    """The bytes of an untrusted file, refused above ``limit`` bytes: before reading when its size says
+    so, and while reading when it does not (a growing file, a FIFO, /dev/zero).
+
+    Raises:
+        FileTooLarge: over the limit.
+        OSError: missing or unreadable.
+    """
+    size = os.stat(path).st_size
+    if size > limit:
+        raise FileTooLarge(f"{path}: {size:,} bytes, over the limit of {limit:,}")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"{path}: over the limit of {limit:,} bytes")
+    return data
+
+
+def output_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot take an output file, or None: checked before the work that makes it."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; a file path expected"
+    folder = path.parent if str(path.parent) else Path(".")
+    if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
+        return "output path is not writable"
+    return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 TOP_K = 5
 
@@ -47,6 +48,15 @@ def deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: s
     """
     parser.add_argument(old, action=_Deprecated, new=new, dest=dest, help=argparse.SUPPRESS,
                         default=argparse.SUPPRESS, **kwargs)
+
+
+def json_path_to_report(args: argparse.Namespace) -> None:
+    """The old spelling ``--json PATH`` (a ``--json`` declared with ``nargs="?"``) moved to ``--report
+    PATH``, with the deprecation warning (in place)."""
+    if args.json not in (None, True):
+        print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
+              "(--json alone prints JSON on stdout)", file=sys.stderr)
+        args.report, args.json = Path(args.json), None
 
 
 def resize_arg(text: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fileio import FileTooLarge, read_bounded
 from .preprocess import Preprocessing, PreprocessingError
 
 METADATA_NAME = "squeezenet_edge.json"
@@ -269,10 +270,9 @@ def read_model_bytes(path: str | Path) -> bytes:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise MetadataError(f"{path}: {size} bytes, at most {MAX_MODEL_BYTES} expected")
-        return path.read_bytes()
+        return read_bounded(path, MAX_MODEL_BYTES)
+    except FileTooLarge as e:
+        raise MetadataError(str(e)) from None
     except OSError as e:
         raise MetadataError(f"{path}: cannot read model file ({e.strerror or e})") from None
 

@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .fileio import FileTooLarge, read_bounded
 from .image_size import ImageHeaderError, image_size
 
 # The pixel budget of one image: larger ones are refused from their header, before decoding (a
@@ -207,10 +208,9 @@ def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """
     name = os.path.basename(path)
     try:
-        nbytes = os.stat(path).st_size
-        if nbytes > MAX_IMAGE_BYTES:
-            raise ImageTooLarge(f"{name}: {nbytes:,} bytes, over the image file budget of {MAX_IMAGE_BYTES:,} bytes")
-        data = np.fromfile(path, dtype=np.uint8)
+        data = np.frombuffer(read_bounded(path, MAX_IMAGE_BYTES), dtype=np.uint8)
+    except FileTooLarge:
+        raise ImageTooLarge(f"{name}: over the image file budget of {MAX_IMAGE_BYTES:,} bytes") from None
     except OSError as e:
         raise PreprocessingError(f"{name}: cannot read ({e.strerror or e})") from None
     try:

@@ -58,6 +58,18 @@ def test_header_size_matches_the_decoded_image(ext, params):
     assert (h, w) == decoded.shape[:2] == (301, 457)
 
 
+def test_reads_are_bounded_even_where_the_size_says_nothing(tmp_path):
+    """A file whose size reads 0 (a FIFO, /dev/zero, a file still growing) is cut at the limit while it is
+    read: an image named by such a path is refused, not a process filling its memory."""
+    from edge_runtime.fileio import FileTooLarge, read_bounded
+
+    with pytest.raises(FileTooLarge, match="over the limit of 1,000 bytes"):
+        read_bounded("/dev/zero", 1000)
+    assert read_bounded("/dev/null", 10) == b""
+    with pytest.raises(ImageTooLarge, match="over the image file budget"):
+        read_image("/dev/zero")
+
+
 def test_unknown_or_corrupt_headers_are_refused(tmp_path):
     jpeg = PHOTO.read_bytes()
     for data in (b"GIF89a\x01\x00\x01\x00", jpeg[:40], b"\x89PNG\r\n\x1a\n" + b"\x00" * 8, b"BM" + b"\x00" * 10,

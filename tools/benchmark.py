@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from edge_runtime import bench, bench_report
-from edge_runtime.fileio import atomic_write
+from edge_runtime.fileio import atomic_write, output_problem, read_bounded
+from edge_runtime.flags import json_path_to_report
 from edge_runtime.flags import deprecated
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
@@ -93,10 +94,21 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.json not in (None, True):  # the old spelling --json PATH
-        print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
-              "(--json alone prints JSON on stdout)", file=sys.stderr)
-        args.report, args.json = Path(args.json), None
+    json_path_to_report(args)
+    for flag, path in (("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)):
+        problem = output_problem(path) if path else None
+        if problem:  # before minutes of measuring
+            print(f"error: {flag} {path}: {problem}", file=sys.stderr)
+            return 2
+    reference = None
+    if args.reference:
+        try:
+            reference = json.loads(read_bounded(args.reference, 16 << 20))
+            if not isinstance(reference, dict):
+                raise ValueError("a JSON object expected")
+        except (OSError, ValueError) as e:
+            print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
+            return 2
     if not args.no_verify:
         from edge_runtime.integrity import verify_file
         from edge_runtime.metadata import MetadataError
@@ -145,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if msg:
             print(f"note: {msg}", file=text)
     rc = 0 if all("error" not in r for r in results) else 2
-    if args.reference:
-        try:
-            reference = json.loads(args.reference.read_text())
-        except (OSError, ValueError) as e:
-            print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
-            return 2
+    if reference is not None:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])
         if note:
             print(f"note: {note}", file=text)

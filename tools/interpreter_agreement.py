@@ -11,6 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+from edge_runtime.fileio import atomic_write, read_bounded
+
+MAX_DUMP_BYTES = 16 << 20  # a dump of 500 images and a few thousand frames is well under 1 MB
+
 
 EXAMPLES = """examples:
   python -m tools.interpreter_agreement dump --model build/squeezenet1_0_int8.tflite \\
@@ -65,7 +69,7 @@ def dump(args: argparse.Namespace) -> int:
             top.append(t), tied.append(tie)
         source.close()
         out["clip"] = {"frames": len(top), "top1": top, "tied": tied}
-    Path(args.out).write_text(json.dumps(out))
+    atomic_write(args.out, json.dumps(out))
     print(f"{clf.backend} {out['version']}: {len(out.get('val', {}).get('top1', []))} images, "
           f"{out.get('clip', {}).get('frames', 0)} frames -> {args.out}")
     return 0
@@ -87,7 +91,7 @@ def _halves(dumps: list[dict]) -> list[dict]:
 
 def compare(args: argparse.Namespace) -> int:
     try:
-        dumps = _halves([json.loads(Path(p).read_text()) for p in args.dumps])
+        dumps = _halves([json.loads(read_bounded(p, MAX_DUMP_BYTES)) for p in args.dumps])
     except (OSError, ValueError) as e:
         print(f"error: cannot read a dump ({e})", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write
+from edge_runtime.flags import json_path_to_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -362,10 +363,7 @@ def main(argv=None) -> int:
                    help="measure the web service instead: FPS with 0/1/2 MJPEG clients, RSS, first frame in a browser")
     p.add_argument("--reps", type=int, default=5, help="with --serve: interleaved repetitions (default 5)")
     args = p.parse_args(argv)
-    if args.json not in (None, True):  # the old spelling --json PATH
-        print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
-              "(--json alone prints JSON on stdout)", file=sys.stderr)
-        args.report, args.json = Path(args.json), None
+    json_path_to_report(args)
     from edge_runtime.classify import Classifier, ModelError
 
     try:  # a missing or damaged model is one line, before any measuring

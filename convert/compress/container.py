@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.fileio import FileTooLarge, read_bounded
+
 from ..deepcompression import relative_index
 from ..errors import WeightsError
 from ..weights import register_container
@@ -187,10 +189,11 @@ def decode(data: bytes) -> Container:
 
 def load_container(path: Path) -> tuple[dict[str, np.ndarray], str, str]:
     """(state dict, weights record key, arch) of a ``.sqz`` file, for ``convert.weights.load_model``."""
-    size = Path(path).stat().st_size
-    if size > MAX_FILE_BYTES:  # refused before it is read
-        raise ContainerError(f"{path}: container of {size} bytes: at most {MAX_FILE_BYTES} expected")
-    c = decode(Path(path).read_bytes())
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except FileTooLarge as e:
+        raise ContainerError(f"container {e}") from None
+    c = decode(data)
     return c.state_dict(), c.record, c.arch
 
 

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from edge_runtime.fileio import atomic_write, atomic_write_many
+from edge_runtime.fileio import FileTooLarge, atomic_write, atomic_write_many, read_bounded
 
 from .variants import DesignSpaceError, Variant
 
@@ -29,9 +29,9 @@ IDENTITY = ("train", "test", "epochs", "input_size", "seed", "batch_size", "lr",
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        if path.stat().st_size > MAX_RESULTS_BYTES:
-            raise DesignSpaceError(f"{what} {path}: larger than {MAX_RESULTS_BYTES} bytes")
-        obj = json.loads(path.read_text("utf-8"))
+        obj = json.loads(read_bounded(path, MAX_RESULTS_BYTES).decode("utf-8"))
+    except FileTooLarge as e:
+        raise DesignSpaceError(f"{what} {e}") from None
     except FileNotFoundError:
         raise DesignSpaceError(f"{what} {path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from edge_runtime.evaluation import IMAGE_SUFFIXES
-from edge_runtime.fileio import atomic_write, sha256_file
+from edge_runtime.fileio import FileTooLarge, atomic_write, read_bounded, sha256_file
 from edge_runtime.image_size import ImageHeaderError, image_size
-from edge_runtime.preprocess import MAX_IMAGE_PIXELS, Preprocessing, PreprocessingError, read_image, resize_crop
+from edge_runtime.preprocess import (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, Preprocessing, PreprocessingError, read_image,
+                                     resize_crop)
 
 from ..errors import TrainError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULT_FRAME_STRIDE = 15  # about two frames a second from a 30 fps clip: neighbours differ
-MAX_FILE_BYTES = 64 << 20  # an image larger than this is skipped (bounded reads)
 MAX_CLIP_BYTES = 4 << 30
 MAX_CLIP_FRAMES = 1_000_000
 _WNID = re.compile(r"^(n\d{8})")
@@ -71,11 +71,11 @@ def _visible_files(root: Path) -> list[Path]:
 
 def _check_image(path: Path) -> tuple[str | None, str]:
     """(None, sha256) for a decodable image, else (reason, "")."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        return f"larger than {MAX_FILE_BYTES >> 20} MB", ""
-    data = np.fromfile(path, dtype=np.uint8)
-    try:  # the budget read_image applies when training reads it, judged from the header here
+    try:  # the budgets read_image applies when training reads it (file size, then pixels from the header)
+        data = np.frombuffer(read_bounded(path, MAX_IMAGE_BYTES), dtype=np.uint8)
+    except FileTooLarge:
+        return f"larger than {MAX_IMAGE_BYTES >> 20} MB", ""
+    try:
         w, h, fmt = image_size(memoryview(data))
     except ImageHeaderError:
         return "unreadable image", ""
