@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import square_size_arg
+from edge_runtime.flags import nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg
 
 
 EXAMPLES = """examples:
@@ -44,18 +44,19 @@ def parse(argv):
                             "complex), all (their union and v1.1), reduced (9 variants around v1.0; the default)")
     which.add_argument("--grid", help='a product of metaparameters, e.g. "sr=0.25,0.5;pct_3x3=0.5;bypass=none,simple" '
                                       "(keys: sr, pct_3x3, bypass, version, base_e, incr_e, freq)")
-    p.add_argument("--epochs", type=int, help=f"training epochs of every variant (default {D.epochs})")
-    p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN", help=f"square network input in pixels (default {D.input_size})")
-    p.add_argument("--batch-size", type=int, help=f"training batch of every variant (default {D.batch_size})")
-    p.add_argument("--lr", type=float, help=f"base learning rate of every variant, decayed linearly (default {D.lr})")
-    p.add_argument("--min-scale", type=float, help="smallest area fraction of the random resized training crops "
+    p.add_argument("--epochs", type=positive_int, help=f"training epochs of every variant (default {D.epochs})")
+    p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN",
+                   help=f"square network input in pixels (default {D.input_size})")
+    p.add_argument("--batch-size", type=positive_int, help=f"training batch of every variant (default {D.batch_size})")
+    p.add_argument("--lr", type=positive_float, help=f"base learning rate of every variant, decayed linearly (default {D.lr})")
+    p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized training crops "
                                                    "(default: the trainer's)")
-    p.add_argument("--seed", type=int, help=f"seed of every variant's training (default {D.seed})")
-    p.add_argument("--threads", type=int, help=f"interpreter threads of the latency figures (default {D.threads}); "
+    p.add_argument("--seed", type=nonnegative_int, help=f"seed of every variant's training (default {D.seed})")
+    p.add_argument("--threads", type=positive_int, help=f"interpreter threads of the latency figures (default {D.threads}); "
                                                "with --device-results, which of the device's thread counts to merge")
-    p.add_argument("--rounds", type=int, help=f"interleaved timing rounds over all variants (default {D.timing_rounds})")
-    p.add_argument("--runs", type=int, help=f"minimum timed invocations per variant and round (default {D.timing_runs})")
-    p.add_argument("--min-seconds", type=float,
+    p.add_argument("--rounds", type=positive_int, help=f"interleaved timing rounds over all variants (default {D.timing_rounds})")
+    p.add_argument("--runs", type=positive_int, help=f"minimum timed invocations per variant and round (default {D.timing_runs})")
+    p.add_argument("--min-seconds", type=seconds_arg,
                    help=f"minimum timed duration per variant and round (default {D.timing_min_seconds})")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished variants are kept, a "
                                                          "killed training run continues from its last epoch")

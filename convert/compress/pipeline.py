@@ -180,6 +180,10 @@ def check_inputs(opts: CompressOptions) -> None:
             where = "" if key == "*" else f" for {key}"
             raise ConvertError(f"--sparsity {value:g}{where}: a fraction of zeros from 0 to below 1 expected "
                                "(e.g. 'features.12.expand3x3=0.8')")
+    if opts.sensitivity and not opts.val:
+        raise ConvertError("--sensitivity needs --val (labelled images)")
+    if opts.size_budget < 1:
+        raise ConvertError(f"--size-budget {opts.size_budget}: a positive number of bytes expected")
     if opts.finetune_steps < 0:
         raise ConvertError(f"--finetune-steps {opts.finetune_steps}: 0 (no fine-tuning) or more expected")
     if opts.lossless and opts.finetune_images:
@@ -205,12 +209,8 @@ def compress(opts: CompressOptions) -> dict:
     key = _record_key(record)
     report: dict = {"weights": record.name, "sha256": record.sha256}
     if opts.sensitivity:
-        if not opts.val:
-            raise ConvertError("--sensitivity needs --val (labelled images)")
         progress("sensitivity analysis (one layer at a time)")
         report["sensitivity"] = sensitivity_table(model, record, opts.val, opts.limit, opts.quiet)
-    if opts.size_budget < 1:
-        raise ConvertError(f"--size-budget {opts.size_budget}: a positive number of bytes expected")
     if automatic(opts):
         layers, report["budget"] = budget_layers(model, record, opts.size_budget, progress)
     else:
