@@ -134,10 +134,14 @@ def read_bounded(path: str | Path, limit: int) -> bytes:
     if size > limit:
         raise FileTooLarge(f"{path}: {size:,} bytes, over the limit of {limit:,}")
     with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise FileTooLarge(f"{path}: over the limit of {limit:,} bytes")
-    return data
+        chunks = [f.read(size)] if size else []  # no buffer larger than the file is allocated
+        total = sum(map(len, chunks))
+        while chunk := f.read(min(1 << 20, limit + 1 - total)):  # what the size did not announce
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise FileTooLarge(f"{path}: over the limit of {limit:,} bytes")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def output_problem(path: str | Path) -> str | None:
