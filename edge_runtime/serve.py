@@ -23,11 +23,13 @@ time); request lines and headers are bounded; connections and streams are counte
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import ipaddress
 import logging
 import re
+import statistics
 import sys
 import threading
 import time
@@ -312,6 +314,30 @@ class _StateCollector:
         yield info
 
 
+class FramePace:
+    """The pace of classified frames, for ``/healthz``: how long without one means the camera is down."""
+
+    def __init__(self, stall_seconds: float, window: int = 25) -> None:
+        self.stall_seconds = stall_seconds
+        self.intervals: collections.deque[float] = collections.deque(maxlen=window)
+        self._last: float | None = None
+
+    def tick(self, now: float) -> float | None:
+        """A frame was classified at ``now`` (monotonic seconds); returns the interval since the last one."""
+        interval = None if self._last is None else now - self._last
+        self._last = now
+        if interval is not None:
+            self.intervals.append(interval)
+        return interval
+
+    def stall_limit(self) -> float:
+        """Seconds without a classified frame that mean down: ``stall_seconds``, or three typical frame
+        intervals of a slow source. Typical is the median of the recent intervals, so the gaps of outages
+        (a few long intervals among many short ones) never stretch it, while a camera that is slow all
+        the time is not called down between its frames."""
+        return max(self.stall_seconds, 3 * statistics.median(self.intervals)) if self.intervals else self.stall_seconds
+
+
 class Service:
     """The HTTP service for one running loop.
 
@@ -328,8 +354,7 @@ class Service:
         self.model = model_summary(classifier)
         self.page = resources.files(__package__).joinpath("web/index.html").read_bytes()
         self.frames, self.rejected, self.dropped = 0, 0, 0
-        self._interval_ema: float | None = None
-        self._last_mono: float | None = None
+        self.pace = FramePace(opts.stall_seconds)
         self._clients: dict[str, int] = {}
         self._streams = 0
         self._count_lock = threading.Lock()
@@ -342,11 +367,7 @@ class Service:
     # -- the loop's side: never blocks ---------------------------------------------------------
     def publish(self, frame: np.ndarray, record: dict, annotated: bool) -> None:
         """The loop's observer (see :data:`edge_runtime.app.Observer`): returns at once."""
-        now = time.monotonic()
-        interval = None if self._last_mono is None else now - self._last_mono
-        self._last_mono = now
-        if interval is not None:
-            self._interval_ema = interval if self._interval_ema is None else 0.9 * self._interval_ema + 0.1 * interval
+        interval = self.pace.tick(time.monotonic())
         self.frames += 1
         self.hub.publish(frame, record, annotated)
         if self.metrics:
@@ -392,8 +413,7 @@ class Service:
         if seq == 0:
             return 503, {"status": "down", "reason": "starting: no frame classified yet", "reconnects": reconnects}
         age = time.monotonic() - published_at
-        limit = max(self.opts.stall_seconds, 3 * (self._interval_ema or 0.0))
-        if age > limit:
+        if age > self.pace.stall_limit():
             return 503, {"status": "down", "reason": f"no frame classified for {age:.1f} s: the camera is down, "
                                                      f"reconnecting or stalled", "frame": record["frame"],
                          "age_seconds": round(age, 3), "reconnects": reconnects}

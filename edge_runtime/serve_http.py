@@ -26,7 +26,9 @@ MAX_REQUEST_LINE = 2048  # bytes; longer gets 414
 MAX_HEADER_LINE = 8192  # bytes per header line; longer gets 431
 MAX_HEADERS = 64  # header lines; more gets 431
 MAX_HEAD = 16384  # bytes of all header lines together; more gets 431
-STREAM_SEND_BUFFER = 256 * 1024  # bytes the kernel may hold for one stream client
+# bytes the kernel may hold for one stream client: a few video frames, a few seconds of /events records (at
+# 256 KiB a client that stopped reading /events held its slot for 70 s before the write timeout began)
+STREAM_SEND_BUFFER = {"mjpeg": 256 * 1024, "events": 16 * 1024}
 _REQUEST_LINE = re.compile(rb"^[A-Z]{1,16} /\S* HTTP/1\.[01]\r?\n$")
 
 
@@ -194,11 +196,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body, content_type = metrics.render(self.headers.get("Accept"))
         self._send(200, body, content_type)
 
-    def _stream_start(self, content_type: str) -> bool:
+    def _stream_start(self, content_type: str, kind: str) -> bool:
         svc = self.server.service
         self.connection.settimeout(svc.opts.write_timeout)
         # a bounded send buffer: a client that stops reading is found within seconds, not megabytes
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER[kind])
         self._headers(200, content_type, None)
         return self.command != "HEAD"
 
@@ -224,7 +226,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _mjpeg(self) -> None:
         hub = self.server.service.hub
-        if not self._stream_start("multipart/x-mixed-replace; boundary=frame"):
+        if not self._stream_start("multipart/x-mixed-replace; boundary=frame", "mjpeg"):
             return
         hub.add_viewer()
         try:
@@ -250,7 +252,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """One message per classified frame, at most ``stream_fps`` per second; while a video viewer
         watches, the record of each video frame (so a page's labels match its picture)."""
         hub = self.server.service.hub
-        if not self._stream_start("text/event-stream; charset=utf-8") or not self._write_or_drop(b"retry: 2000\n\n"):
+        if not self._stream_start("text/event-stream; charset=utf-8", "events") or \
+                not self._write_or_drop(b"retry: 2000\n\n"):
             return
         seq, jpeg_seq, sent_frame, last_write = 0, 0, 0, time.monotonic()
         while not hub.closed:

@@ -458,6 +458,27 @@ def test_browser_shows_the_live_view(server, labels, tmp_path, capsys):
     assert len(np.unique(video.reshape(-1, 3) // 32, axis=0)) > 20  # the clip's colours, not a flat fill
 
 
+def test_outages_never_stretch_the_stall_allowance():
+    """/healthz's allowance follows the typical frame interval: ten 10 s outages between bursts of five
+    frames leave it at 2 s (counted into a mean, they stretched it to 6.5 s, so a camera that went down
+    again read "ok" for 6.5 s), while a camera that sends a frame every 2.5 s is given three of its intervals
+    instead of being called down between its frames."""
+    from edge_runtime.serve import FramePace
+
+    pace, t = FramePace(2.0), 0.0
+    for _ in range(10):
+        for _ in range(5):
+            t += 0.03
+            pace.tick(t)
+        t += 10.0  # unplugged
+        pace.tick(t)
+    assert pace.stall_limit() == 2.0
+    slow = FramePace(2.0)
+    for k in range(30):
+        slow.tick(2.5 * k)
+    assert slow.stall_limit() == pytest.approx(7.5)
+
+
 def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip):
     rt = Runtime(int8_model, sample_clip, "--disconnect-every", "60",
                  "--disconnect-seconds", "2")
