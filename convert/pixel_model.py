@@ -24,10 +24,12 @@ class PixelModel(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("inv_std", 1.0 / std)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """BGR 0..255 pixels -> the bare model's input (channel order, mean and std applied)."""
+        return ((x.flip(1) if self.swap else x) - self.mean) * self.inv_std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swap:
-            x = x.flip(1)
-        return self.model((x - self.mean) * self.inv_std)
+        return self.model(self.normalize(x))
 
     def folded(self) -> nn.Module:
         """An equivalent plain model with channel order and mean/std folded into the first conv.

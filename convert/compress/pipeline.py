@@ -68,9 +68,8 @@ def budget_layers(model, record, budget: int, progress=lambda m: None) -> tuple[
 
     crops = calibration_set(default_calib_dir(), record.preprocessing, scales=(1.0, 1.3)).views
     crops = crops[::max(1, -(-len(crops) // BUDGET_VIEWS))]
-    pixel = PixelModel(model, record.preprocessing)
-    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32))
-    x = ((x.flip(1) if pixel.swap else x) - pixel.mean) * pixel.inv_std  # the bare model's input
+    x = PixelModel(model, record.preprocessing).normalize(
+        torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32)))  # the bare model's input
     header = len(sqz.encode(sqz.Container(_record_key(record), record.arch, record.num_classes, [])))
     progress(f"choosing bits and pruning per layer for {budget:,} bytes ({len(crops)} unlabelled views)")
     return choose_layers(model, x, budget, header, progress=progress)

@@ -11,6 +11,7 @@ from torch import nn
 from edge_runtime.preprocess import Preprocessing, PreprocessingError
 
 from ..errors import ConvertError, TrainError
+from ..presets import at_input_size
 from . import checkpoint as ckpt
 from .options import TrainOptions
 
@@ -79,14 +80,12 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
         if new_head and max(pp_base.std) < INPUT_SCALE / 4:
             model, pp_base = _normalize_input_scale(model, pp_base)
     size = o.input_size or pp_base.input_size[0]
-    rh, rw = pp_base.resize
-    ratio = rh / pp_base.input_size[0]
-    r = o.resize or round(size * ratio)
-    try:
-        pp = Preprocessing(input_size=(size, size), resize=(r, r if rw else 0), channel_order=pp_base.channel_order,
-                           mean=pp_base.mean, std=pp_base.std, interpolation=pp_base.interpolation)
+    try:  # the weights' resize-to-crop ratio at the new size, unless --resize says otherwise
+        pp = at_input_size(pp_base, (size, size))
+        if o.resize:  # square (exact) or shorter side, as the weights' own resize is
+            pp = dataclasses.replace(pp, resize=(o.resize, o.resize if pp.resize[1] else 0))
     except PreprocessingError as e:
-        raise TrainError(f"--input-size {size} / --resize {r}: {e}") from None
+        raise TrainError(f"--input-size {size}" + (f" / --resize {o.resize}" if o.resize else "") + f": {e}") from None
     _check_input_size(model, arch, size)
     return model, pp, arch, new_head, kwargs
 
