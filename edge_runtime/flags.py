@@ -93,45 +93,32 @@ def square_size_arg(text: str) -> int:
     return h
 
 
-def nonnegative_int(text: str) -> int:
+def _number(text: str, kind: type, ok, expected: str):
+    """``text`` as ``kind`` when ``ok`` holds for it (NaN never does); else argparse's one-line error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: 0 or a positive integer expected")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected} expected")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "0 or a positive integer")
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a positive number expected")
-    return value
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
 def seconds_arg(text: str) -> float:
     """A number of seconds from 0 to a day (NaN and infinity refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds expected") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text}: 0..86400 seconds expected")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a positive integer expected")
-    return value
+    return _number(text, float, lambda v: 0 <= v <= 86400, "a number of seconds from 0 to 86400")
 
 
 CHANNEL_ORDER_HELP = "the channel order of the model's input tensor"
