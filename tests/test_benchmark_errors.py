@@ -97,15 +97,18 @@ def test_stale_onnxruntime_int8_model_is_made_again(artifact_set):
     assert qdq_model(artifact_set) == qdq and qdq.stat().st_mtime_ns == mtime  # current: reused
 
 
-def test_unwritable_outputs_and_a_bad_reference_fail_before_measuring(tmp_path):
+def test_unwritable_outputs_and_a_bad_reference_fail_before_measuring(tmp_path, capsys):
     """--report into a folder, or a --reference that is not a results file: one line at once, not after
     minutes of measuring (no case is started)."""
+    from tools.benchmark import main
+
     (tmp_path / "out").mkdir()
     (tmp_path / "ref.json").write_text("[1, 2]")
     for flags, line in ((["--report", tmp_path / "out"], "--report"), (["--csv", tmp_path / "out"], "--csv"),
                         (["--reference", tmp_path / "ref.json"], "a JSON object expected")):
-        proc = _bench("--model", ROOT / "missing.tflite", *flags)
-        assert proc.returncode == 2 and line in one_error_line(proc) and "[1/" not in proc.stderr, proc.stderr
+        assert main(["--model", str(ROOT / "missing.tflite"), *map(str, flags)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and line in err and len(err.splitlines()) == 1, err  # "[1/1] ..." not begun
 
 
 def test_bad_threads_give_one_line(capsys):

@@ -92,27 +92,31 @@ def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp
 
 
 def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_path):
-    """A folder of unreadable files, an empty --source (not the current folder), flags that would have no
-    effect with it, and a clip whose frames are over the pixel budget (refused at open, before a frame is
-    decoded): one line and a non-zero exit."""
+    """A folder of unreadable files: one line and exit 1 (not "0 frames" and success). An empty --source
+    (not the current folder), flags that would have no effect with the source given, and a clip whose
+    frames are over the pixel budget (refused at open, before a frame is decoded) are refused."""
+    from edge_runtime.cli import _flags_without_effect, build_parser
+    from edge_runtime.sources import SourceTooLarge
+
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff corrupt")
     (bad / "empty.png").write_bytes(b"")
     proc = _runtime("--source", bad, "--model", int8_model, "--headless")
     assert proc.returncode == 1 and "ended before any frame could be classified" in one_error_line(proc)
-    proc = _runtime("--source", "", "--model", int8_model, "--headless")
-    assert proc.returncode == 2 and "--source: empty" in one_error_line(proc)
-    for flags, line in ((["--source", bad, "--loop"], "--loop: only with a video file"),
-                        (["--source", bad, "--record-segment", 5], "--record-segment: only with --record")):
-        proc = _runtime(*flags, "--model", int8_model, "--headless")
-        assert proc.returncode == 2 and line in one_error_line(proc)  # refused, not silently ignored
+    with pytest.raises(SourceError, match="--source: empty"):
+        open_source("")
+    for flags, line in ((["--source", str(bad), "--loop"], "--loop: only with a video file"),
+                        (["--source", str(bad), "--record-segment", "5"], "--record-segment: only with --record"),
+                        (["--camera", "0", "--disconnect-every", "9"], "--disconnect-every: only with a video")):
+        assert line in _flags_without_effect(build_parser().parse_args(flags))  # refused, not silently ignored
+    assert _flags_without_effect(build_parser().parse_args(["--source", "clip.mp4", "--loop"])) is None
     huge = tmp_path / "huge.avi"
     writer = cv2.VideoWriter(str(huge), cv2.VideoWriter_fourcc(*"MJPG"), 1, (8000, 7000))
     writer.write(np.zeros((7000, 8000, 3), np.uint8))
     writer.release()
-    proc = _runtime("--source", huge, "--model", int8_model, "--headless")
-    assert proc.returncode == 2 and "frames of 8000x7000 pixels, over the budget" in one_error_line(proc)
+    with pytest.raises(SourceTooLarge, match="frames of 8000x7000 pixels, over the budget"):
+        open_source(str(huge))
 
 
 def test_disconnects_are_recovered(int8_model, sample_clip):
