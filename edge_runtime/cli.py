@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--disconnect-every", type=nonnegative_int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
-    deprecated(p, "--simulate-disconnect-every", "--disconnect-every", "disconnect_every", type=int)
+    deprecated(p, "--simulate-disconnect-every", "--disconnect-every", "disconnect_every", type=nonnegative_int)
     p.add_argument("--disconnect-seconds", type=seconds_arg, default=0.0, metavar="S",
                    help="with --disconnect-every: the camera stays unplugged S seconds each time "
                         "(default 0: it comes back at the first reopen attempt)")
-    deprecated(p, "--simulate-disconnect-seconds", "--disconnect-seconds", "disconnect_seconds", type=float)
+    deprecated(p, "--simulate-disconnect-seconds", "--disconnect-seconds", "disconnect_seconds", type=seconds_arg)
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
     p.add_argument("--xnnpack", action="store_true",
                    help="XNNPACK kernels where the interpreter has them (ai-edge-litert, tf.lite) instead of "

@@ -38,8 +38,8 @@ def check_out(o: TrainOptions) -> None:
         raise TrainError(f"--out {out} already holds a training run: pass --resume to continue it, "
                          "or choose another --out (nothing is overwritten)")
     lock_run(out)
-    if not o.resume:  # what a run stopped before its first checkpoint left: its own working folders
-        for name in ("calib", "val", "frames", "frames-val"):
+    if not o.resume and (out / "run.json").exists():  # a run stopped before its first checkpoint: its own
+        for name in ("calib", "val", "frames", "frames-val"):  # working folders (only in a folder it recorded)
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
 
