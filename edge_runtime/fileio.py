@@ -134,14 +134,17 @@ def read_bounded(path: str | Path, limit: int) -> bytes:
     if size > limit:
         raise FileTooLarge(f"{path}: {size:,} bytes, over the limit of {limit:,}")
     with open(path, "rb") as f:
-        chunks = [f.read(size)] if size else []  # no buffer larger than the file is allocated
-        total = sum(map(len, chunks))
-        while chunk := f.read(min(1 << 20, limit + 1 - total)):  # what the size did not announce
+        data = f.read(size) if size else b""  # no buffer larger than the file is allocated
+        more = f.read(1)
+        if not more:  # the usual case: the file holds what its size says
+            return data
+        chunks, total = [data, more], len(data) + 1
+        while total <= limit and (chunk := f.read(min(1 << 20, limit + 1 - total))):  # what the size did not say
             chunks.append(chunk)
             total += len(chunk)
-            if total > limit:
-                raise FileTooLarge(f"{path}: over the limit of {limit:,} bytes")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if total > limit:
+        raise FileTooLarge(f"{path}: over the limit of {limit:,} bytes")
+    return b"".join(chunks)
 
 
 def output_problem(path: str | Path) -> str | None:
