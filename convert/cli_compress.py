@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-images", type=Path,
                    help="unlabelled photos for centroid fine-tuning by distillation from the uncompressed model "
                         "(default: the converter's calibration photos)")
-    p.add_argument("--finetune-steps", type=int, default=150,
+    p.add_argument("--finetune-steps", type=int, default=None,
                    help="fine-tuning steps (default 150; 0: none). Not with --lossless")
     p.add_argument("--val", type=Path, help="labelled images: report float and compressed top-1")
     p.add_argument("--sensitivity", action="store_true", help="print the per-layer sensitivity table (needs --val)")
@@ -73,12 +73,15 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--tflite", args.tflite), ("--report", args.report)):
         if path:  # before the compression's work, like every other output
             check_output_path(path, flag)
+    if args.lossless and args.finetune_steps:
+        raise ConvertError("--finetune-steps: not with --lossless (which keeps the release's codebooks as they are)")
     if args.tflite and Path(args.tflite).suffix != ".tflite":
         raise ConvertError(f"--tflite {args.tflite}: a .tflite path expected")
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,
-                                      finetune_steps=args.finetune_steps, val=args.val,
+                                      finetune_steps=150 if args.finetune_steps is None else args.finetune_steps,
+                                      val=args.val,
                                       sensitivity=args.sensitivity, limit=args.sensitivity_limit,
                                       quiet=args.quiet))
     if args.tflite:

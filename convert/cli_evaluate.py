@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated(p, "--images", "--val", "val")
     p.add_argument("--limit", type=positive_int, help="use only the first N labelled images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--report", type=Path, help="also write the JSON object to this file")
     p.add_argument("--no-verify", action="store_true",
                    help="with a .tflite: evaluate it even if its integrity checksum does not match (experiments)")
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
         model, record = load_model(args.weights, args.arch)
         try:
-            result = evaluate_torch(model, record, args.val, limit=args.limit, progress=not args.json)
+            result = evaluate_torch(model, record, args.val, limit=args.limit, progress=not (args.json or args.quiet))
         except DatasetError as e:
             raise ConvertError(str(e)) from None
         name, sha256 = record.name, record.sha256
@@ -93,7 +94,7 @@ def _evaluate_tflite(args: argparse.Namespace):
         images = find_labelled_images(args.val, clf.info.wnids, clf.info.labels)
         if args.limit:
             images.paths, images.targets = images.paths[:args.limit], images.targets[:args.limit]
-        result = evaluate(images, clf.predict_batch, clf.preprocessing, progress=not args.json)
+        result = evaluate(images, clf.predict_batch, clf.preprocessing, progress=not (args.json or args.quiet))
     except (ModelError, DatasetError) as e:
         raise ConvertError(str(e)) from None
     return clf.info.model_name, sha256_file(clf.path), result, clf.content_sha256

@@ -127,6 +127,8 @@ def test_cli_errors(tmp_path, weights_env):
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
                            "--finetune-images", str(tmp_path)], "not with --lossless"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
+                           "--finetune-steps", "5"], "--finetune-steps: not with --lossless"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--finetune-steps", "-1"],
                           "0 (no fine-tuning) or more")):
         proc = convert_main("compress", *args)
