@@ -8,6 +8,7 @@ variable ``SQUEEZENET_EDGE_WEIGHTS_DIR``; the per-user cache; a download from th
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import sys
 import warnings
@@ -154,8 +155,8 @@ def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | No
     return dest
 
 
-def read_net(path: Path) -> bytes:
-    """The bytes of a Deep Compression ``.net`` file, refused above :data:`MAX_CHECKPOINT_BYTES`.
+def read_weights_bytes(path: Path) -> bytes:
+    """The bytes of a weights file (``.net``, torch checkpoint), refused above :data:`MAX_CHECKPOINT_BYTES`.
 
     Raises:
         WeightsError: too large.
@@ -172,12 +173,11 @@ def read_weights_only(path: Path):
     Raises:
         WeightsError: too large, or not loadable with ``weights_only=True``.
     """
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise WeightsError(f"{path}: larger than {MAX_CHECKPOINT_BYTES} bytes, refusing")
+    data = io.BytesIO(read_weights_bytes(path))
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols: the refusal below says enough
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(data, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or hostile files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if first.startswith("Weights only load failed"):  # torch's text goes on to suggest unpickling it
@@ -229,7 +229,7 @@ def _read_state(path: Path, record: WeightsRecord | None) -> tuple[dict, Weights
                                    f"{', '.join(WEIGHTS)} expected")
             return state, dataclasses.replace(base, name=f"{base.name}_compressed", arch=arch, fmt=fmt)
     if path.suffix == ".net" or (record is not None and record.fmt == "net"):
-        return decode_net(read_net(path)).state_dict(), record or WEIGHTS["deep-compression"]
+        return decode_net(read_weights_bytes(path)).state_dict(), record or WEIGHTS["deep-compression"]
     obj = read_weights_only(path)
     return _state_dict(obj, path), training_record(obj, path) or record
 

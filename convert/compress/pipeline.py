@@ -81,12 +81,12 @@ def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.Shared
     names = _conv_names(model)
     if opts.lossless:
         from ..deepcompression import decode_net
-        from ..weights import read_net, resolve
+        from ..weights import read_weights_bytes, resolve
 
         path = Path(weights) if Path(weights).is_file() else resolve(weights)
         if path.suffix != ".net":
             raise ConvertError("--lossless needs a Deep Compression .net source")
-        net = decode_net(read_net(path))
+        net = decode_net(read_weights_bytes(path))
         layers = []
         for l in net.layers:
             dense = np.zeros(int(np.prod(l.shape)), np.uint8)
