@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_opencv()
 
-    if args.every < 0 or (args.count is not None and args.count < 1) or not 1 <= args.quality <= 100:
-        print(f"error: --every {args.every} / --count {args.count} / --quality {args.quality}: every >= 0, "
-              "count >= 1 and quality 1-100 expected", file=sys.stderr)
+    if (args.count is not None and args.count < 1) or not 1 <= args.quality <= 100:  # --every: its flag type
+        print(f"error: --count {args.count} / --quality {args.quality}: count >= 1 and quality 1-100 expected",
+              file=sys.stderr)
         return 2
     try:
         prepare_folder(args.out, args.label)  # before the camera is opened

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import json_path_to_report
-from edge_runtime.flags import deprecated
+from edge_runtime.flags import deprecated, json_path_to_report
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
     import convert.peers  # noqa: F401
