@@ -88,11 +88,11 @@ def _filesystem(folder: Path) -> str:
     return best[1]
 
 
-def file_size_limit(folder: Path, fs_type: str | None = None) -> int | None:
+def file_size_limit(folder: Path) -> int | None:
     """The most bytes one file in ``folder`` may hold (``ulimit -f``, FAT), or None for no limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     limits = [] if soft == resource.RLIM_INFINITY else [soft]
-    if (fs_type if fs_type is not None else _filesystem(folder)) in ("vfat", "msdos", "fat"):
+    if _filesystem(folder) in ("vfat", "msdos", "fat"):
         limits.append(FAT_FILE_LIMIT)
     return min(limits, default=None)
 
@@ -169,7 +169,7 @@ class Recorder:
         self.files: list[Path] = []  # finished files, in order
         self.frames = 0  # frames written over all files
         self.recovered = recover_partials(self.folder, self.stem, self.suffix)
-        self._fs_type = _filesystem(self.folder)
+        self._size_limit = file_size_limit(self.folder)  # fixed for the run: looked up once, not per frame
         self._writer = None
         self._tmp: Path | None = None
         self._target: Path | None = None
@@ -210,7 +210,7 @@ class Recorder:
         if free < self._reserve():
             raise RecordingError(f"storage full in {self.folder} ({free:,} bytes free, {self._reserve():,} needed "
                                  "to finish the file): recording stopped")
-        limit = file_size_limit(self.folder, self._fs_type)
+        limit = self._size_limit
         if limit is not None and self._last_size + self._reserve() > limit:
             if self._in_file == 0:
                 raise RecordingError(f"{self.folder}: one file may hold at most {limit:,} bytes here (ulimit -f or "
