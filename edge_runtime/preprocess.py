@@ -196,15 +196,14 @@ def resize_crop(image_bgr: np.ndarray, pp: Preprocessing, out: np.ndarray | None
     return out
 
 
-def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode an image file to BGR uint8, after checking its size from its header.
-
-    The one image reader of the project (runtime folder source, evaluator, calibration).
+def read_image_bytes(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int, str]]:
+    """An image file's bytes and its header's (width, height, format), within both budgets, undecoded:
+    :func:`read_image`'s checks, for a reader that decodes otherwise (the training scan's 1/8 scale).
 
     Raises:
         ImageTooLarge: the header claims more than ``max_pixels`` pixels, or the file is over
-            :data:`MAX_IMAGE_BYTES`; nothing was decoded.
-        PreprocessingError: unreadable file, unknown format, corrupt data, or not enough memory.
+            :data:`MAX_IMAGE_BYTES`.
+        PreprocessingError: unreadable file or unknown format.
     """
     name = os.path.basename(path)
     try:
@@ -219,6 +218,21 @@ def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise PreprocessingError(f"{name}: not a readable image ({e})") from None
     if w * h > max_pixels:
         raise ImageTooLarge(f"{name}: {fmt} of {w}x{h} pixels, over the budget of {max_pixels:,} pixels")
+    return data, (w, h, fmt)
+
+
+def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an image file to BGR uint8, after checking its size from its header.
+
+    The one image reader of the project (runtime folder source, evaluator, calibration).
+
+    Raises:
+        ImageTooLarge: the header claims more than ``max_pixels`` pixels, or the file is over
+            :data:`MAX_IMAGE_BYTES`; nothing was decoded.
+        PreprocessingError: unreadable file, unknown format, corrupt data, or not enough memory.
+    """
+    name = os.path.basename(path)
+    data, (w, h, fmt) = read_image_bytes(path, max_pixels)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except (cv2.error, MemoryError) as e:  # out of memory, or a decoder's own limit

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from edge_runtime.evaluation import IMAGE_SUFFIXES
-from edge_runtime.fileio import FileTooLarge, atomic_write, read_bounded, sha256_file
-from edge_runtime.image_size import ImageHeaderError, image_size
-from edge_runtime.preprocess import (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, Preprocessing, PreprocessingError, read_image,
+from edge_runtime.fileio import atomic_write, sha256_file
+from edge_runtime.preprocess import (ImageTooLarge, Preprocessing, PreprocessingError, read_image, read_image_bytes,
                                      resize_crop)
 
 from ..errors import TrainError
@@ -72,15 +71,11 @@ def _visible_files(root: Path) -> list[Path]:
 def _check_image(path: Path) -> tuple[str | None, str]:
     """(None, sha256) for a decodable image, else (reason, "")."""
     try:  # the budgets read_image applies when training reads it (file size, then pixels from the header)
-        data = np.frombuffer(read_bounded(path, MAX_IMAGE_BYTES), dtype=np.uint8)
-    except FileTooLarge:
-        return f"larger than {MAX_IMAGE_BYTES >> 20} MB", ""
-    try:
-        w, h, fmt = image_size(memoryview(data))
-    except ImageHeaderError:
+        data, _ = read_image_bytes(str(path))
+    except ImageTooLarge as e:
+        return str(e).split(": ", 1)[-1], ""
+    except PreprocessingError:
         return "unreadable image", ""
-    if w * h > MAX_IMAGE_PIXELS:
-        return f"{fmt} of {w}x{h} pixels, over the budget of {MAX_IMAGE_PIXELS:,}", ""
     # decoding at 1/8 scale reads the whole stream (JPEG's DCT scaling makes it cheap)
     image = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8) if data.size else None
     if image is None or image.size == 0:
