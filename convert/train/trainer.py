@@ -55,7 +55,7 @@ def train(opts: TrainOptions) -> dict:
         status, setup = ctx.broadcast_object(setup)
         if status == "error":
             raise TrainError(setup)
-        return _run(setup, ctx)
+        return _Run(setup, ctx).go()
     finally:
         if ctx.is_main:
             release_run(Path(opts.out))
@@ -82,106 +82,133 @@ def _loaders(setup: dict, ctx, o: TrainOptions, pp: Preprocessing):
     return train_set, sampler, train_loader, eval_loader(setup["val_items"]), eval_loader(setup["test_items"])
 
 
-def _run(setup: dict, ctx) -> dict:
-    from ..models import create_model
-    from ..pixel_model import PixelModel
+class _Run:
+    """One process's share of a run: the model, its loaders, and what the run has done so far (restored
+    from last.pt's train_state on --resume). ``go()`` trains the phases still to do and returns the summary."""
 
-    t_start = time.perf_counter()
-    o: TrainOptions = setup["options"]
-    classes, out = setup["classes"], Path(o.out)
-    pp = Preprocessing.from_dict(setup["pp"])
-    model = create_model(setup["arch"], num_classes=len(classes), **setup["arch_kwargs"]).to(ctx.device)
-    model.load_state_dict(setup["state"])
-    # channels-last weights and batches (train_one_epoch, evaluate): SqueezeNet's forward and backward
-    # pass on the CPU is 1.5x faster in that layout (64 and 96 px, 2 threads), a whole epoch with its data
-    # loading 1.17x; checkpoints hold the same values
-    model.to(memory_format=torch.channels_last)
-    pixel = PixelModel(model, pp).to(ctx.device)
-    train_set, sampler, train_loader, val_loader, test_loader = _loaders(setup, ctx, o, pp)
-    phases = plan(o)
-    total_epochs = sum(p.epochs for p in phases)
-    ts = setup["train_state"] or {}
-    done = int(ts.get("epoch", 0))
-    history: list[dict] = list(ts.get("history", []))
-    best = dict(ts.get("best", {"epoch": 0, "val_top1": -1.0}))
-    phase_results: list[dict] = list(ts.get("phases", []))
-    masks = ts.get("masks")
-    if ts and done >= total_epochs:
-        _say(ctx, o.quiet, f"{out}: all {total_epochs} epochs are done; nothing to resume")
-        summary = _summary(history, best, phase_results, setup, done, total_epochs)
-        summary["rank"] = ctx.rank
+    def __init__(self, setup: dict, ctx):
+        from ..models import create_model
+        from ..pixel_model import PixelModel
+
+        self.t_start = time.perf_counter()
+        self.setup, self.ctx, self.o = setup, ctx, setup["options"]
+        self.out = Path(self.o.out)
+        self.classes = setup["classes"]
+        self.pp = Preprocessing.from_dict(setup["pp"])
+        self.model = create_model(setup["arch"], num_classes=len(self.classes), **setup["arch_kwargs"]).to(ctx.device)
+        self.model.load_state_dict(setup["state"])
+        # channels-last weights and batches (train_one_epoch, evaluate): SqueezeNet's forward and backward
+        # pass on the CPU is 1.5x faster in that layout (64 and 96 px, 2 threads), a whole epoch with its data
+        # loading 1.17x; checkpoints hold the same values
+        self.model.to(memory_format=torch.channels_last)
+        self.pixel = PixelModel(self.model, self.pp).to(ctx.device)
+        self.train_set, self.sampler, self.train_loader, self.val_loader, self.test_loader = _loaders(
+            setup, ctx, self.o, self.pp)
+        self.phases = plan(self.o)
+        self.total = sum(p.epochs for p in self.phases)
+        self.saved: dict = setup["train_state"] or {}
+        self.done = int(self.saved.get("epoch", 0))
+        self.history: list[dict] = list(self.saved.get("history", []))
+        self.best = dict(self.saved.get("best", {"epoch": 0, "val_top1": -1.0}))
+        self.phase_results: list[dict] = list(self.saved.get("phases", []))
+        self.masks = self.saved.get("masks")
+
+    def go(self) -> dict:
+        ctx, o = self.ctx, self.o
+        if self.saved and self.done >= self.total:
+            _say(ctx, o.quiet, f"{self.out}: all {self.total} epochs are done; nothing to resume")
+            return {**self._summary(self.done), "rank": ctx.rank}
+        self._begin()
+        epoch = 0
+        for phase in self.phases:
+            first, last = epoch + 1, epoch + phase.epochs
+            epoch = last
+            if last > self.done:
+                self._phase(phase, first, last)
+                self.done = last
+        summary = {**self._summary(self.total), "wall_seconds_this_process": round(time.perf_counter() - self.t_start, 1),
+                   "rank": ctx.rank}
+        if ctx.is_main:
+            _final_reports(self.out, self.classes, self.best, summary, self.setup)
+        ctx.barrier()
         return summary
-    if ts.get("rng"):
-        ckpt.set_rng_state(ts["rng"])
-    if ctx.is_main:
-        _write_run_json(out, o, setup, ctx, resumed_at=done if ts else None)
-        if ts:
-            report.write_results(out / "results.csv", history)
-    _say(ctx, o.quiet, f"training {setup['arch']} on {len(setup['train_items'])} images of {len(classes)} classes "
-                       f"(validation {len(setup['val_items'])}), {ctx.world_size} process(es) x "
-                       f"{torch.get_num_threads()} threads, phases: "
-                       + ", ".join(f"{p.name} {p.epochs}" for p in phases)
-                       + (f"; resuming after epoch {done}" if ts else "")
-                       + (f"; {setup['counts']['skipped']} files skipped (not images or unreadable: listed in "
-                          f"run.json)" if setup["counts"]["skipped"] else ""))
-    epoch = 0
-    for phase in phases:
-        first, last = epoch + 1, epoch + phase.epochs
-        epoch = last
-        if last <= done:
-            continue
+
+    def _summary(self, epoch: int) -> dict:
+        return _summary(self.history, self.best, self.phase_results, self.setup, epoch, self.total)
+
+    def _begin(self) -> None:
+        """Restore the random state of a resume, write run.json (and the resumed results.csv), say what runs."""
+        setup, ctx, o, ts = self.setup, self.ctx, self.o, self.saved
+        if ts.get("rng"):
+            ckpt.set_rng_state(ts["rng"])
+        if ctx.is_main:
+            _write_run_json(self.out, o, setup, ctx, resumed_at=self.done if ts else None)
+            if ts:
+                report.write_results(self.out / "results.csv", self.history)
+        _say(ctx, o.quiet, f"training {setup['arch']} on {len(setup['train_items'])} images of {len(self.classes)} "
+                           f"classes (validation {len(setup['val_items'])}), {ctx.world_size} process(es) x "
+                           f"{torch.get_num_threads()} threads, phases: "
+                           + ", ".join(f"{p.name} {p.epochs}" for p in self.phases)
+                           + (f"; resuming after epoch {self.done}" if ts else "")
+                           + (f"; {setup['counts']['skipped']} files skipped (not images or unreadable: listed in "
+                              f"run.json)" if setup["counts"]["skipped"] else ""))
+
+    def _phase(self, phase: Phase, first: int, last: int) -> None:
+        """Epochs max(first, done + 1) .. last of one phase, with its own optimizer (restored when resuming
+        inside the phase)."""
+        model, ctx, o = self.model, self.ctx, self.o
         for name, p in model.named_parameters():
             p.requires_grad_(not phase.head_only or name.startswith("classifier."))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=phase.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(phase.epochs * len(train_loader)))
-        if first > done:  # the phase starts now (not a resume inside it)
-            masks, start = _start_phase(phase, model, pixel, val_loader, classes, ctx, o.quiet)
-            phase_results = [r for r in phase_results if r["phase"] != phase.name] + [
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(phase.epochs * len(self.train_loader)))
+        if first > self.done:  # the phase starts now (not a resume inside it)
+            self.masks, start = _start_phase(phase, model, self.pixel, self.val_loader, self.classes, ctx, o.quiet)
+            self.phase_results = [r for r in self.phase_results if r["phase"] != phase.name] + [
                 {"phase": phase.name, "epochs": phase.epochs, "lr": phase.lr, "start": start}]
         else:
-            optimizer.load_state_dict(ts["optimizer"])
-            scheduler.load_state_dict(ts["scheduler"])
-        net = pixel
+            optimizer.load_state_dict(self.saved["optimizer"])
+            scheduler.load_state_dict(self.saved["scheduler"])
+        net = self.pixel
         if ctx.distributed:
-            net = nn.parallel.DistributedDataParallel(pixel, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-        for e in range(max(first, done + 1), last + 1):
-            torch.manual_seed(D.sample_seed(o.seed, e, 1_000_000_000 + ctx.rank))  # dropout
-            sampler.set_epoch(e)
-            train_set.epoch = e
-            lr = optimizer.param_groups[0]["lr"]
-            bar = Progress(len(train_loader), f"epoch {e}/{total_epochs} {phase.name}", ctx.is_main and not o.quiet)
-            stats = train_one_epoch(net, train_loader, optimizer, scheduler, ctx, masks=masks,
-                                    masked_model=model, progress=bar)
-            bar.close()
-            val = evaluate(pixel, val_loader, len(classes), ctx) if val_loader is not None else None
-            history.append({"epoch": e, "phase": phase.name, "lr": lr, "train_loss": stats["loss"],
-                            "train_top1": stats["top1"], "val_loss": val and val["loss"], "val_top1": val and val["top1"],
-                            "val_top5": val and val["top5"], "seconds": stats["seconds"],
-                            "images_per_s": stats["images_per_s"]})
-            improved = val is None or val["top1"] > best["val_top1"]
-            if improved:
-                best = {"epoch": e, "phase": phase.name, "val_top1": val and val["top1"], "val_top5": val and val["top5"],
-                        "val_loss": val and val["loss"], "confusion": val["confusion"].tolist() if val else None}
-            test = None
-            if e == last:
-                phase_results[-1].update({"end": _brief(val), "sparsity": round(dsd.sparsity(model), 4)})
-                if test_loader is not None:
-                    test = phase_results[-1]["test"] = _brief(evaluate(pixel, test_loader, len(classes), ctx))
-            _say(ctx, o.quiet, _epoch_line(history[-1], total_epochs, val, improved, test))
-            if ctx.is_main:
-                train_state = {"epoch": e, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": ckpt.rng_state(), "best": best, "history": history, "phases": phase_results,
-                               "masks": masks, "options": options_dict(o), "val_hash": setup["val_hash"]}
-                _save_epoch(out, model, o, setup, pp, train_state, improved, total_epochs)
-        done = last
-    summary = _summary(history, best, phase_results, setup, total_epochs, total_epochs)
-    summary["wall_seconds_this_process"] = round(time.perf_counter() - t_start, 1)
-    summary["rank"] = ctx.rank
-    if ctx.is_main:
-        _final_reports(out, classes, best, summary, setup)
-    ctx.barrier()
-    return summary
+            net = nn.parallel.DistributedDataParallel(
+                self.pixel, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        for e in range(max(first, self.done + 1), last + 1):
+            self._epoch(e, phase, last, net, optimizer, scheduler)
+
+    def _epoch(self, e: int, phase: Phase, last: int, net: nn.Module, optimizer, scheduler) -> None:
+        """Train epoch e, validate, and (rank 0) save best.pt / last.pt and the reports."""
+        ctx, o, n_classes = self.ctx, self.o, len(self.classes)
+        torch.manual_seed(D.sample_seed(o.seed, e, 1_000_000_000 + ctx.rank))  # dropout
+        self.sampler.set_epoch(e)
+        self.train_set.epoch = e
+        lr = optimizer.param_groups[0]["lr"]
+        bar = Progress(len(self.train_loader), f"epoch {e}/{self.total} {phase.name}", ctx.is_main and not o.quiet)
+        stats = train_one_epoch(net, self.train_loader, optimizer, scheduler, ctx, masks=self.masks,
+                                masked_model=self.model, progress=bar)
+        bar.close()
+        val = evaluate(self.pixel, self.val_loader, n_classes, ctx) if self.val_loader is not None else None
+        self.history.append({"epoch": e, "phase": phase.name, "lr": lr, "train_loss": stats["loss"],
+                             "train_top1": stats["top1"], "val_loss": val and val["loss"],
+                             "val_top1": val and val["top1"], "val_top5": val and val["top5"],
+                             "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]})
+        improved = val is None or val["top1"] > self.best["val_top1"]
+        if improved:
+            self.best = {"epoch": e, "phase": phase.name, "val_top1": val and val["top1"],
+                         "val_top5": val and val["top5"], "val_loss": val and val["loss"],
+                         "confusion": val["confusion"].tolist() if val else None}
+        test = None
+        if e == last:
+            self.phase_results[-1].update({"end": _brief(val), "sparsity": round(dsd.sparsity(self.model), 4)})
+            if self.test_loader is not None:
+                test = self.phase_results[-1]["test"] = _brief(evaluate(self.pixel, self.test_loader, n_classes, ctx))
+        _say(ctx, o.quiet, _epoch_line(self.history[-1], self.total, val, improved, test))
+        if ctx.is_main:
+            train_state = {"epoch": e, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "rng": ckpt.rng_state(), "best": self.best, "history": self.history,
+                           "phases": self.phase_results, "masks": self.masks, "options": options_dict(o),
+                           "val_hash": self.setup["val_hash"]}
+            _save_epoch(self.out, self.model, o, self.setup, self.pp, train_state, improved, self.total)
 
 
 def _start_phase(phase: Phase, model: nn.Module, pixel: nn.Module, val_loader, classes: list[str], ctx,
