@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app
-    from .record import RecordingError, check_target
-    from .sources import SourceError, open_source, quiet_opencv
+    from .record import RecordingError
+    from .sources import SourceError, quiet_opencv
 
     if not args.verbose:
         quiet_opencv()
@@ -123,45 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
-    if args.record:
-        try:
-            check_target(args.record)
-        except RecordingError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
     try:
-        serve_opts = serve.options_from_args(args)
-    except serve.ServeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
-                         preprocessing=_fallback_preprocessing(args), verify=not args.no_verify,
-                         xnnpack=args.xnnpack)
-    except _FlagNotApplicable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ModelError as e:
-        hint = " (convert one with: python -m convert tflite)" if args.model == DEFAULT_MODEL and not args.model.exists() else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 2
-    except (InterpreterUnavailable, PreprocessingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if stop.is_set():
-        print("stopped by signal while loading the model", file=sys.stderr)
+        serve_opts, clf, source = _start(args, stop)
+    except _Stopped as e:
+        print(f"stopped by signal while {e}", file=sys.stderr)
         return 0
-    try:
-        source = open_source(args.camera if args.camera is not None else args.source,
-                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
-                             disconnect_every=args.disconnect_every,
-                             disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
-                             stop=stop)
-    except SourceError as e:
-        if stop.is_set():
-            print("stopped by signal while opening the source", file=sys.stderr)
-            return 0
-        print(f"error: {e}", file=sys.stderr)
+    except (RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
+            PreprocessingError, SourceError) as e:
+        hint = (" (convert one with: python -m convert tflite)" if isinstance(e, ModelError)
+                and args.model == DEFAULT_MODEL and not args.model.exists() else "")
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     display = not args.headless and not args.json and has_display()
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
@@ -200,6 +171,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the source ended before any frame could be classified ({skipped})", file=sys.stderr)
         return 1
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM / Ctrl-C arrived while the run was starting (the message says during what)."""
+
+
+def _start(args: argparse.Namespace, stop: threading.Event):
+    """(serve options, classifier, source), checked in the order a user fixes them: the recording
+    target, the web view's options, the model, the source.
+
+    Raises:
+        RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
+        PreprocessingError, SourceError: one line for the user; _Stopped: a stop signal came first.
+    """
+    from .record import check_target
+    from .sources import SourceError, open_source
+
+    if args.record:
+        check_target(args.record)
+    serve_opts = serve.options_from_args(args)
+    clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,
+                     preprocessing=_fallback_preprocessing(args), verify=not args.no_verify, xnnpack=args.xnnpack)
+    if stop.is_set():
+        raise _Stopped("loading the model")
+    try:
+        source = open_source(args.camera if args.camera is not None else args.source,
+                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
+                             disconnect_every=args.disconnect_every,
+                             disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
+                             stop=stop)
+    except SourceError:
+        if stop.is_set():
+            raise _Stopped("opening the source") from None
+        raise
+    return serve_opts, clf, source
 
 
 def _flags_without_effect(args: argparse.Namespace) -> str | None:
