@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import nonnegative_int, positive_float, positive_int, square_size_arg
+from edge_runtime.flags import RESIZE_HELP, nonnegative_int, positive_float, positive_int, resize_arg, square_size_arg
 
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "trained features, else 0)")
     p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN",
                    help="square network input in pixels (default: the weights' own)")
-    p.add_argument("--resize", type=positive_int, help="evaluation resize before the centre crop (default: the weights' ratio)")
+    p.add_argument("--resize", type=resize_arg, metavar="N|HxW",
+                   help=f"evaluation and conversion {RESIZE_HELP} (default: the weights' resize-to-crop ratio)")
     p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized crop (default 0.35)")
     p.add_argument("--dsd", type=float, metavar="SPARSITY",
                    help="after training, dense-sparse-dense: prune every layer to SPARSITY, retrain, then retrain dense")

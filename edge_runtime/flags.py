@@ -72,6 +72,11 @@ def resize_arg(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"{text!r}: N (shorter side) or HxW (exact) expected, e.g. 256 or 256x256")
 
 
+def resize_text(resize: tuple[int, int]) -> str:
+    """The --resize spelling of a (height, width) resize: "N" for (N, 0), else "HxW"."""
+    return f"{resize[0]}" if not resize[1] else f"{resize[0]}x{resize[1]}"
+
+
 def input_size_arg(text: str) -> tuple[int, int]:
     """``--input-size``: "N" -> (N, N), a square; "HxW" -> (H, W)."""
     try:

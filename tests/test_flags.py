@@ -22,8 +22,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 # Flags that still differ, each with its owner's reason; remove the entry when it is aligned.
-EXCEPTIONS = {("convert train", "--resize"): "an int whose kind (square or shorter side) follows the weights' "
-                                             "record; to become N|HxW (train's options and run records)"}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def test_one_meaning_per_flag():

@@ -128,6 +128,26 @@ def test_capture_unwritable_out(tmp_path):
     assert r.returncode == 2 and "cannot create" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_train_resize_means_what_it_means_everywhere(weights_env, tmp_path):
+    """train's --resize is the one N|HxW flag: N the shorter side (aspect kept), HxW exactly; without it
+    the weights' resize-to-crop ratio at the new input size (256x256 for 227 -> 72x72 for 64)."""
+    from convert.cli import build_parser
+    from convert.train.model import init_model
+    from convert.train.options import TrainOptions
+
+    def pp_for(*flags):
+        args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *flags])
+        o = TrainOptions(data=tmp_path, out=tmp_path, weights="deep-compression", input_size=args.input_size,
+                         resize=args.resize)
+        return init_model(o, ["a", "b"])[1]
+
+    assert pp_for("--input-size", "64").resize == (72, 72)
+    assert pp_for("--input-size", "64", "--resize", "80").resize == (80, 0)
+    assert pp_for("--input-size", "64", "--resize", "80x96").resize == (80, 96)
+    with pytest.raises(TrainError, match="--resize 40x40"):
+        pp_for("--input-size", "64", "--resize", "40x40")  # smaller than the crop
+
+
 def test_initial_models_for_variants(weights_env, tmp_path):
     """ImageNet weights start any variant they fit (the complex bypass's 1x1 shortcuts start fresh); a
     variant they do not fit is refused with the first mismatching shape."""

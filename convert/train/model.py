@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_runtime.flags import resize_text
 from edge_runtime.preprocess import Preprocessing, PreprocessingError
 
 from ..errors import ConvertError, TrainError
@@ -80,12 +81,19 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
         if new_head and max(pp_base.std) < INPUT_SCALE / 4:
             model, pp_base = _normalize_input_scale(model, pp_base)
     size = o.input_size or pp_base.input_size[0]
+    resize = o.resize
+    if isinstance(resize, int) and not isinstance(resize, bool):  # a run recorded before --resize took N|HxW:
+        resize = (resize, resize if pp_base.resize[1] else 0)  # its kind followed the weights' own resize
+    if resize is not None and not (isinstance(resize, (tuple, list)) and len(resize) == 2
+                                   and all(isinstance(v, int) and not isinstance(v, bool) for v in resize)):
+        raise TrainError(f"--resize {resize!r}: N or HxW expected")
     try:  # the weights' resize-to-crop ratio at the new size, unless --resize says otherwise
         pp = at_input_size(pp_base, (size, size))
-        if o.resize:  # square (exact) or shorter side, as the weights' own resize is
-            pp = dataclasses.replace(pp, resize=(o.resize, o.resize if pp.resize[1] else 0))
+        if resize:  # (N, 0): the shorter side to N (aspect kept); (H, W): exactly
+            pp = dataclasses.replace(pp, resize=tuple(resize))
     except PreprocessingError as e:
-        raise TrainError(f"--input-size {size}" + (f" / --resize {o.resize}" if o.resize else "") + f": {e}") from None
+        raise TrainError(f"--input-size {size}" + (f" / --resize {resize_text(resize)}" if resize else "")
+                         + f": {e}") from None
     _check_input_size(model, arch, size)
     return model, pp, arch, new_head, kwargs
 

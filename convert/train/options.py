@@ -31,7 +31,8 @@ class TrainOptions:
     finetune_lr: float | None = None  # full-phase rate relative to lr after a head phase; default 0.5
     freeze_epochs: int | None = None  # default 1 with a new classifier on trained features, else 0
     input_size: int | None = None  # default: the initial weights' own
-    resize: int | None = None  # evaluation resize before the centre crop; default: the weights' ratio
+    resize: tuple[int, int] | None = None  # evaluation resize before the centre crop, (N, 0) shorter side or (H, W)
+    # exactly (a run recorded before N|HxW holds an int); default: the weights' resize-to-crop ratio
     min_scale: float | None = None  # random resized crop's smallest area fraction; default 0.35
     dsd: float | None = None  # sparsity of DSD's sparse phase (e.g. 0.5); None: no DSD
     dsd_epochs: int | None = None  # epochs of each DSD phase; default 3
