@@ -66,6 +66,20 @@ def test_run_learns_and_writes_its_reports(run_dir, fmnist):
     assert 10 <= sum(1 for _ in Path(rec["calib_dir"]).rglob("*.png")) <= 200
 
 
+def test_best_is_the_highest_top1_then_the_lowest_loss(run_dir):
+    """best.pt is the epoch with the highest validation top-1 and, among epochs that tie on it (common on
+    a small validation set), the lowest validation loss: not merely the first to reach that top-1."""
+    from convert.train.trainer import better
+
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    expected = max(rows, key=lambda r: (float(r["val_top1"]), -float(r["val_loss"])))
+    assert json.loads((run_dir / "metrics.json").read_text())["best_epoch"] == int(expected["epoch"])
+    best = {"epoch": 3, "val_top1": 100.0, "val_loss": 0.98}
+    assert better({"top1": 100.0, "loss": 0.017}, best) and not better({"top1": 100.0, "loss": 0.99}, best)
+    assert better({"top1": 10.0, "loss": 9.0}, {"epoch": 0, "val_top1": -1.0})  # the first epoch always counts
+    assert not better({"top1": 95.0, "loss": 0.001}, best)
+
+
 def test_killed_run_resumes_to_identical_results(run_dir, fmnist, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--out", str(out), *SETTINGS]

@@ -192,7 +192,7 @@ class _Run:
                              "train_top1": stats["top1"], "val_loss": val and val["loss"],
                              "val_top1": val and val["top1"], "val_top5": val and val["top5"],
                              "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]})
-        improved = val is None or val["top1"] > self.best["val_top1"]
+        improved = val is None or better(val, self.best)
         if improved:
             self.best = {"epoch": e, "phase": phase.name, "val_top1": val and val["top1"],
                          "val_top5": val and val["top5"], "val_loss": val and val["loss"],
@@ -209,6 +209,15 @@ class _Run:
                            "phases": self.phase_results, "masks": self.masks, "options": options_dict(o),
                            "val_hash": self.setup["val_hash"]}
             _save_epoch(self.out, self.model, o, self.setup, self.pp, train_state, improved, self.total)
+
+
+def better(val: dict, best: dict) -> bool:
+    """Is this validation better than the best so far: a higher top-1, or the same top-1 at a lower loss
+    (on a small validation set several epochs reach the same top-1, often 100%; the later, better
+    fitted one is the model a user wants in best.pt)."""
+    if val["top1"] != best["val_top1"]:
+        return val["top1"] > best["val_top1"]
+    return best.get("val_loss") is None or val["loss"] < best["val_loss"]
 
 
 def _start_phase(phase: Phase, model: nn.Module, pixel: nn.Module, val_loader, classes: list[str], ctx,
