@@ -79,3 +79,14 @@ def test_every_edge_runtime_module_imports_on_a_device(device_python, tmp_path):
     expected = sorted(p.stem for p in (ROOT / "edge_runtime").glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert int(count) >= len(expected), (count, expected)
     assert backend == "ai-edge-litert"
+
+
+@pytest.mark.parametrize("package", ["convert", "edge_runtime"])
+def test_a_missing_package_is_one_line_that_says_where_to_get_it(package):
+    """`python -m convert` / `python -m edge_runtime` outside the project's environment (here: cv2 made
+    unimportable) stop with one line naming the package and the environment, not a traceback."""
+    code = f"import runpy, sys; sys.modules['cv2'] = None; runpy.run_module({package!r}, run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "cv2 is not installed" in lines[0], r.stderr
+    assert ".venv/bin/activate" in lines[0]
