@@ -9,6 +9,7 @@ numpy and OpenCV only, like the rest of the runtime.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -177,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --count {args.count} / --quality {args.quality}: count >= 1 and quality 1-100 expected",
               file=sys.stderr)
         return 2
+    created = [p for p in (args.out, args.out / args.label) if not p.exists()]
     try:
         prepare_folder(args.out, args.label)  # before the camera is opened
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera)
     except (CaptureError, SourceError) as e:
+        for folder in reversed(created):  # no empty class folder left behind for training to trip on
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         print(f"error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()

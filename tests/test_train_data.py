@@ -54,6 +54,15 @@ def test_class_folders_clips_and_wordnet_names(tmp_path):
     # a clip's frames stay on one side; each class with 2+ files gives at least one to validation
     assert {t for _, t, _ in val} == {0, 2} and all(t != 3 for _, t, _ in val)
     assert D.split(scan.items, 0.3, len(scan.classes)) == (train, val)
+    # training warns that "walk" (one clip) and n01443537 (one file) have no validation images, even with --quiet
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(root), "--out", str(tmp_path / "run"),
+                        "--weights", "none", "--arch", "squeezenet1_1", "--input-size", "32", "--epochs", "1",
+                        "--batch-size", "8", "--val-split", "0.3", "--threads", "2", "--quiet"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert r.returncode == 0 and "warning: no validation images of n01443537, walk:" in r.stderr, r.stderr[-2000:]
+    (root / "parcel").mkdir()  # a class folder with nothing in it yet (a capture that never started)
+    with pytest.raises(TrainError, match="class folder 'parcel' has no files"):
+        D.scan(root, tmp_path / "frames", frame_stride=10)
 
 
 def test_split_is_stratified_and_stable_when_files_are_added():
@@ -119,6 +128,7 @@ def test_capture_bad_input_one_line(tmp_path, args, expect):
     src = [] if "--camera" in args else ["--source", str(CLIP)]
     r = _capture(*src, *args, "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()  # no empty class folder left for training to trip on
 
 
 def test_capture_unwritable_out(tmp_path):

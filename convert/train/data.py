@@ -131,8 +131,8 @@ def scan(root: str | Path, frames_dir: Path | None = None, frame_stride: int = D
         what: the flag name used in error messages.
 
     Raises:
-        TrainError: missing or empty folder, fewer than two classes, a class without a readable
-            image, or (with ``classes``) class folders unknown to the training set.
+        TrainError: missing or empty folder, fewer than two classes, a class folder without files or
+            without a readable image, or (with ``classes``) class folders unknown to the training set.
     """
     root = check_folder(root, what)
     if frame_stride < 1:
@@ -145,6 +145,11 @@ def scan(root: str | Path, frames_dir: Path | None = None, frame_stride: int = D
         if len(found) < 2:
             raise TrainError(f"{what} {root}: {len(found)} class found ({', '.join(found) or 'none'}); "
                              "at least 2 class folders expected")
+        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in found)
+        if empty:  # a class the user meant to teach, with nothing in it yet (a capture that never started)
+            raise TrainError(f"{what} {root}: class folder {empty[0]!r} has no files"
+                             + (f" (nor {', '.join(map(repr, empty[1:]))})" if empty[1:] else "")
+                             + "; add its images or remove it")
         classes = found
     else:
         unknown = [c for c in found if c not in classes]

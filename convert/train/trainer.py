@@ -152,6 +152,10 @@ class _Run:
                            + (f"; resuming after epoch {self.done}" if ts else "")
                            + (f"; {setup['counts']['skipped']} files skipped (not images or unreadable: listed in "
                               f"run.json)" if setup["counts"]["skipped"] else ""))
+        unseen = [c for c, n in setup["counts"]["val"].items() if n == 0]
+        if setup["val_items"] and unseen:  # one file or one clip (a clip's frames never split); even with --quiet
+            _say(ctx, False, f"warning: no validation images of {', '.join(unseen)}: best.pt is chosen without "
+                               f"them (add photos or another clip, or give --val)")
 
     def _phase(self, phase: Phase, first: int, last: int) -> None:
         """Epochs max(first, done + 1) .. last of one phase, with its own optimizer (restored when resuming
