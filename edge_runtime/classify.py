@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .integrity import verify_file
+from .integrity import verify as verify_checksum
 from .interpreter import create_interpreter
 from .labels import imagenet_classes
-from .metadata import MAX_LABELS, MetadataError, ModelInfo, read_model_info
+from .metadata import MAX_LABELS, MetadataError, ModelInfo, model_info, read_model_bytes
 from .preprocess import Preprocessing, resize_crop
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,17 @@ class Classifier:
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
+        # one read: the bytes checked here are the bytes that run (a file replaced while the runtime is up,
+        # an over-the-air update, changes nothing until the next start)
         try:
-            info = read_model_info(path)
-            self.content_sha256 = verify_file(path) if verify else None
+            self.model_bytes = read_model_bytes(path)
+            info = model_info(self.model_bytes)
+            self.content_sha256 = verify_checksum(self.model_bytes) if verify else None
         except MetadataError as e:
-            raise ModelError(str(e)) from None
+            raise ModelError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
         try:
-            self.interpreter, self.backend = create_interpreter(str(path), threads, edgetpu, backend, xnnpack)
+            self.interpreter, self.backend = create_interpreter(str(path), threads, edgetpu, backend, xnnpack,
+                                                                model_content=self.model_bytes)
         except ValueError as e:
             raise ModelError(str(e)) from None
         inp = self.interpreter.get_input_details()

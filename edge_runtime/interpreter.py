@@ -51,8 +51,10 @@ def backend_version(name: str) -> str:
 
 
 def create_interpreter(model_path: str, threads: int | None = None, edgetpu: bool = False,
-                       backend: str | None = None, xnnpack: bool = False) -> tuple[Any, str]:
-    """An allocated interpreter for ``model_path`` and the backend name.
+                       backend: str | None = None, xnnpack: bool = False,
+                       model_content: bytes | None = None) -> tuple[Any, str]:
+    """An allocated interpreter for ``model_path`` (or for ``model_content``, the file's bytes as already
+    read and checked: ``model_path`` then only names it) and the backend name.
 
     TFLite's builtin kernels run every op: they compute the int8 reference arithmetic (a fixed-point
     multiply, then a rounding shift), bit for bit the same in ai-edge-litert, tflite-runtime 2.14 (which runs
@@ -82,8 +84,8 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
         kwargs = {}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interp = Interpreter(model_path=str(model_path), num_threads=threads,
-                             experimental_delegates=delegates or None, **kwargs)
+        source = {"model_content": model_content} if model_content is not None else {"model_path": str(model_path)}
+        interp = Interpreter(**source, num_threads=threads, experimental_delegates=delegates or None, **kwargs)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__

@@ -198,6 +198,15 @@ class _FlatBuffer:
         return default if pos is None else self._u(fmt, pos)
 
 
+def _check_identifier(model: bytes) -> None:
+    if len(model) >= 8 and model[4:8] == b"TFL3":
+        return
+    hint = ""
+    if model[:4] == b"PK\x03\x04":  # a zip archive: what torch.save writes
+        hint = ": a PyTorch checkpoint? convert it first: python -m convert tflite --weights FILE --out X.tflite"
+    raise MetadataError(f"not a TFLite model (file identifier 'TFL3' expected at byte 4){hint}")
+
+
 def buffer_spans(model: bytes) -> list[tuple[int, int]]:
     """(start, length) of every non-empty data buffer of a TFLite flatbuffer (the weights, the
     metadata records), in buffer order, bounds-checked.
@@ -205,8 +214,7 @@ def buffer_spans(model: bytes) -> list[tuple[int, int]]:
     Raises:
         MetadataError: the bytes are not a well-formed TFLite flatbuffer.
     """
-    if len(model) < 8 or model[4:8] != b"TFL3":
-        raise MetadataError("not a TFLite model (file identifier 'TFL3' expected at byte 4)")
+    _check_identifier(model)
     fb = _FlatBuffer(model)
     buf_start, buf_n = fb.vector(fb.root(), _MODEL_BUFFERS)
     spans = []
@@ -238,8 +246,7 @@ def metadata_span(model: bytes, name: str = METADATA_NAME) -> tuple[int, int] | 
     Raises:
         MetadataError: the bytes are not a well-formed TFLite flatbuffer.
     """
-    if len(model) < 8 or model[4:8] != b"TFL3":
-        raise MetadataError("not a TFLite model (file identifier 'TFL3' expected at byte 4)")
+    _check_identifier(model)
     fb = _FlatBuffer(model)
     root = fb.root()
     meta_start, meta_n = fb.vector(root, _MODEL_METADATA)
@@ -283,5 +290,14 @@ def read_model_info(path: str | Path) -> ModelInfo | None:
     Raises:
         MetadataError: unreadable file, corrupt flatbuffer, or a malformed record.
     """
-    raw = read_metadata_bytes(read_model_bytes(path))
+    return model_info(read_model_bytes(path))
+
+
+def model_info(model: bytes) -> ModelInfo | None:
+    """The embedded :class:`ModelInfo` of a ``.tflite`` model's bytes, or None for a plain model.
+
+    Raises:
+        MetadataError: corrupt flatbuffer or a malformed record.
+    """
+    raw = read_metadata_bytes(model)
     return None if raw is None else ModelInfo.from_json_bytes(raw)
