@@ -31,6 +31,7 @@ class RunOptions:
     display: bool = False
     record: Path | None = None
     record_segment: float = 0.0  # seconds of video per recorded file (0: one file)
+    record_keep: int = 0  # with segments: keep only the newest N (0: all)
     log_interval: float = 1.0  # seconds between headless text lines
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
@@ -67,7 +68,7 @@ Observer = Callable[[np.ndarray, dict, bool], None]
 
 
 def install_stop_signals(stop: threading.Event, source=None) -> None:
-    """SIGTERM and SIGINT set ``stop`` (and end the source) so the loop ends cleanly and releases
+    """SIGTERM, SIGINT and SIGHUP set ``stop`` (and end the source) so the loop ends cleanly and releases
     the camera and finalizes the recording. Install it before opening anything: every wait of the
     runtime checks ``stop`` at least every 0.1 s, so the process ends within 2 s in any state."""
     if threading.current_thread() is not threading.main_thread():
@@ -80,6 +81,10 @@ def install_stop_signals(stop: threading.Event, source=None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
+    # SIGHUP: the terminal or SSH session went away; the recording is finished as for SIGTERM, except
+    # under nohup (which ignores SIGHUP so the run goes on)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
 
 
 def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event | None = None,
@@ -95,7 +100,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     try:
         if opts.record:
             recorder = Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0),
-                                segment_seconds=opts.record_segment)
+                                segment_seconds=opts.record_segment, keep=opts.record_keep)
         for frame in source:
             if stop.is_set():
                 stats.stopped_by = "signal"
@@ -123,7 +128,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
             if opts.json_lines:
                 opts.out.write(json.dumps(record) + "\n")
                 opts.out.flush()
-            elif not opts.display and t1 - last_log >= opts.log_interval:
+            elif not opts.display and (name or t1 - last_log >= opts.log_interval):  # a folder: every file
                 opts.out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: "
                                f"{summary_line(preds, infer_ms, fps)}\n")
                 opts.out.flush()

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-segment", type=seconds_arg, default=0.0, metavar="SECONDS",
                    help="cut the recording into files of SECONDS of video each (OUT-00001.mp4, ...); "
                         "every finished file survives a kill or a power cut (default: one file)")
+    p.add_argument("--record-keep", type=nonnegative_int, default=0, metavar="N",
+                   help="with --record-segment: keep only the newest N segments of this name, deleting the "
+                        "oldest as each new one is finished (a loop recording that never fills the storage; "
+                        "default 0: keep all)")
     p.add_argument("--stream-timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
                    help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
                         "(default 10)")
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builtin-kernels", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--no-verify", action="store_true",
                    help="load the model even if its integrity checksum does not match (experiments only)")
-    p.add_argument("--log-interval", type=seconds_arg, default=1.0, help="seconds between headless text lines")
+    p.add_argument("--log-interval", type=seconds_arg, default=1.0, help="seconds between headless text lines (an image folder: a line per file)")
     pre = p.add_argument_group("preprocessing of a plain .tflite without embedded metadata (refused for a "
                                "model that carries its own)")
     pre.add_argument("--resize", type=resize_arg, metavar="N|HxW",
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app
     from .record import RecordingError
-    from .sources import SourceError, quiet_opencv
+    from .sources import EXIT_UNAVAILABLE, SourceError, SourceUnavailable, quiet_opencv
 
     if not args.verbose:
         quiet_opencv()
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except _Stopped as e:
         print(f"stopped by signal while {e}", file=sys.stderr)
         return 0
+    except SourceUnavailable as e:  # a camera or stream not there (yet): a service manager tries again
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except (RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
             PreprocessingError, SourceError) as e:
         hint = (" (convert one with: python -m convert tflite)" if isinstance(e, ModelError)
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     display = not args.headless and not args.json and has_display()
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
                           json_lines=args.json, display=display, record=args.record,
-                          record_segment=args.record_segment, log_interval=args.log_interval)
+                          record_segment=args.record_segment, record_keep=args.record_keep,
+                          log_interval=args.log_interval)
     service = None
     try:
         if serve_opts:
@@ -212,6 +220,7 @@ def _flags_without_effect(args: argparse.Namespace) -> str | None:
     """A flag that would be silently ignored with the others given, said as one line (else None)."""
     video_file = args.source is not None and "://" not in args.source and not Path(args.source).is_dir()
     rules = (("--record-segment", args.record_segment, "--record", args.record is not None),
+             ("--record-keep", args.record_keep, "--record-segment", bool(args.record_segment)),
              ("--picamera", args.picamera, "--camera N", args.camera is not None),
              ("--disconnect-seconds", args.disconnect_seconds, "--disconnect-every", bool(args.disconnect_every)),
              ("--loop", args.loop, "a video file as --source", video_file),

@@ -2,8 +2,9 @@
 
 Each video file is written under a hidden temporary name (``.NAME.PID.partial.EXT``), then closed,
 checked (it opens and holds the frames written), flushed to the storage (fsync) and renamed into
-place, so a reader never sees a half-written file and a good earlier recording is never replaced by
-a broken one. With ``segment_seconds`` the recording is cut into files ``STEM-00001.EXT``,
+place, so a reader never sees a half-written file and an earlier recording is never replaced: a
+recording whose name is taken is kept as ``NAME.<start time>.EXT`` (a run restarted with the same
+``--record``), one cut short by a failure as ``NAME.incomplete.EXT``. With ``segment_seconds`` the recording is cut into files ``STEM-00001.EXT``,
 ``STEM-00002.EXT``... of that many seconds of video, as video recorders do: a killed or powered-off
 device keeps every finished segment. ``.mkv`` and ``.ts`` also keep the frames of the unfinished
 file (they play without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by
@@ -24,6 +25,7 @@ import logging
 import os
 import re
 import resource
+import time
 from pathlib import Path
 
 import cv2
@@ -152,6 +154,8 @@ class Recorder:
         path: the video file (``.mp4``, ``.mkv``, ``.ts``, ``.avi``...).
         fps: frame rate written into the file.
         segment_seconds: cut the recording into files of this many seconds of video (0: one file).
+        keep: with segments, keep only the newest ``keep`` finished segments of this name (earlier runs'
+            included), deleting the oldest as each new one is finished: a loop recording (0: keep all).
 
     Raises:
         RecordingError: from the constructor when the target cannot be written; from
@@ -159,14 +163,15 @@ class Recorder:
             when the last file cannot be finished.
     """
 
-    def __init__(self, path: Path, fps: float, segment_seconds: float = 0.0) -> None:
+    def __init__(self, path: Path, fps: float, segment_seconds: float = 0.0, keep: int = 0) -> None:
         self.path = Path(path)
         check_target(self.path)
         self.fps = fps if fps and 0 < fps < 1000 else 15.0
         self.segment_frames = max(1, round(segment_seconds * self.fps)) if segment_seconds else 0
         self.folder, self.stem, self.suffix = self.path.parent, self.path.stem, self.path.suffix
         self.size: tuple[int, int] | None = None  # (width, height) of the recording
-        self.files: list[Path] = []  # finished files, in order
+        self.files: list[Path] = []  # finished files, in order (those --record-keep deleted removed)
+        self.keep = keep if self.segment_frames else 0
         self.frames = 0  # frames written over all files
         self.recovered = recover_partials(self.folder, self.stem, self.suffix)
         self._size_limit = file_size_limit(self.folder)  # fixed for the run: looked up once, not per frame
@@ -178,11 +183,27 @@ class Recorder:
         self._last_size = 0
         self._failed: str | None = None
         self._next_index = self._first_free_index() if self.segment_frames else 0
+        self._started = time.strftime("%Y%m%d-%H%M%S")
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        """This recording's finished segments in the folder (earlier runs' too), by index."""
+        pattern = re.compile(rf"^{re.escape(self.stem)}-(\d+){re.escape(self.suffix)}$")
+        return sorted((int(m[1]), p) for p in self.folder.iterdir() if (m := pattern.match(p.name)))
 
     def _first_free_index(self) -> int:
-        pattern = re.compile(rf"^{re.escape(self.stem)}-(\d+){re.escape(self.suffix)}$")
-        used = [int(m[1]) for p in self.folder.iterdir() if (m := pattern.match(p.name))]
-        return max(used, default=0) + 1
+        return max((i for i, _ in self._segments()), default=0) + 1
+
+    def _drop_oldest(self) -> None:
+        for _, old in self._segments()[:-self.keep]:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("--record-keep: cannot remove %s (%s)", old, e.strerror or e)
+                continue
+            if old in self.files:
+                self.files.remove(old)
 
     def _reserve(self) -> int:
         """Bytes the writer may still need: two buffer flushes and the trailer."""
@@ -263,12 +284,14 @@ class Recorder:
             raise RecordingError(f"{target}: the file written is not playable ({declared} of {n} frames); "
                                  + ("it was discarded, the earlier recording is kept" if target.exists()
                                     else "it was discarded"))
-        if self._failed and target.exists():
-            target = free_name(target, "incomplete")  # a cut recording never replaces a whole one
+        if target.exists():  # a recording never replaces another: a cut one is NAME.incomplete.EXT, a whole
+            target = free_name(target, "incomplete" if self._failed else self._started)  # one NAME.<its start>.EXT
         fsync_path(tmp)
         os.replace(tmp, target)
         fsync_path(self.folder)
         self.files.append(target)
+        if self.keep:
+            self._drop_oldest()
 
     def close(self) -> None:
         """Finish the file being written (also after a failure: the frames before it are kept).

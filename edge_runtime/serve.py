@@ -293,8 +293,9 @@ class _StateCollector:
         yield counter("clients_rejected", "Connections refused because the client limit was reached",
                       s.rejected)
         yield counter("clients_dropped", "Stream clients dropped because they stopped taking data", s.dropped)
-        fps = GaugeMetricFamily("edge_runtime_fps", "Current frames per second (moving average)")
-        fps.add_metric([], s.hub.record["fps"] if s.hub.record else 0.0)
+        fps = GaugeMetricFamily("edge_runtime_fps", "Current frames per second (moving average; 0 while "
+                                                    "/healthz says down)")
+        fps.add_metric([], s.hub.record["fps"] if s.health()[0] == 200 else 0.0)
         yield fps
         clients = GaugeMetricFamily("edge_runtime_clients", "Clients connected", labels=["route"])
         for route, n in sorted(s.client_counts().items()):

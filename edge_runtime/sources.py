@@ -4,8 +4,8 @@
 (reproducible tests and benchmarks), by a decode thread that runs ahead of inference through a
 small bounded queue. Cameras and streams use a capture thread that keeps only the newest frame, so
 results never lag behind the scene; when the device stops delivering or disconnects it is reopened
-with exponential back-off while the process keeps running, and every attempt is logged. Network
-streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
+with exponential back-off while the process keeps running, and attempts 1, 2, 4, 8... of each outage
+are logged. Network streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
 reconnect), never an end of file. Nothing here blocks the caller for more than a fraction of a
 second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
 """
@@ -17,7 +17,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,6 +49,14 @@ class SourceError(RuntimeError):
     """A source cannot be opened (the message says what to use instead)."""
 
 
+class SourceUnavailable(SourceError):
+    """A camera or stream that cannot be opened at start: it may come up later (a service manager
+    retries; the runtime's command line exits with :data:`EXIT_UNAVAILABLE`)."""
+
+
+EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL (sysexits.h): try again later
+
+
 class SourceTooLarge(SourceError):
     """The source's frames are over the pixel budget (refused before any frame is decoded)."""
 
@@ -62,7 +70,6 @@ class SourceStats:
     reconnects: int = 0  # successful reopenings after a failure
     attempts: int = 0  # reopen attempts, successful or not
     fps_hint: float = 0.0
-    events: list[str] = field(default_factory=list)
 
 
 def _valid(frame: Any) -> bool:
@@ -157,16 +164,20 @@ class CaptureSource:
     def _reopen(self, quiet: bool = False) -> Any | None:
         delay = self.backoff[0]
         log_reconnect = log.debug if quiet else log.warning
+        down_since, attempt = time.monotonic(), 0
         while not self._stop.is_set():
             self.stats.attempts += 1
-            log_reconnect("%s: reopening (attempt %d)", self.name, self.stats.attempts)
+            attempt += 1
+            if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: a day-long outage logs ~14 lines, not 10,000
+                log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,
+                              time.monotonic() - down_since)
             cap = self._try_open()
             if cap is not None:
                 if quiet:
                     return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
-                self.stats.events.append(f"reconnected after {self.stats.attempts} attempts")
-                log_reconnect("%s: reconnected", self.name)
+                log_reconnect("%s: reconnected after %d attempts (down %.0f s)", self.name, attempt,
+                              time.monotonic() - down_since)
                 return cap
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])
@@ -223,7 +234,6 @@ class CaptureSource:
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
                 else:
-                    self.stats.events.append("stopped delivering frames")
                     log.warning("%s stopped delivering frames; reconnecting", self.name)
                 cap.release()
                 cap = self._reopen(quiet=at_end)
@@ -441,7 +451,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     if camera:
         index = int(spec)
         if not picamera and sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists():
-            raise SourceError(f"no camera found at index {index} (/dev/video{index} does not exist); to classify "
+            raise SourceUnavailable(f"no camera found at index {index} (/dev/video{index} does not exist); to classify "
                               "a video file, an image folder or a stream instead use --source PATH_OR_URL")
         if picamera:
             try:
@@ -462,7 +472,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except SourceError as e:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceError(f"no camera found at index {index}; to classify a video file, an image folder "
+            raise SourceUnavailable(f"no camera found at index {index}; to classify a video file, an image folder "
                               f"or a stream instead use --source PATH_OR_URL") from None
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: never what was meant
@@ -478,7 +488,8 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceError(f"cannot open stream {spec} (no video within {stream_timeout:g} s)") from None
+            raise SourceUnavailable(f"cannot open stream {spec} ({startup_attempts} attempts, each given up to "
+                                    f"{stream_timeout:g} s for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, stop=stop)

@@ -1,6 +1,7 @@
 """Recordings survive full storage, read-only folders, kill -9 and frames of changing size, with the
 real runtime on the real clip and photos."""
 import json
+import re
 import signal
 
 import cv2
@@ -34,6 +35,33 @@ def test_full_storage_keeps_the_earlier_recording(int8_model, sample_clip, tmp_p
         frames = video_frames(cut)
         assert frames > 20 and f"recorded rec.incomplete{suffix}" in full.stderr  # what fitted is playable
         assert not list(sd.glob(".*partial*"))
+
+
+def test_a_restarted_run_never_replaces_the_earlier_recording(int8_model, sample_clip, tmp_path):
+    """A service restarted with the same --record (or two runs in a row) keeps both recordings: the
+    second goes to NAME.<start time>.EXT, and the summary names it."""
+    rec = tmp_path / "cam.mkv"
+    for frames in (12, 7):
+        r = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record", rec,
+                     "--max-frames", frames)
+        assert r.returncode == 0, r.stderr
+    again = list(tmp_path.glob("cam.*.mkv"))
+    assert video_frames(rec) == 12 and len(again) == 1 and video_frames(again[0]) == 7
+    assert re.fullmatch(r"cam\.\d{8}-\d{6}\.mkv", again[0].name) and f"recorded {again[0].name}" in r.stderr
+
+
+def test_record_keep_is_a_loop_recording(int8_model, sample_clip, tmp_path):
+    """--record-keep N keeps the newest N segments of the name (a restarted run's included), deleting the
+    oldest as each new one is finished, so a device recording for weeks never fills its card."""
+    rec = tmp_path / "loop.mkv"
+    for frames in (75, 45):  # 15 frames per 1 s segment: 5 segments, then 3 more
+        r = _runtime("--source", sample_clip, "--loop", "--model", int8_model, "--headless", "--record", rec,
+                     "--record-segment", 1, "--record-keep", 2, "--max-frames", frames)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.glob("loop*")) == ["loop-00007.mkv", "loop-00008.mkv"]
+    assert all(video_frames(p) == 15 for p in tmp_path.glob("loop*"))
+    r = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record-keep", 2)
+    assert r.returncode == 2 and "--record-keep: only with --record-segment" in one_error_line(r)
 
 
 def test_file_size_limit_keeps_the_earlier_recording_and_segments_stay_under_it(int8_model, sample_clip, tmp_path):

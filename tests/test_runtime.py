@@ -1,4 +1,5 @@
 """The edge runtime on real video and photos with the real converted model."""
+import io
 import json
 import os
 import signal
@@ -72,11 +73,14 @@ def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
         (tmp_path / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff corrupt")
     source = open_source(str(tmp_path))
-    results = []
-    stats = app.run(Classifier(int8_model), source, app.RunOptions(top_k=1, out=open(os.devnull, "w")),
+    results, out = [], io.StringIO()
+    stats = app.run(Classifier(int8_model), source, app.RunOptions(top_k=1, out=out),
                     on_result=lambda i, p: results.append(p[0].label))
     assert stats.frames == 3 and source.stats.corrupt == 1
     assert results == ["lemon", "Egyptian_cat", "espresso"]  # in file order; what the float model says of each
+    # headless text: a line per file (a clip's frames are a line per --log-interval)
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == [
+        "frame 1 (opencv_orange.jpg)", "frame 2 (skimage_chelsea.jpg)", "frame 3 (skimage_coffee.jpg)"]
 
 
 def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp_path):
@@ -158,14 +162,15 @@ def test_latest_frame_source_drops_stale_frames(sample_clip):
     assert first is not None and live.stats.dropped > 0
 
 
-def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the SSH session went away
+def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path, sig):
     out = tmp_path / "rec.mp4"
     proc = Process("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless",
                    "--record", out, "--json")
     # 30 frames classified (and recorded), then the signal
     wait_for(lambda: len(proc.out) >= 30 or proc.proc.poll() is not None, 60, "30 classified frames")
     assert proc.proc.poll() is None, proc.stderr
-    proc.stop(signal.SIGTERM)
+    proc.stop(sig)
     assert proc.proc.returncode == 0, proc.stderr
     assert "stopped by signal" in proc.stderr and "Traceback" not in proc.stderr
     assert video_frames(out) >= 30
@@ -175,10 +180,17 @@ def test_sigterm_finalizes_the_recording(int8_model, sample_clip, tmp_path):
 def test_bad_model_and_missing_camera_give_one_line(tmp_path, sample_clip):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"TFL3" * 100)
+    import torch
+
+    checkpoint = tmp_path / "best.pt"  # what `convert train` writes: the runtime says to convert it
+    torch.save({"model": {}}, checkpoint)
     for args, expected in ((["--source", sample_clip, "--model", tmp_path / "none.tflite"], "model file not found"),
-                           (["--source", sample_clip, "--model", bad], "model file is truncated or corrupt"),
+                           (["--source", sample_clip, "--model", bad], f"{bad}: model file is truncated or corrupt"),
                            (["--camera", "7", "--model", bad], "model file is truncated or corrupt"),
-                           (["--source", tmp_path / "missing.mp4", "--model", bad], "truncated or corrupt")):
+                           (["--source", tmp_path / "missing.mp4", "--model", bad], "truncated or corrupt"),
+                           (["--source", sample_clip, "--model", checkpoint],
+                            f"{checkpoint}: not a TFLite model (file identifier 'TFL3' expected at byte 4): a "
+                            "PyTorch checkpoint? convert it first: python -m convert tflite --weights")):
         proc = _runtime(*args)
         assert proc.returncode == 2, proc.stderr
         assert expected in one_error_line(proc), (args, proc.stderr)
@@ -186,9 +198,31 @@ def test_bad_model_and_missing_camera_give_one_line(tmp_path, sample_clip):
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {ROOT / 'build' / 'x.tflite'}: model file not found"
 
 
+def test_a_model_replaced_on_disk_while_running_changes_nothing(int8_model, tmp_path, sample_clip):
+    """An over-the-air update that overwrites the file in place (same size, or another model) while the
+    runtime runs: the bytes that passed the checksum at start are the bytes that keep running."""
+    live = tmp_path / "live.tflite"
+    live.write_bytes(int8_model.read_bytes())
+    from edge_runtime.preprocess import resize_crop
+
+    clf = Classifier(live)
+    cap = cv2.VideoCapture(str(sample_clip))
+    crops = np.stack([resize_crop(cap.read()[1], clf.preprocessing) for _ in range(4)])
+    cap.release()
+    before = clf.predict_batch(crops)
+    with live.open("r+b") as f:  # the same size, every weight byte changed: what `dd conv=notrunc` did
+        data = bytearray(f.read())
+        data[len(data) // 4: len(data) // 2] = bytes(b ^ 0x5A for b in data[len(data) // 4: len(data) // 2])
+        f.seek(0)
+        f.write(bytes(data))
+    assert np.array_equal(clf.predict_batch(crops), before)
+    with pytest.raises(ModelError, match="integrity check failed"):  # the next start refuses the damaged file
+        Classifier(live)
+
+
 def test_no_camera_names_the_alternative(int8_model):
     proc = _runtime("--camera", "7", "--model", int8_model)
-    assert proc.returncode == 2 and "--source" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 75 and "--source" in proc.stderr and "Traceback" not in proc.stderr  # EX_TEMPFAIL
 
 
 def test_hostile_metadata_is_refused(int8_model, tmp_path):

@@ -483,12 +483,16 @@ def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip
     rt = Runtime(int8_model, sample_clip, "--disconnect-every", "60",
                  "--disconnect-seconds", "2")
     try:
-        seen, deadline = [], time.monotonic() + 40
+        seen, deadline, fps_while_down = [], time.monotonic() + 40, []
         while time.monotonic() < deadline:
             status, _, body = rt.request("/healthz", token=None)
             state = json.loads(body)
             if not seen or seen[-1][0] != status:
                 seen.append((status, state))
+            if status == 503 and seen[:-1] and not fps_while_down:  # down before and after the scrape
+                fps = sample(metrics(rt), "edge_runtime_fps")
+                if rt.request("/healthz", token=None)[0] == 503:
+                    fps_while_down.append(fps)
             if [s for s, _ in seen][-3:] == [200, 503, 200]:
                 break
             time.sleep(0.1)
@@ -498,6 +502,7 @@ def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip
         assert down["status"] == "down" and "camera is down" in down["reason"], down
         assert seen[-1][1]["reconnects"] >= 1 and seen[-1][1]["frame"] > down["frame"]
         assert sample(metrics(rt), "edge_runtime_camera_reconnects") >= 1
+        assert fps_while_down == [0.0]  # the gauge does not go on showing the last rate while the camera is out
     finally:
         assert rt.stop() == 0, rt.stderr
 
