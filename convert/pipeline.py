@@ -16,6 +16,7 @@ a failed or interrupted run leaves no partial file and never replaces an earlier
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -117,23 +118,27 @@ def convert(opts: ConvertOptions) -> dict:
              f"out, {len(calib.skipped)} skipped; check: {len(check.views)} views")
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent)).resolve()
     try:  # onnx2tf runs with its own working directory: absolute paths
-        t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
-        graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding,
-                              opts.split_squeeze, progress)
-        int8 = quantize(graphs, calib.views, work, opts.quantize_settings(), progress)
-        graph = finish_graph(int8.tflite, opts.output_type)
-        conversion_s = time.perf_counter() - t_conv
-        calibration = {**calib.summary(), **graphs.summary, **int8.summary}
-        siblings = sibling_record(out)
+        # --quiet: TensorFlow's and TFLite's own lines (absl, oneDNN, CUDA, XNNPACK...) go to a log in the
+        # working folder, not the terminal; a failure is still one line (raised after the redirect ends)
+        with native_stderr_to(work / "tensorflow.log") if opts.quiet else contextlib.nullcontext():
+            t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
+            graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding,
+                                  opts.split_squeeze, progress)
+            int8 = quantize(graphs, calib.views, work, opts.quantize_settings(), progress)
+            graph = finish_graph(int8.tflite, opts.output_type)
+            conversion_s = time.perf_counter() - t_conv
+            calibration = {**calib.summary(), **graphs.summary, **int8.summary}
+            siblings = sibling_record(out)
 
-        def record(validation: dict | None = None):
-            return artifact_record(src, graph, opts.input_type, opts.output_type, calibration, validation, siblings)
+            def record(validation: dict | None = None):
+                return artifact_record(src, graph, opts.input_type, opts.output_type, calibration, validation,
+                                       siblings)
 
-        candidate = work / "candidate.tflite"
-        candidate.write_bytes(finish_artifact(graph.tflite, record()))
-        progress("validating int8 against float")
-        validation = validate(graphs.reference, candidate, src, check, opts.val or src.val_dir, opts.val_half,
-                              opts.quiet)
+            candidate = work / "candidate.tflite"
+            candidate.write_bytes(finish_artifact(graph.tflite, record()))
+            progress("validating int8 against float")
+            validation = validate(graphs.reference, candidate, src, check, opts.val or src.val_dir, opts.val_half,
+                                  opts.quiet)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
         report = {"model": src.name, "out": str(out), "input_type": opts.input_type, "output_type": opts.output_type,
@@ -152,6 +157,23 @@ def convert(opts: ConvertOptions) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
     return report
+
+
+@contextlib.contextmanager
+def native_stderr_to(log_path: Path):
+    """Send file descriptor 2 (what C++ libraries write to, not only Python's sys.stderr) to ``log_path``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def check_options(opts: ConvertOptions, progress: Progress) -> Path:

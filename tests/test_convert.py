@@ -202,6 +202,7 @@ def test_reproducible_and_offline(tmp_path, run_dir, trained_converted, offline_
     proc = _run(["--weights", str(run_dir / "best.pt"), "--out", str(out), *QUICK, "--no-gates"], env=offline_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes() == first.read_bytes()
+    assert proc.stderr == ""  # --quiet: not even TensorFlow's own lines (absl, oneDNN, XNNPACK...)
 
 
 class _UsersClassifier:
