@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
@@ -52,31 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _to_int8(container: Path, out: Path, val: Path | None, quiet: bool) -> dict:
-    """The container through the converter, with the converter's own gates; its figures for the report."""
-    from .pipeline import ConvertOptions, convert
-
-    if not quiet:
-        print("decode -> int8 TFLite (the converter's own gates)", file=sys.stderr, flush=True)
-    conv = convert(ConvertOptions(out=out, weights=str(container), val=val, quiet=quiet))
-    v = conv["validation"].get("val", {})
-    return {"out": str(out), "bytes": conv["sizes"]["int8_tflite"], "top1": v.get("int8_top1"),
-            "top1_float_compressed": v.get("float_top1"), "top1_drop": v.get("top1_drop"),
-            "agreement": v.get("agreement"), "halves": v.get("halves"),
-            "unlabelled": conv["validation"].get("unlabelled"), "gates": conv["gates"]}
-
-
 def run(args: argparse.Namespace) -> int:
     from .compress.pipeline import CompressOptions, compress
     from .outputs import check_output_path
+    from .pipeline import check_int8_out, to_int8
 
-    for flag, path in (("--tflite", args.tflite), ("--report", args.report)):
-        if path:  # before the compression's work, like every other output
-            check_output_path(path, flag)
+    if args.report:  # before the compression's work, like every other output
+        check_output_path(args.report, "--report")
+    if args.tflite:
+        check_int8_out(args.tflite, "--tflite")
     if args.lossless and args.finetune_steps:
         raise ConvertError("--finetune-steps: not with --lossless (which keeps the release's codebooks as they are)")
-    if args.tflite and Path(args.tflite).suffix != ".tflite":
-        raise ConvertError(f"--tflite {args.tflite}: a .tflite path expected")
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
                                       size_budget=args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,
@@ -85,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                       sensitivity=args.sensitivity, limit=args.sensitivity_limit,
                                       quiet=args.quiet))
     if args.tflite:
-        report["int8"] = _to_int8(Path(report["out"]), args.tflite, args.val, args.quiet)
+        report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet)
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"

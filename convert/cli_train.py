@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   torchrun --nproc-per-node 2 -m convert train --data photos/ --out runs/parcel-ddp
 then:
   python -m convert tflite --weights runs/parcel/best.pt --out build/parcel_int8.tflite
+  python -m convert train --data photos --out runs/parcel --tflite build/parcel_int8.tflite   # both in one
 """
 
 
@@ -67,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (gloo) or cuda (nccl); default cpu")
     p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--tflite", type=Path, metavar="OUT.tflite",
+                   help="then convert best.pt to an int8 .tflite here (the converter's defaults and gates, "
+                        "validated on the run's validation images): what `convert tflite --weights RUN/best.pt` does")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -79,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .outputs import check_output_path
+    from .pipeline import check_int8_out, to_int8
     from .train import TrainOptions, train
 
     if args.report:
         check_output_path(args.report, "--report")
+    if args.tflite:
+        check_int8_out(args.tflite, "--tflite")
 
     summary = train(TrainOptions(
         data=args.data, out=args.out, val=args.val, val_split=args.val_split, test=args.test, arch=args.arch,
@@ -93,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, device=args.device, quiet=args.quiet, argv=sys.argv[:]))
     if summary.get("rank", 0):
         return 0
+    if args.tflite:  # after the run's reports: a missed gate leaves the run whole and says so
+        summary["int8"] = to_int8(Path(args.out) / "best.pt", args.tflite, None, args.quiet)
     if args.report:
         from edge_runtime.fileio import atomic_write
 
@@ -107,4 +116,9 @@ def run(args: argparse.Namespace) -> int:
         if tests:
             line += f"; test top-1 after {tests[-1]['phase']}: {tests[-1]['test']['top1']:.2f}%"
         print(line + f"; {summary['train_seconds']:.0f} s of training")
+        if args.tflite:
+            i = summary["int8"]
+            figures = "" if i["top1"] is None else (f", validation top-1 {i['top1']:.2f}% (float {i['top1_float']:.2f}%), "
+                                                    f"agreement with the float model {i['agreement']:.1f}%")
+            print(f"{i['out']}: {i['bytes']:,} bytes{figures}")
     return 0

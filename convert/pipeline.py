@@ -159,6 +159,37 @@ def convert(opts: ConvertOptions) -> dict:
     return report
 
 
+def check_int8_out(path: str | Path, flag: str = "--out", others: tuple[Path | None, ...] = ()) -> Path:
+    """A conversion's .tflite output, its float siblings and ``others`` can be written (checked before the
+    long work: by the converter, and by train and compress before theirs when they end with one).
+
+    Raises:
+        ConvertError: not a .tflite path, or an output that cannot be written.
+    """
+    out = Path(path)
+    if out.suffix != ".tflite":
+        raise ConvertError(f"{flag} {out}: a .tflite path expected")
+    check_writable(out, (*sibling_paths(out), *others))
+    return out
+
+
+def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool) -> dict:
+    """``weights`` through the converter with its default settings and gates (validated on ``val``, else
+    the weights' own validation folder); its figures for the calling command's report.
+
+    Raises:
+        ConvertError: as :func:`convert` (GateError when a gate is missed: nothing is written).
+    """
+    if not quiet:
+        print(f"{weights} -> int8 TFLite (the converter's defaults and gates)", file=sys.stderr, flush=True)
+    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet))
+    v = conv["validation"].get("val", {})
+    return {"out": str(out), "bytes": conv["sizes"]["int8_tflite"], "top1": v.get("int8_top1"),
+            "top1_float": v.get("float_top1"), "top1_drop": v.get("top1_drop"),
+            "agreement": v.get("agreement"), "halves": v.get("halves"),
+            "unlabelled": conv["validation"].get("unlabelled"), "gates": conv["gates"]}
+
+
 @contextlib.contextmanager
 def native_stderr_to(log_path: Path):
     """Send file descriptor 2 (what C++ libraries write to, not only Python's sys.stderr) to ``log_path``."""
@@ -183,10 +214,7 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     Raises:
         ConvertError: not a .tflite path, an output that cannot be written, a setting out of range.
     """
-    out = Path(opts.out)
-    if out.suffix != ".tflite":
-        raise ConvertError(f"--out {out}: a .tflite path expected")
-    check_writable(out, (*sibling_paths(out), Path(opts.report) if opts.report else None))
+    out = check_int8_out(opts.out, "--out", (Path(opts.report) if opts.report else None,))
     for name in remove_stale_work_dirs(out.parent):
         progress(f"removed {name}, left by a conversion that was killed")
     ranges = {"--percentile": (opts.percentile, 50.0, 100.0), "--output-margin": (opts.output_margin, 1.0, 100.0),

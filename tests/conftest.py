@@ -182,10 +182,13 @@ def run_dir(fmnist, weights_env, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "reference"
     # a process of its own, as users run it: torch is not imported yet, so the CLI's OMP_WAIT_POLICY
     # (idle threads sleep) applies; in this process torch spins and runs 5x slower on a busy machine
+    # --tflite: best.pt then goes through the converter with its defaults and gates (out/../reference_int8.tflite)
     r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(fmnist / "train"), "--test",
-                        str(fmnist / "test"), "--out", str(out), *TRAIN_SETTINGS],
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+                        str(fmnist / "test"), "--out", str(out), "--tflite", str(out.parent / "reference_int8.tflite"),
+                        *TRAIN_SETTINGS], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
+    (out.parent / "train.stdout").write_text(r.stdout)
     return out
 
 

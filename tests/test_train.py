@@ -66,6 +66,18 @@ def test_run_learns_and_writes_its_reports(run_dir, fmnist):
     assert 10 <= sum(1 for _ in Path(rec["calib_dir"]).rglob("*.png")) <= 200
 
 
+def test_train_tflite_converts_best_with_the_converters_defaults(run_dir):
+    """`train --tflite OUT`: best.pt through the converter (its defaults and gates, validated on the run's
+    validation images), one command from photos to the device's file; its figures on stdout."""
+    from edge_runtime.classify import Classifier
+
+    int8 = run_dir.parent / "reference_int8.tflite"
+    clf = Classifier(int8)
+    assert clf.info.labels[:2] == ["Ankle boot", "Bag"] and clf.preprocessing.input_size == (32, 32)
+    lines = (run_dir.parent / "train.stdout").read_text().splitlines()
+    assert lines[-1].startswith(f"{int8}: ") and "agreement with the float model" in lines[-1], lines
+
+
 def test_best_is_the_highest_top1_then_the_lowest_loss(run_dir):
     """best.pt is the epoch with the highest validation top-1 and, among epochs that tie on it (common on
     a small validation set), the lowest validation loss: not merely the first to reach that top-1."""
