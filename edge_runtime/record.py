@@ -4,12 +4,12 @@ Each video file is written under a hidden temporary name (``.NAME.PID.partial.EX
 checked (it opens and holds the frames written), flushed to the storage (fsync) and renamed into
 place, so a reader never sees a half-written file and an earlier recording is never replaced: a
 recording whose name is taken is kept as ``NAME.<start time>.EXT`` (a run restarted with the same
-``--record``), one cut short by a failure as ``NAME.incomplete.EXT``. With ``segment_seconds`` the recording is cut into files ``STEM-00001.EXT``,
-``STEM-00002.EXT``... of that many seconds of video, as video recorders do: a killed or powered-off
-device keeps every finished segment. ``.mkv`` and ``.ts`` also keep the frames of the unfinished
-file (they play without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by
-a killed run are recovered (or removed when they hold nothing playable) the next time a recording
-starts in that folder.
+``--record``), one cut short by a failure as ``NAME.incomplete.EXT``. With ``segment_seconds`` the
+recording is cut into files ``STEM-00001.EXT``, ``STEM-00002.EXT``... of that many seconds of video,
+as video recorders do: a killed or powered-off device keeps every finished segment (``keep``: only
+the newest N). ``.mkv`` and ``.ts`` also keep the frames of the unfinished file (they play without a
+trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
+(or removed when they hold nothing playable) the next time a recording starts in that folder.
 
 Free space is checked before every frame: when it falls below what the writer may still need
 (its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
@@ -284,8 +284,8 @@ class Recorder:
             raise RecordingError(f"{target}: the file written is not playable ({declared} of {n} frames); "
                                  + ("it was discarded, the earlier recording is kept" if target.exists()
                                     else "it was discarded"))
-        if target.exists():  # a recording never replaces another: a cut one is NAME.incomplete.EXT, a whole
-            target = free_name(target, "incomplete" if self._failed else self._started)  # one NAME.<its start>.EXT
+        if target.exists():  # never replace a recording: a cut one goes to NAME.incomplete.EXT, a whole one
+            target = free_name(target, "incomplete" if self._failed else self._started)  # to NAME.<start>.EXT
         fsync_path(tmp)
         os.replace(tmp, target)
         fsync_path(self.folder)
