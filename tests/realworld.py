@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -164,8 +165,10 @@ class Process:
 
     def __init__(self, module: str, *args, env: dict | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        # SIGHUP at its default, as in a user's terminal, even when the suite itself runs under nohup
         self.proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [threading.Thread(target=self._read, args=(s, l), daemon=True)
