@@ -44,13 +44,15 @@ def machine_difference(reference: dict, current: dict) -> str | None:
            "include the CPU, not only the model"
 
 
-def compare(results: list[dict], reference: dict, tolerance: float) -> list[str]:
+def compare(results: list[dict], reference: dict, tolerance: float) -> tuple[list[str], int]:
+    """(the regressions beyond ``tolerance``, how many cases had a reference case of the same label)."""
     ref = {r["label"]: r for r in reference.get("results", []) if "error" not in r}
-    worse = []
+    worse, compared = [], 0
     for r in results:
         old = ref.get(r["label"])
         if not old or "error" in r:
             continue
+        compared += 1
         pairs = [("p50 latency", r["latency_ms"]["p50"], old["latency_ms"]["p50"], True),
                  ("peak RSS", r["peak_rss_mb"], old["peak_rss_mb"], True)]
         if "accuracy" in r and "accuracy" in old:
@@ -59,7 +61,7 @@ def compare(results: list[dict], reference: dict, tolerance: float) -> list[str]
             bad = now > before * (1 + tolerance) if lower_is_better else now < before * (1 - tolerance)
             if bad:
                 worse.append(f"{r['label']}: {name} {now:.2f} vs reference {before:.2f} (tolerance {tolerance:.0%})")
-    return worse
+    return worse, compared
 
 
 def plot(results: list[dict], path: Path) -> str | None:

@@ -152,6 +152,11 @@ def output_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "is a folder; a file path expected"
+    for parent in path.parents:  # the nearest existing folder on the way must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
     folder = path.parent if str(path.parent) else Path(".")
     if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
         return "output path is not writable"

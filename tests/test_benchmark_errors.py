@@ -98,17 +98,30 @@ def test_stale_onnxruntime_int8_model_is_made_again(artifact_set):
 
 
 def test_unwritable_outputs_and_a_bad_reference_fail_before_measuring(tmp_path, capsys):
-    """--report into a folder, or a --reference that is not a results file: one line at once, not after
-    minutes of measuring (no case is started)."""
+    """--report into a folder or under a file, a --source or --val that is not there, or a --reference that
+    is not a results file: one line at once, not after minutes of measuring (no case is started)."""
     from tools.benchmark import main
 
     (tmp_path / "out").mkdir()
     (tmp_path / "ref.json").write_text("[1, 2]")
+    (tmp_path / "a_file").write_text("x")
     for flags, line in ((["--report", tmp_path / "out"], "--report"), (["--csv", tmp_path / "out"], "--csv"),
+                        (["--report", tmp_path / "a_file" / "r.json"], "a_file is a file, not a folder"),
+                        (["--source", tmp_path / "typo.mp4"], "--source"), (["--val", tmp_path / "nope"], "--val"),
                         (["--reference", tmp_path / "ref.json"], "a JSON object expected")):
         assert main(["--model", str(ROOT / "missing.tflite"), *map(str, flags)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and line in err and len(err.splitlines()) == 1, err  # "[1/1] ..." not begun
+
+
+def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_path):
+    """A regression gate whose reference holds no case of this run's labels (another file name, other
+    threads) compared nothing: it fails with one line instead of passing."""
+    other = tmp_path / "renamed_int8.tflite"
+    other.write_bytes(artifact_set.read_bytes())
+    r = _bench("--model", other, "--threads", 1, "--reference", ROOT / "benchmarks" / "reference-x86_64-2core.json",
+               "--fail-on-regression")
+    assert r.returncode == 1 and "error: no case matches a case of --reference" in r.stderr, r.stderr[-2000:]
 
 
 def test_bad_threads_give_one_line(capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import deprecated, json_path_to_report
+from edge_runtime.flags import deprecated, json_path_to_report, nonnegative_int, positive_int, seconds_arg
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
     import convert.peers  # noqa: F401
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, type=Path, help=".tflite model (repeat for several)")
     p.add_argument("--threads", type=_threads, default=[2], help="comma-separated thread counts (default 2)")
-    p.add_argument("--runs", type=int, default=100, help="minimum timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed duration per case (default 2)")
+    p.add_argument("--runs", type=positive_int, default=100, help="minimum timed runs (default 100)")
+    p.add_argument("--warmup", type=nonnegative_int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--min-seconds", type=seconds_arg, default=2.0, help="minimum timed duration per case (default 2)")
     p.add_argument("--val", help="labelled images: adds top-1/top-5 and agreement with the first case")
     deprecated(p, "--images", "--val", "val")
     p.add_argument("--source", help="video clip: adds end-to-end FPS through the runtime's frame loop")
@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = output_problem(path) if path else None
         if problem:  # before minutes of measuring
             print(f"error: {flag} {path}: {problem}", file=sys.stderr)
+            return 2
+    for flag, path in (("--val", args.val), ("--source", args.source)):
+        if path and "://" not in str(path) and not Path(path).exists():  # before minutes of measuring
+            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
             return 2
     reference = None
     if args.reference:
@@ -160,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])
         if note:
             print(f"note: {note}", file=text)
-        worse = bench_report.compare(results, reference, args.tolerance)
+        worse, compared = bench_report.compare(results, reference, args.tolerance)
         for w in worse:
             print(f"regression: {w}", file=text)
-        if worse and args.fail_on_regression:
+        if not compared:  # a gate that compared nothing must not pass silently
+            print(f"{'error' if args.fail_on_regression else 'note'}: no case matches a case of --reference "
+                  f"{args.reference} (cases are matched by label: model file stem, runtime, threads)", file=sys.stderr)
+        if (worse or not compared) and args.fail_on_regression:
             rc = 1
     return rc
 
