@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="named weights or a weights file (.net, .pth, .sqz)")
     p.add_argument("--out", required=True, type=Path, help="the .sqz container to write")
-    p.add_argument("--size-budget", type=int, default=500_000,
+    p.add_argument("--size-budget", type=positive_int, default=None,
                    help="bytes the container may take; bits and extra pruning are chosen per layer to fit, "
-                        "by each layer's output distortion on unlabelled calibration photos (default 500000)")
+                        "by each layer's output distortion on unlabelled calibration photos (default 500000; "
+                        "not with --bits, --sparsity or --lossless, which fix them)")
     p.add_argument("--bits", help="fixed bits per layer instead of the automatic choice: '8' or "
                                   "'8,classifier.1=6,features.12=7'")
     p.add_argument("--sparsity", help="extra pruning per layer prefix, e.g. 'features.12.expand3x3=0.8'")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compress.pipeline import CompressOptions, compress
+    from .compress.pipeline import DEFAULT_BUDGET, CompressOptions, compress
     from .outputs import check_output_path
     from .pipeline import check_int8_out, to_int8
 
@@ -60,10 +61,17 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
+    fixed = [flag for flag, given in (("--bits", args.bits), ("--sparsity", args.sparsity),
+                                      ("--lossless", args.lossless)) if given]
+    if args.size_budget is not None and fixed:
+        raise ConvertError(f"--size-budget: not with {fixed[0]} (the budget chooses bits and pruning; "
+                           f"{fixed[0]} fixes them)")
+    if not str(args.out).endswith(".sqz"):
+        raise ConvertError(f"--out {args.out}: a .sqz container path expected (--tflite OUT.tflite converts it too)")
     if args.lossless and args.finetune_steps:
         raise ConvertError("--finetune-steps: not with --lossless (which keeps the release's codebooks as they are)")
     report = compress(CompressOptions(weights=args.weights, out=args.out, bits=args.bits, sparsity=args.sparsity,
-                                      size_budget=args.size_budget,
+                                      size_budget=DEFAULT_BUDGET if args.size_budget is None else args.size_budget,
                                       lossless=args.lossless, finetune_images=args.finetune_images,
                                       finetune_steps=150 if args.finetune_steps is None else args.finetune_steps,
                                       val=args.val,

@@ -122,6 +122,7 @@ def test_pruning_and_sharing():
 
 
 def test_cli_errors(tmp_path, weights_env):
+    (tmp_path / "blocker").write_text("a file where a folder was meant")
     for args, expect in ((["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.sqz")], "no such"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--sensitivity"], "--val"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8"),
@@ -130,7 +131,15 @@ def test_cli_errors(tmp_path, weights_env):
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
                            "--finetune-steps", "5"], "--finetune-steps: not with --lossless"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--finetune-steps", "-1"],
-                          "0 (no fine-tuning) or more")):
+                          "0 (no fine-tuning) or more"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "8",
+                           "--size-budget", "100000"], "--size-budget: not with --bits"),  # it would be ignored
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
+                           "--size-budget", "100000"], "--size-budget: not with --lossless"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.tflite")],
+                          "a .sqz container path expected"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--report",
+                           str(tmp_path / "blocker" / "r.json")], "blocker is a file, not a folder")):
         proc = convert_main("compress", *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
     bad = tmp_path / "bad.sqz"

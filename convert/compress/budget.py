@@ -10,12 +10,9 @@ distortion per byte first, until the container fits the budget. No label is read
 from __future__ import annotations
 
 import copy
-import struct
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -103,6 +100,9 @@ def choose_layers(model: nn.Module, views: torch.Tensor, budget: int, header_byt
         raise ConvertError(f"--size-budget {budget:,}: the smallest allowed settings ({MIN_BITS} bits, "
                            f"{MAX_PRUNE:.0%} more pruning) still need {smallest:,} bytes")
     current = {n: LayerChoice(base_bits, 0.0) for n in names}
+    if progress:
+        progress(f"output distortion of the {len(names)} layers at {base_bits} bits, then of each layer's next "
+                 f"step ({MIN_BITS}..{base_bits} bits, up to {MAX_PRUNE:.0%} more pruning): the first step takes longest")
     layers = {n: make(n, current[n]) for n in names}
     sizes = {n: layer_bytes(layers[n]) for n in names}
     costs = {n: suffix.distortion(n, torch.from_numpy(layers[n].weight())) for n in names}
@@ -145,7 +145,7 @@ def choose_layers(model: nn.Module, views: torch.Tensor, budget: int, header_byt
         total -= sizes[name] - size
         current[name], layers[name], sizes[name], costs[name] = choice, layer, size, cost
         taken += 1
-        if progress and taken % 5 == 0:
+        if progress and (taken == 1 or taken % 5 == 0):
             progress(f"budget: {taken} steps, {total:,} bytes")
     # the last step usually overshoots: undo the costliest steps (per byte) that still fit
     undone = 0
