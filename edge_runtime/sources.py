@@ -469,7 +469,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         try:
             return CaptureSource(opener, f"camera {index}", latest=True, reconnect=True, backoff=backoff,
                                  startup_attempts=startup_attempts, live=True, stop=stop)
-        except SourceError as e:
+        except SourceError:
             if stop is not None and stop.is_set():
                 raise
             raise SourceUnavailable(f"no camera found at index {index}; to classify a video file, an image folder "

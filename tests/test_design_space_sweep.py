@@ -55,7 +55,8 @@ def sweep(fm, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, subp
     blocker.unlink()
     best = out / "runs" / "v1.0" / "best.pt"
     first_mtime = best.stat().st_mtime_ns if best.exists() else None
-    second = _tool(*args, "--resume")
+    # resumed as the README says, without --grid: the sweep that was started goes on (not the default one)
+    second = _tool(*[a for a in args if a not in ("--grid", GRID)], "--resume")
     return out, first, second, first_mtime
 
 

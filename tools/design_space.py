@@ -6,6 +6,7 @@ its converter and measured by its benchmark harness; see that package for what i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ EXAMPLES = """examples:
   python -m tools.design_space --data build/fm-6k --out build/design --resume          # after a kill
   python -m tools.design_space --data build/fm-6k --out build/grid --grid "sr=0.25,0.5;pct_3x3=0.25,0.75" --epochs 2
   python -m tools.design_space --sweep all --list --input-size 224                     # parameters and MACs only
-then on the device (no torch needed), and back on the workstation:
-  python -m tools.benchmark $(for m in design/models/*_int8.tflite; do echo --model $m; done) --threads 4 --report pi.json
+then on the device (no torch needed; build/design/models/ copied there as models/), and back on the workstation:
+  python -m tools.benchmark $(for m in models/*_int8.tflite; do echo --model $m; done) --threads 4 --report pi.json
   python -m tools.design_space --out build/design --device-results pi.json --threads 4 --budget-ms 10
 """
 
@@ -60,7 +61,7 @@ def parse(argv):
                    help=f"minimum timed duration per variant and round (default {D.timing_min_seconds})")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished variants are kept, a "
                                                          "killed training run continues from its last epoch")
-    p.add_argument("--budget-ms", type=float, help="latency budget of the recommendation in report.md")
+    p.add_argument("--budget-ms", type=positive_float, help="latency budget of the recommendation in report.md")
     p.add_argument("--device-results", type=Path, metavar="FILE",
                    help="JSON of tools/benchmark.py run on the target device over --out's models/: merge its timings "
                         "(matched by file name and size), redraw and re-recommend; nothing is trained")
@@ -113,6 +114,17 @@ def _device(args) -> int:
     return 0
 
 
+def _started_sweep(out: Path) -> str | None:
+    """The --sweep name or --grid a sweep in ``out`` was started with (results.json), if it can be read."""
+    from edge_runtime.fileio import read_bounded
+
+    try:
+        spec = json.loads(read_bounded(out / "results.json", 64 << 20))["settings"]["sweep"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return spec if isinstance(spec, str) else None
+
+
 def _sweep(args) -> int:
     from convert.design_space.explore import SweepOptions, explore
     from convert.design_space.report import recommendation, table
@@ -120,6 +132,10 @@ def _sweep(args) -> int:
 
     if args.data is None or args.out is None:
         raise DesignSpaceError("--data and --out are required (or --list, or --out with --device-results)")
+    if args.resume and args.sweep is None and args.grid is None:  # the sweep that was started, not the default
+        spec = _started_sweep(args.out)
+        if spec:
+            args.grid, args.sweep = (spec, None) if "=" in spec else (None, spec)
     given = {"test": args.test, "epochs": args.epochs, "input_size": args.input_size, "seed": args.seed,
              "batch_size": args.batch_size, "lr": args.lr, "min_scale": args.min_scale, "threads": args.threads,
              "timing_rounds": args.rounds, "timing_runs": args.runs, "timing_min_seconds": args.min_seconds}
