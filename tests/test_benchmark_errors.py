@@ -124,6 +124,23 @@ def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_pa
     assert r.returncode == 1 and "error: no case matches a case of --reference" in r.stderr, r.stderr[-2000:]
 
 
+def test_sigterm_while_measuring_is_one_line(artifact_set, tmp_path):
+    """A benchmark stopped while it measures (Ctrl-C, SIGTERM from a CI timeout): one line, nothing written
+    and no case left running, not a traceback."""
+    import signal
+    import time
+
+    from realworld import Process, wait_for
+
+    run = Process("tools.benchmark", "--model", artifact_set, "--threads", 1, "--runs", 100000, "--min-seconds", 60,
+                  "--report", tmp_path / "r.json")
+    wait_for(lambda: any(line.startswith("[1/1]") for line in run.err), 60, "the first case started")
+    time.sleep(1)
+    run.stop(signal.SIGTERM)
+    assert run.proc.returncode == 130 and run.err[-1].startswith("error: interrupted: nothing written"), run.err
+    assert not any("Traceback" in line for line in run.err) and not (tmp_path / "r.json").exists()
+
+
 def test_bad_threads_give_one_line(capsys):
     from tools.benchmark import build_parser
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from edge_runtime import bench, bench_report
@@ -92,7 +94,23 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; Ctrl-C and SIGTERM end it with one line (the case being measured is stopped)."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted: nothing written (--report, --csv and --plot are written when every case "
+              "has run)", file=sys.stderr)
+        return 130
+
+
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
     for flag, path in (("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)):
         problem = output_problem(path) if path else None
