@@ -48,15 +48,16 @@ def sweep(fm, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, subp
     (out / "runs").mkdir(parents=True)
     blocker = out / "runs" / "pct3x3-0.25"
     blocker.write_text("a file where the variant's run folder should go")
-    args = ["--data", fm, "--out", out, "--grid", GRID, "--epochs", "1", "--input-size", "32", "--threads", "2",
-            "--budget-ms", "10", "--batch-size", "32", "--lr", "0.005", "--rounds", "1", "--runs", "10", "--min-seconds", "0",
+    args = ["--data", fm, "--out", out, "--epochs", "1", "--input-size", "32", "--threads", "2",
+            "--batch-size", "32", "--lr", "0.005", "--rounds", "1", "--runs", "10", "--min-seconds", "0",
             *CHEAP, "--quiet"]
-    first = _tool(*args)
+    first = _tool(*args, "--grid", GRID, "--budget-ms", "10")
     blocker.unlink()
     best = out / "runs" / "v1.0" / "best.pt"
     first_mtime = best.stat().st_mtime_ns if best.exists() else None
-    # resumed as the README says, without --grid: the sweep that was started goes on (not the default one)
-    second = _tool(*[a for a in args if a not in ("--grid", GRID)], "--resume")
+    # resumed as the README says, without --grid or --budget-ms: the sweep that was started goes on (not the
+    # default one), and its report keeps the recommendation for the budget it was started with
+    second = _tool(*args, "--resume")
     return out, first, second, first_mtime
 
 

@@ -106,7 +106,9 @@ def _device(args) -> int:
     if res is None:
         raise DesignSpaceError(f"--out {args.out}: holds no sweep (results.json) to merge device timings into")
     d = R.merge_device(res, args.device_results, args.threads)
-    finish(args.out, res, args.budget_ms)
+    if args.budget_ms is not None:
+        res["budget_ms"] = args.budget_ms
+    finish(args.out, res, res.get("budget_ms"))
     print(table(res))
     print(f"merged {len(d['matched'])} variants measured on {d['machine'].get('cpu') or 'the device'} at "
           f"{d['threads']} threads" + (f"; not in this sweep: {', '.join(d['unmatched'])}" if d["unmatched"] else ""),
@@ -145,8 +147,8 @@ def _sweep(args) -> int:
                                                                    if getattr(args, k) is not None},
                                **{k: v for k, v in given.items() if v is not None}))
     print(table(res))
-    if args.budget_ms is not None:
-        print("\n" + recommendation(res, args.budget_ms))
+    if res.get("budget_ms") is not None:
+        print("\n" + recommendation(res, res["budget_ms"]))
     for name in res["failed"]:
         row = next(r for r in res["variants"] if r["name"] == name)
         print(f"error: {name}: {row['error']}", file=sys.stderr)

@@ -299,10 +299,6 @@ def explore(opts: SweepOptions) -> dict:
     if existing is not None:
         R.check_same_settings(existing, settings, Path(opts.out))
         results = existing
-        results["device"] = None  # models may change: device timings are merged again afterwards
-        for row in results["variants"]:
-            for col in ("device", "device_threads", "device_p50_ms", "device_p90_ms", "device_peak_rss_mb"):
-                row[col] = None
         results["settings"]["variants"] = list(dict.fromkeys([*results["settings"].get("variants", []),
                                                                *settings["variants"]]))
     else:
@@ -310,6 +306,12 @@ def explore(opts: SweepOptions) -> dict:
     classes = len([p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")])
     t0 = time.perf_counter()
     todo = [v for v in opts.variants if (R.row_of(results, v) or {}).get("status") != "ok"]
+    if existing is not None and todo and results.get("device"):  # models change: the device measured others
+        _say(opts, "device timings cleared (variants are trained again): merge them again with --device-results")
+        results["device"] = None
+        for row in results["variants"]:
+            for col in ("device", "device_threads", "device_p50_ms", "device_p90_ms", "device_peak_rss_mb"):
+                row[col] = None
     _say(opts, f"design space: {len(opts.variants)} variants ({len(opts.variants) - len(todo)} done already), "
                f"{opts.epochs} epochs at {opts.input_size}x{opts.input_size}, out {opts.out}")
     for i, variant in enumerate(todo):
@@ -332,5 +334,7 @@ def explore(opts: SweepOptions) -> dict:
                   opts.timing_min_seconds, progress=lambda m: _say(opts, m))
     results["wall_seconds"] = round((results.get("wall_seconds") or 0) + time.perf_counter() - t0, 1)
     results["failed"] = [r["name"] for r in results["variants"] if r.get("status") != "ok" and r["name"] in wanted]
-    finish(Path(opts.out), results, opts.budget_ms)
+    # --budget-ms: this run's, else the one the sweep was started with (a resume keeps its recommendation)
+    results["budget_ms"] = opts.budget_ms if opts.budget_ms is not None else results.get("budget_ms")
+    finish(Path(opts.out), results, results["budget_ms"])
     return results
