@@ -151,3 +151,17 @@ def test_bad_threads_give_one_line(capsys):
         err = capsys.readouterr().err
         assert err.splitlines()[-1].startswith("python -m tools.benchmark: error: argument --threads:"), err
     assert build_parser().parse_args(["--model", "m.tflite", "--threads", "1,2,4"]).threads == [1, 2, 4]
+
+
+def test_models_of_one_file_name_are_told_apart():
+    """Two artifacts of one file name (two sweeps, two versions) get labels of their own, so the table, the
+    CSV and --reference never mix them up."""
+    from pathlib import Path
+
+    from tools.benchmark import build_cases
+
+    cases, _ = build_cases([Path("v1/m_int8.tflite"), Path("v2/m_int8.tflite"), Path("v2/other.tflite")], [1, 2],
+                           [], verify=False)
+    labels = [c.label for c in cases]
+    assert labels == ["v1/m_int8 tflite x1", "v1/m_int8 tflite x2", "v2/m_int8 tflite x1", "v2/m_int8 tflite x2",
+                      "other tflite x1", "other tflite x2"] and len(set(labels)) == len(labels)

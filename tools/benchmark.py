@@ -74,9 +74,11 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
     """The int8 cases of every model and thread count, and the peers of the first model (notes say
     which peers were skipped and why)."""
     cases, notes = [], []
-    for m in models:
+    stems = [m.stem for m in models]
+    for m in models:  # a label names its file; two files of one name are told apart by their folders
+        name = m.stem if stems.count(m.stem) == 1 else f"{m.parent.name or '.'}/{m.stem}"
         for t in threads:
-            cases.append(bench.Case(f"{m.stem} tflite x{t}", "tflite", str(m), t, str(m), verify))
+            cases.append(bench.Case(f"{name} tflite x{t}", "tflite", str(m), t, str(m), verify))
     first = models[0]
     for name in peers:
         peer = bench.PEERS.get(name)
