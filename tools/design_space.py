@@ -152,8 +152,9 @@ def _sweep(args) -> int:
     for name in res["failed"]:
         row = next(r for r in res["variants"] if r["name"] == name)
         print(f"error: {name}: {row['error']}", file=sys.stderr)
-    print(f"{args.out}: results.csv, results.json, pareto.png, curves.png, report.md "
-          f"({res['wall_seconds'] / 60:.1f} min)", file=sys.stderr)
+    written = [n for n in ("results.csv", "results.json", "pareto.png", "curves.png", "report.md")
+               if (args.out / n).exists()]
+    print(f"{args.out}: {', '.join(written)} ({res['wall_seconds'] / 60:.1f} min)", file=sys.stderr)
     return 1 if res["failed"] else 0
 
 

@@ -304,7 +304,7 @@ def explore(opts: SweepOptions) -> dict:
     else:
         results = R.new(settings, bench.machine())
     classes = len([p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")])
-    t0 = time.perf_counter()
+    t0, base_seconds = time.perf_counter(), results.get("wall_seconds") or 0
     todo = [v for v in opts.variants if (R.row_of(results, v) or {}).get("status") != "ok"]
     if existing is not None and todo and results.get("device"):  # models change: the device measured others
         _say(opts, "device timings cleared (variants are trained again): merge them again with --device-results")
@@ -322,6 +322,7 @@ def explore(opts: SweepOptions) -> dict:
         _say(opts, f"[{i + 1}/{len(todo)}] {variant.name}: {variant.arch()[0]} {variant.arch()[1] or ''}{left}")
         row = run_variant(opts, variant, train_dir, test_dir, classes)
         R.put_row(results, row)
+        results["wall_seconds"] = round(base_seconds + time.perf_counter() - t0, 1)  # a killed run's time counts
         R.save(Path(opts.out), results)
         if row["status"] == "ok":
             _say(opts, f"[{i + 1}/{len(todo)}] {variant.name}: int8 test top-1 {row['int8_test_top1']:.2f}% "
@@ -332,7 +333,7 @@ def explore(opts: SweepOptions) -> dict:
     _say(opts, f"timing every finished variant at {opts.threads} threads, {opts.timing_rounds} interleaved rounds")
     time_variants(results, Path(opts.out), opts.threads, opts.timing_rounds, opts.timing_runs,
                   opts.timing_min_seconds, progress=lambda m: _say(opts, m))
-    results["wall_seconds"] = round((results.get("wall_seconds") or 0) + time.perf_counter() - t0, 1)
+    results["wall_seconds"] = round(base_seconds + time.perf_counter() - t0, 1)
     results["failed"] = [r["name"] for r in results["variants"] if r.get("status") != "ok" and r["name"] in wanted]
     # --budget-ms: this run's, else the one the sweep was started with (a resume keeps its recommendation)
     results["budget_ms"] = opts.budget_ms if opts.budget_ms is not None else results.get("budget_ms")

@@ -97,8 +97,11 @@ def markdown(results: dict, budget_ms: float | None) -> str:
     lines += [f"- {t}" for t in trends(results)] or ["- (the sweep holds no series to compare)"]
     if budget_ms is not None:
         lines += ["", f"## Recommendation ({budget_ms:g} ms budget)", "", recommendation(results, budget_ms)]
-    lines += ["", "Plots: `pareto.png` (accuracy against latency and size, front marked), `curves.png` (accuracy "
-              "against SR and pct_3x3, bypass).", ""]
+    if any(r.get("status") == "ok" for r in results["variants"]):  # the plots are drawn from finished variants
+        lines += ["", "Plots: `pareto.png` (accuracy against latency and size, front marked), `curves.png` "
+                  "(accuracy against SR and pct_3x3, bypass).", ""]
+    else:
+        lines += ["", "No variant finished: no plots.", ""]
     if results.get("wall_seconds"):
         lines.append(f"Sweep wall time: {results['wall_seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
