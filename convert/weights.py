@@ -173,7 +173,11 @@ def read_weights_only(path: Path):
     Raises:
         WeightsError: too large, or not loadable with ``weights_only=True``.
     """
-    data = io.BytesIO(read_weights_bytes(path))
+    raw = read_weights_bytes(path)
+    if not raw.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (.pt/.pth: a zip archive or a pickle; "
+                           f"the file starts with {raw[:8]!r})")
+    data = io.BytesIO(raw)
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols: the refusal below says enough
             warnings.simplefilter("ignore")

@@ -1,6 +1,7 @@
 import hashlib
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +96,10 @@ def test_pickled_objects_are_refused(tmp_path):
         with pytest.raises(WeightsError, match="not a loadable weights-only checkpoint"):
             W.load_model(str(path))
         assert not marker.exists(), "loading the checkpoint ran code from it"
+    photo = tmp_path / "photo.pth"  # a photo given as --weights: said so, not "holds Python objects"
+    photo.write_bytes((Path(__file__).resolve().parents[1] / "calib_data" / "opencv_orange.jpg").read_bytes())
+    with pytest.raises(WeightsError, match="photo.pth: not a PyTorch checkpoint"):
+        W.load_model(str(photo))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00" * 100)
     with pytest.raises(WeightsError):
