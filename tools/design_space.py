@@ -6,7 +6,6 @@ its converter and measured by its benchmark harness; see that package for what i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -116,18 +115,8 @@ def _device(args) -> int:
     return 0
 
 
-def _started_sweep(out: Path) -> str | None:
-    """The --sweep name or --grid a sweep in ``out`` was started with (results.json), if it can be read."""
-    from edge_runtime.fileio import read_bounded
-
-    try:
-        spec = json.loads(read_bounded(out / "results.json", 64 << 20))["settings"]["sweep"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return spec if isinstance(spec, str) else None
-
-
 def _sweep(args) -> int:
+    from convert.design_space import results as R
     from convert.design_space.explore import SweepOptions, explore
     from convert.design_space.report import recommendation, table
     from convert.design_space.variants import DesignSpaceError, select
@@ -135,8 +124,8 @@ def _sweep(args) -> int:
     if args.data is None or args.out is None:
         raise DesignSpaceError("--data and --out are required (or --list, or --out with --device-results)")
     if args.resume and args.sweep is None and args.grid is None:  # the sweep that was started, not the default
-        spec = _started_sweep(args.out)
-        if spec:
+        spec = ((R.load(args.out) or {}).get("settings") or {}).get("sweep")
+        if isinstance(spec, str) and spec:
             args.grid, args.sweep = (spec, None) if "=" in spec else (None, spec)
     given = {"test": args.test, "epochs": args.epochs, "input_size": args.input_size, "seed": args.seed,
              "batch_size": args.batch_size, "lr": args.lr, "min_scale": args.min_scale, "threads": args.threads,
