@@ -158,8 +158,10 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
     interp = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2)
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]["index"]
-    hi = np.zeros((len(crops), len(stat)), np.float64)
-    lo = np.zeros((len(crops), len(stat)), np.float64)
+    # the largest per-image upper percentile and the smallest lower one so far (0 where none: the
+    # range is widened to include 0 below anyway)
+    hi = np.zeros(len(stat))
+    lo = np.zeros(len(stat))
     top = np.zeros(len(stat))
     bottom = np.zeros(len(stat))
     for k, crop in enumerate(crops):
@@ -170,11 +172,15 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
             v = v[np.abs(v) < PAD_SENTINEL]
             if not v.size:
                 continue
-            top[j] = max(top[j], float(v.max()))
-            bottom[j] = min(bottom[j], float(v.min()))
+            v_max, v_min = float(v.max()), float(v.min())
+            top[j] = max(top[j], v_max)
+            bottom[j] = min(bottom[j], v_min)
+            if v_max <= hi[j] and v_min >= lo[j]:
+                continue  # this image's percentiles lie inside its min..max, so inside the range found
             if v.size > 50_000:  # a fixed stride keeps it deterministic and fast
                 v = v[:: v.size // 50_000]
-            lo[k, j], hi[k, j] = np.percentile(v, (100 - percentile, percentile))
+            v_lo, v_hi = np.percentile(v, (100 - percentile, percentile))
+            lo[j], hi[j] = min(lo[j], v_lo), max(hi[j], v_hi)
         if progress and (k + 1) % 50 == 0:
             progress(f"range statistics {k + 1}/{len(crops)}")
     del interp
@@ -186,7 +192,7 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
         elif i in outputs:
             new_min, new_max = bottom[j] * output_margin, top[j] * output_margin
         else:
-            new_min, new_max = lo[:, j].min(), hi[:, j].max()
+            new_min, new_max = lo[j], hi[j]
         q.min = np.array([min(new_min, 0.0)], np.float32)
         q.max = np.array([max(new_max, 1e-6)], np.float32)
         changed += 1
