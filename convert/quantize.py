@@ -64,7 +64,7 @@ def check_float_equivalence(reference: Path, float_tflite: Path, views: np.ndarr
     from .validate import onnx_predict
 
     expected = onnx_predict(reference)(views)
-    interpreter, _ = create_interpreter(str(float_tflite), 2, xnnpack=True)  # float: no decision made here
+    interpreter, _, _ = create_interpreter(str(float_tflite), 2, xnnpack=True)  # float: no decision made here
     inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
     got = []
     for view in views:

@@ -138,10 +138,10 @@ def _rss_peak_mb() -> float:
 
 
 def _classifier(case: Case, preprocessing=None, keep: bool = True,
-                xnnpack: bool = False) -> Callable[[], tuple[Predict, Any]]:
+                xnnpack: bool | None = None) -> Callable[[], tuple[Predict, Any]]:
     """A loader running ``case.path`` through the runtime's classifier (``preprocessing``: for a model
     without its own record); ``keep``: return the classifier for the pipeline figures; ``xnnpack``:
-    XNNPACK kernels instead of TFLite's builtin ones."""
+    XNNPACK kernels instead of TFLite's builtin ones (None: as the runtime chooses)."""
     from .classify import Classifier
 
     def load():

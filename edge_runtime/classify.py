@@ -51,8 +51,9 @@ class Classifier:
         edgetpu: load the Edge TPU delegate.
         backend: force one interpreter package ("ai-edge-litert", "tflite-runtime", "tensorflow").
         xnnpack: XNNPACK kernels where the interpreter has them instead of TFLite's builtin ones
-            (faster; about 2% of int8 decisions differ, see
-            :func:`edge_runtime.interpreter.create_interpreter`).
+            (faster; about 2% of int8 decisions differ); None: builtin for a quantized model, XNNPACK
+            for a float one (see :func:`edge_runtime.interpreter.create_interpreter`). ``self.xnnpack``
+            says what was chosen.
         verify: check the integrity checksum the converter recorded (a few ms); False loads a
             damaged or edited file anyway (for experiments).
 
@@ -62,7 +63,7 @@ class Classifier:
 
     def __init__(self, model_path: str | Path, threads: int | None = 2,
                  preprocessing: Preprocessing | None = None, edgetpu: bool = False,
-                 backend: str | None = None, verify: bool = True, xnnpack: bool = False) -> None:
+                 backend: str | None = None, verify: bool = True, xnnpack: bool | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
@@ -75,8 +76,8 @@ class Classifier:
         except MetadataError as e:
             raise ModelError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
         try:
-            self.interpreter, self.backend = create_interpreter(str(path), threads, edgetpu, backend, xnnpack,
-                                                                model_content=self.model_bytes)
+            self.interpreter, self.backend, self.xnnpack = create_interpreter(
+                str(path), threads, edgetpu, backend, xnnpack, model_content=self.model_bytes)
         except ValueError as e:
             raise ModelError(str(e)) from None
         inp = self.interpreter.get_input_details()

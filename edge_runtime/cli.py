@@ -73,12 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0: it comes back at the first reopen attempt)")
     deprecated(p, "--simulate-disconnect-seconds", "--disconnect-seconds", "disconnect_seconds", type=seconds_arg)
     p.add_argument("--edgetpu", action="store_true", help="load the Edge TPU delegate (libedgetpu.so.1)")
-    p.add_argument("--xnnpack", action="store_true",
-                   help="XNNPACK kernels where the interpreter has them (ai-edge-litert, tf.lite) instead of "
-                        "TFLite's builtin ones: 2-3x faster for int8 on x86, but it rounds int8 layers "
-                        "differently, so about 2%% of decisions differ from what the converter validated and "
-                        "tflite-runtime computes")
-    p.add_argument("--builtin-kernels", action="store_true", help=argparse.SUPPRESS)  # the default now
+    kernels = p.add_mutually_exclusive_group()
+    kernels.add_argument("--xnnpack", action="store_const", const=True, default=None,
+                         help="XNNPACK kernels where the interpreter has them (ai-edge-litert, tf.lite) instead of "
+                              "TFLite's builtin ones: 2-3x faster for int8 on x86, but it rounds int8 layers "
+                              "differently, so about 2%% of decisions differ from what the converter validated "
+                              "and tflite-runtime computes (default: builtin kernels for an int8 model, XNNPACK "
+                              "for a float one)")
+    kernels.add_argument("--builtin-kernels", dest="xnnpack", action="store_const", const=False,
+                         help="TFLite's builtin kernels for a float model too (an int8 model runs on them anyway)")
     p.add_argument("--no-verify", action="store_true",
                    help="load the model even if its integrity checksum does not match (experiments only)")
     p.add_argument("--log-interval", type=seconds_arg, default=1.0,
@@ -170,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     files = stats.recorded
     recorded = "" if not files else f"; recorded {', '.join(p.name for p in files)}" if len(files) <= 3 else \
         f"; recorded {len(files)} files ({files[0].name} .. {files[-1].name})"
+    kernels = "XNNPACK" if clf.xnnpack else "builtin kernels"
     print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
-          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend}; {skipped}; "
+          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); {skipped}; "
           f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", file=sys.stderr)
     if stats.error:
         print(f"error: {stats.error}", file=sys.stderr)

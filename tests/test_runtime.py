@@ -14,6 +14,7 @@ import pytest
 
 from edge_runtime import app
 from edge_runtime.classify import Classifier, ModelError
+from edge_runtime.preprocess import resize_crop
 from edge_runtime.sources import CaptureSource, DisconnectingCapture, SourceError, open_source
 from realworld import Process, one_error_line, video_frames, wait_for
 
@@ -278,6 +279,14 @@ def test_float_sibling_and_plain_tflite_and_missing_edgetpu(int8_model, sample_c
     assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] == "lemon"  # the float model's answer
     clf = Classifier(sibling)
     assert clf.input_dtype == np.float32 and clf.info.input_channel_order == "RGB" and clf.content_sha256
+    # kernels by model: XNNPACK for the float one (last-bit differences only), builtin for the int8 one
+    # (the arithmetic the converter validated), unless asked otherwise
+    builtin, int8 = Classifier(sibling, xnnpack=False), Classifier(int8_model)
+    assert clf.xnnpack and not builtin.xnnpack and not int8.xnnpack and Classifier(int8_model, xnnpack=True).xnnpack
+    ok, frame = cv2.VideoCapture(str(sample_clip)).read()
+    crop = resize_crop(frame, clf.preprocessing)[None]
+    a, b = clf.predict_batch(crop), builtin.predict_batch(crop)
+    assert np.argmax(a) == np.argmax(b) and np.abs(a - b).max() < 1e-3 * np.abs(b).max()
     plain = _without_metadata(sibling, tmp_path / "plain_float.tflite")  # the same graph with no record
     proc = _runtime("--source", sample_clip, "--model", plain, "--json", "--max-frames", 2,
                     "--channel-order", "RGB", "--resize", "256x256")

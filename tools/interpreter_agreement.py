@@ -44,7 +44,7 @@ def dump(args: argparse.Namespace) -> int:
         best = scores.max()
         return int(np.argmax(scores)), bool(np.count_nonzero(scores == best) > 1)
 
-    out: dict = {"backend": clf.backend + (" xnnpack" if args.xnnpack else ""), "version": backend_version(clf.backend), "model": str(args.model)}
+    out: dict = {"backend": clf.backend + (" xnnpack" if clf.xnnpack else ""), "version": backend_version(clf.backend), "model": str(args.model)}
     if images is not None:
         top, tied, names, targets = [], [], [], []
         for i, crop, *_ in iter_crops(images.paths, clf.preprocessing):
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--source", help="a video file: every frame is classified")
     d.add_argument("--backend", help="force an interpreter (ai-edge-litert, tflite-runtime, tensorflow)")
     d.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
-    d.add_argument("--xnnpack", action="store_true",
+    d.add_argument("--xnnpack", action="store_const", const=True, default=None,
                    help="XNNPACK kernels where the interpreter has them instead of the builtin ones (faster, "
-                        "int8 rounded differently)")
+                        "int8 rounded differently; default: as the runtime, builtin for int8, XNNPACK for float)")
     d.add_argument("--no-verify", action="store_true", help="skip the artifact's integrity check")
     d.add_argument("--out", type=Path, required=True, help="JSON dump to write")
     d.set_defaults(func=dump)
