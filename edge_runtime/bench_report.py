@@ -83,12 +83,15 @@ def plot(results: list[dict], path: Path) -> str | None:
     ax.grid(axis="x", alpha=0.3)
     if has_acc:
         ax2 = axes[1]
+        points: dict[tuple[float, float], list[str]] = {}  # cases at one point (a file on 1 and 2 threads) share a label
         for r in ok:
             if "accuracy" in r:
-                ax2.scatter(r["size_bytes"] / 1e6, r["accuracy"]["top1"], s=60)
-                ax2.annotate(r["label"], (r["size_bytes"] / 1e6, r["accuracy"]["top1"]), fontsize=8,
-                             xytext=(4, 4), textcoords="offset points")
-        ax2.set_xlabel("file size (MB)")
+                points.setdefault((r["size_bytes"] / 1024, r["accuracy"]["top1"]), []).append(r["label"])
+        for (kb, top1), labels in points.items():
+            ax2.scatter(kb, top1, s=60)
+            ax2.annotate("\n".join(labels), (kb, top1), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax2.margins(x=0.25, y=0.15)  # room for the labels
+        ax2.set_xlabel("file size (KB, as in the table)")
         ax2.set_ylabel("top-1 (%)")
         ax2.set_title("Size versus top-1")
         ax2.grid(alpha=0.3)
