@@ -121,6 +121,15 @@ def float_model(weights_env):
 
 
 @pytest.fixture(scope="session")
+def release_on_val500(float_model, val500_dir):
+    """The release float model's evaluation on val500 under PyTorch (scores kept), run once."""
+    from convert.torch_eval import evaluate_torch
+
+    model, record = float_model
+    return evaluate_torch(model, record, str(val500_dir), keep_scores=True, progress=False)
+
+
+@pytest.fixture(scope="session")
 def photo_batches(float_model):
     """(fit, held): the first 16 and the last 8 calibration photos, one centre view each, as the float
     NCHW pixel batches the converter's statistics take (for the tests of the float-graph stages)."""

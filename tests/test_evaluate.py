@@ -10,10 +10,9 @@ from edge_runtime.evaluation import DatasetError, find_labelled_images
 from realworld import convert_main
 
 
-def test_deep_compression_accuracy_on_val500(float_model, val500_dir):
+def test_deep_compression_accuracy_on_val500(release_on_val500):
     """The faithful port: top-1 65.4%, top-5 84.6% (within 0.4 points) on the 500 images."""
-    model, record = float_model
-    result = evaluate_torch(model, record, str(val500_dir), progress=False)
+    result = release_on_val500
     assert result.n_used == 500 and result.n_skipped == 0
     assert abs(result.top1 - 65.4) <= 0.4, result.top1
     assert abs(result.top5 - 84.6) <= 0.4, result.top5

@@ -106,13 +106,12 @@ def test_the_gates_unlabelled_figure_predicts_the_labelled_one(converted):
     assert near["agreement"] < 80 and decided["agreement"] >= 99  # disagreement lives in the near-ties
 
 
-def test_check_reference_is_measured_on_the_tuning_half(val500_dir, float_model):
+def test_check_reference_is_measured_on_the_tuning_half(release_on_val500, float_model):
     """The release weights' reference mix is what tools/check_reference measures on val500's tuning half."""
-    from convert.torch_eval import evaluate_torch
     from convert.fidelity import band_counts_by_half
 
-    model, record = float_model
-    result = evaluate_torch(model, record, str(val500_dir), keep_scores=True, progress=False)
+    _, record = float_model
+    result = release_on_val500
     assert band_counts_by_half(result.scores, result.targets)["tune"] == record.check_reference
     assert sum(record.check_reference) == 250
 
