@@ -223,7 +223,9 @@ def _start(args: argparse.Namespace, stop: threading.Event):
 
 def _flags_without_effect(args: argparse.Namespace) -> str | None:
     """A flag that would be silently ignored with the others given, said as one line (else None)."""
-    video_file = args.source is not None and "://" not in args.source and not Path(args.source).is_dir()
+    from .sources import is_stream
+
+    video_file = args.source is not None and not is_stream(args.source) and not Path(args.source).is_dir()
     rules = (("--record-segment", args.record_segment, "--record", args.record is not None),
              ("--record-keep", args.record_keep, "--record-segment", bool(args.record_segment)),
              ("--picamera", args.picamera, "--camera N", args.camera is not None),

@@ -419,8 +419,9 @@ class SimulatedCamera:
         return DisconnectingCapture(cv2.VideoCapture(self.path), self.every, on_unplug=self._unplugged)
 
 
-def _is_stream(spec: str) -> bool:
-    return "://" in spec
+def is_stream(spec: str) -> bool:
+    """Whether a --source names a network stream (a URL) rather than a file, folder or camera."""
+    return "://" in str(spec)
 
 
 def _stream_capture(url: str, timeout: float) -> Any:
@@ -477,7 +478,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: never what was meant
         raise SourceError("--source: empty; a video file, an image folder or a stream URL expected")
-    if _is_stream(spec):
+    if is_stream(spec):
         if not 0 < stream_timeout <= 3600:
             raise SourceError(f"stream timeout {stream_timeout} s: 0 < seconds <= 3600 expected")
         try:

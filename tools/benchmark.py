@@ -16,6 +16,7 @@ from pathlib import Path
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
 from edge_runtime.flags import deprecated, json_path_to_report, nonnegative_int, positive_int, seconds_arg
+from edge_runtime.sources import is_stream
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
     import convert.peers  # noqa: F401
@@ -120,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: {flag} {path}: {problem}", file=sys.stderr)
             return 2
     for flag, path in (("--val", args.val), ("--source", args.source)):
-        if path and "://" not in str(path) and not Path(path).exists():  # before minutes of measuring
+        if path and not is_stream(path) and not Path(path).exists():  # before minutes of measuring
             print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
             return 2
     reference = None
