@@ -18,7 +18,22 @@ from .container import SharedLayer
 def finetune_centroids(student: nn.Module, teacher: nn.Module, layers: list[SharedLayer], crops: np.ndarray,
                        steps: int = 150, batch: int = 16, lr: float = 1e-4, temperature: float = 2.0,
                        seed: int = 0, progress: bool = True) -> list[SharedLayer]:
-    """Return layers with fine-tuned codebooks (codes unchanged). ``student``/``teacher`` take pixel batches."""
+    """Return layers with fine-tuned codebooks (codes unchanged). ``student``/``teacher`` take pixel batches.
+
+    Deterministic: the same inputs give the same codebooks, so the same container, bit for bit (the
+    centroid gradients sum millions of weight gradients; with PyTorch's default, threaded kernels that
+    sum came out in another order on each run, and so did about half the codebook entries).
+    """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _finetune(student, teacher, layers, crops, steps, batch, lr, temperature, seed, progress)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _finetune(student: nn.Module, teacher: nn.Module, layers: list[SharedLayer], crops: np.ndarray, steps: int,
+              batch: int, lr: float, temperature: float, seed: int, progress: bool) -> list[SharedLayer]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = dict(student.named_parameters())
