@@ -81,10 +81,11 @@ def test_every_edge_runtime_module_imports_on_a_device(device_python, tmp_path):
     assert backend == "ai-edge-litert"
 
 
-@pytest.mark.parametrize("package", ["convert", "edge_runtime"])
+@pytest.mark.parametrize("package", ["convert", "edge_runtime", "tools.benchmark", "tools.design_space"])
 def test_a_missing_package_is_one_line_that_says_where_to_get_it(package):
-    """`python -m convert` / `python -m edge_runtime` outside the project's environment (here: cv2 made
-    unimportable) stop with one line naming the package and the environment, not a traceback."""
+    """`python -m convert` / `python -m edge_runtime` / `python -m tools.NAME` outside the project's
+    environment (here: cv2 made unimportable) stop with one line naming the package and the environment,
+    not a traceback."""
     code = f"import runpy, sys; sys.modules['cv2'] = None; runpy.run_module({package!r}, run_name='__main__')"
     r = subprocess.run([sys.executable, "-c", code, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = r.stderr.strip().splitlines()
