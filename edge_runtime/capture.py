@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .app import install_stop_signals
-    from .sources import SourceError, open_source, quiet_opencv
+    from .sources import EXIT_UNAVAILABLE, SourceError, SourceUnavailable, open_source, quiet_opencv
 
     quiet_opencv()
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_UNAVAILABLE if isinstance(e, SourceUnavailable) else 2  # as the runtime: try again later
     stop = threading.Event()
     install_stop_signals(stop, source)
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))

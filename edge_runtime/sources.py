@@ -473,8 +473,8 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceUnavailable(f"no camera found at index {index}; to classify a video file, an image folder "
-                              f"or a stream instead use --source PATH_OR_URL") from None
+            raise SourceUnavailable(f"no camera found at index {index}; for a video file, an image folder or a "
+                                    f"stream use --source PATH_OR_URL") from None
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: never what was meant
         raise SourceError("--source: empty; a video file, an image folder or a stream URL expected")
