@@ -24,12 +24,12 @@ def finetune_centroids(student: nn.Module, teacher: nn.Module, layers: list[Shar
     centroid gradients sum millions of weight gradients; with PyTorch's default, threaded kernels that
     sum came out in another order on each run, and so did about half the codebook entries).
     """
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         return _finetune(student, teacher, layers, crops, steps, batch, lr, temperature, seed, progress)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
 def _finetune(student: nn.Module, teacher: nn.Module, layers: list[SharedLayer], crops: np.ndarray, steps: int,
