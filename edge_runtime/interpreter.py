@@ -98,9 +98,12 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
     with_xnnpack = bool(xnnpack)
     try:
         interp = load(with_xnnpack)
-        if xnnpack is None and not delegates and not is_quantized(interp):
+        quantized = is_quantized(interp)
+        if xnnpack is None and not delegates and not quantized:
             with_xnnpack = True
             interp = load(True)
+        if name == "tflite-runtime" and quantized:
+            with_xnnpack = False  # its XNNPACK takes float ops only: the builtin kernels run the int8 model
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ValueError(f"{model_path}: the interpreter cannot load this model ({first})") from None
@@ -108,6 +111,11 @@ def create_interpreter(model_path: str, threads: int | None = None, edgetpu: boo
 
 
 def is_quantized(interpreter) -> bool:
-    """Whether any tensor of the model holds quantized integers (int8 / uint8 / int16 with a scale)."""
-    return any(np.dtype(d["dtype"]) in (np.int8, np.uint8, np.int16) and d["quantization"][0] != 0
+    """Whether any tensor of the model holds quantized integers (int8 / uint8 / int16 with a scale, per
+    tensor or per channel: a dynamic-range model's int8 weights count too)."""
+    def scaled(d) -> bool:
+        per_channel = d.get("quantization_parameters", {}).get("scales")
+        return d["quantization"][0] != 0 or (per_channel is not None and np.size(per_channel) > 0)
+
+    return any(np.dtype(d["dtype"]) in (np.int8, np.uint8, np.int16) and scaled(d)
                for d in interpreter.get_tensor_details())

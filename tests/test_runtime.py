@@ -276,6 +276,7 @@ def test_float_sibling_and_plain_tflite_and_missing_edgetpu(int8_model, sample_c
     sibling = sibling_paths(int8_model)[1]  # the float TFLite kept beside the artifact carries its own record
     proc = _runtime("--source", sample_clip, "--model", sibling, "--json", "--max-frames", 2)
     assert proc.returncode == 0 and "no embedded metadata" not in proc.stderr, proc.stderr[-2000:]
+    assert "(XNNPACK)" in proc.stderr.splitlines()[-1], proc.stderr[-500:]  # a float model's default kernels
     assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] == "lemon"  # the float model's answer
     clf = Classifier(sibling)
     assert clf.input_dtype == np.float32 and clf.info.input_channel_order == "RGB" and clf.content_sha256
@@ -286,11 +287,13 @@ def test_float_sibling_and_plain_tflite_and_missing_edgetpu(int8_model, sample_c
     ok, frame = cv2.VideoCapture(str(sample_clip)).read()
     crop = resize_crop(frame, clf.preprocessing)[None]
     a, b = clf.predict_batch(crop), builtin.predict_batch(crop)
+    assert not np.array_equal(a, b)  # other kernels ran (measured: 1e-5 apart), deciding alike
     assert np.argmax(a) == np.argmax(b) and np.abs(a - b).max() < 1e-3 * np.abs(b).max()
     plain = _without_metadata(sibling, tmp_path / "plain_float.tflite")  # the same graph with no record
     proc = _runtime("--source", sample_clip, "--model", plain, "--json", "--max-frames", 2,
-                    "--channel-order", "RGB", "--resize", "256x256")
+                    "--channel-order", "RGB", "--resize", "256x256", "--builtin-kernels")
     assert proc.returncode == 0 and "no embedded metadata" in proc.stderr
+    assert "(builtin kernels)" in proc.stderr.splitlines()[-1], proc.stderr[-500:]
     assert json.loads(proc.stdout.splitlines()[0])["top"][0]["label"] == "lemon"
     # the plain-model flags are refused for a model that carries its own preprocessing
     proc = _runtime("--source", sample_clip, "--model", int8_model, "--resize", "256", "--max-frames", 2)
