@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         stats = capture(source, args.out, args.label, args.every, args.count, args.quality, stop, say)
-    except CaptureError as e:
+    except CaptureError as e:  # while saving (storage full): 1, as the runtime's failures while running
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     print(f"{stats.saved} photos of {args.label!r} in {args.out / args.label} from {stats.frames} frames in "
           f"{stats.seconds:.1f}s; stopped by {stats.stopped_by}", file=sys.stderr)
     return 0

@@ -452,8 +452,8 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     if camera:
         index = int(spec)
         if not picamera and sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists():
-            raise SourceUnavailable(f"no camera found at index {index} (/dev/video{index} does not exist); to classify "
-                              "a video file, an image folder or a stream instead use --source PATH_OR_URL")
+            raise SourceUnavailable(f"no camera found at index {index} (/dev/video{index} does not exist); for a "
+                                    "video file, an image folder or a stream use --source PATH_OR_URL")
         if picamera:
             try:
                 import picamera2  # noqa: F401
