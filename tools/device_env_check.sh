@@ -7,7 +7,8 @@
 # runtime on the sample clip with a converted model, checking its output and that nothing heavy loaded.
 # With VAL_DIR, the same artifact then classifies VAL_DIR and every frame of the sample clip with
 # ai-edge-litert, tflite-runtime 2.14 and tf.lite (the workstation venv, $TF_PYTHON): with the
-# runtime's default (TFLite's builtin kernels) top-1 must be the same on every pair of images and frames;
+# runtime's default for an int8 model (TFLite's builtin kernels) top-1 must be the same on every pair of
+# images and frames;
 # with --xnnpack (which rounds intermediate int8 layers differently) the agreement is measured against
 # a looser gate; exact ties at the top at most 0.5%.
 # Any converted model (the sample clip's first frame must be a lemon or an orange where the model has
@@ -72,7 +73,7 @@ if [ -n "$VAL" ]; then
     PYTHONPATH="$PWD" "$TF_PYTHON" -m tools.interpreter_agreement dump --backend tensorflow --model "$MODEL" \
       --val "$VAL" --source samples/sample_clip.mp4 $flag --out "$WORK/top1-tflite-$kernels.json" 2>/dev/null
   done
-  echo "== the same top-1 on every interpreter (the runtime's default: TFLite's builtin kernels)"
+  echo "== the same top-1 on every interpreter (the runtime's default for int8: TFLite's builtin kernels)"
   "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-default.json --min-agreement 0.995 --max-ties 0.005
   echo "== --xnnpack: ai-edge-litert and tf.lite on XNNPACK, tflite-runtime 2.14 on its builtin int8 kernels"
   # measured on x86 (AMD EPYC), three conversions: 97.8-98.8% of val500 and 95.0-96.7% of the clip's 180
