@@ -301,3 +301,26 @@ def test_float_sibling_and_plain_tflite_and_missing_edgetpu(int8_model, sample_c
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --resize: ") and "own preprocessing" in proc.stderr
     proc = _runtime("--source", sample_clip, "--model", int8_model, "--edgetpu", "--max-frames", 2)
     assert proc.returncode == 2 and "libedgetpu" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kernels_follow_the_model(tmp_path):
+    """The default kernels by model: XNNPACK for a float model, the builtin kernels for any model with
+    quantized tensors, per tensor or per channel (a dynamic-range model: int8 weights, float activations)."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    net = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(64, 3),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    models = {}
+    for name, optimize in (("float", False), ("dynamic_range", True)):
+        converter = tf.lite.TFLiteConverter.from_keras_model(net)
+        if optimize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights per channel, float activations
+        models[name] = tmp_path / f"{name}.tflite"
+        models[name].write_bytes(converter.convert())
+    from edge_runtime.preprocess import Preprocessing
+
+    pp = Preprocessing(input_size=(16, 16), resize=(16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert Classifier(models["float"], preprocessing=pp, verify=False).xnnpack
+    assert not Classifier(models["dynamic_range"], preprocessing=pp, verify=False).xnnpack
+    assert Classifier(models["dynamic_range"], preprocessing=pp, verify=False, xnnpack=True).xnnpack
