@@ -3,10 +3,9 @@ by tools/mediapipe_check.sh, since mediapipe brings opencv-contrib-python, which
 project venv's cv2) loads the converted model, reports its class names and decides the same top-1
 as this project's runtime on the same kernels (XNNPACK: MediaPipe's CPU inference applies it; the
 runtime's default builtin kernels round int8 layers differently, 98% the same): on all 500 val500
-images for the ImageNet model, on every fifth of them (100) for its float sibling, and on the 500
-test images of a model
-trained with ``python -m convert train`` (its own class names, converted from ``best.pt`` with no
-other flag).
+images for the ImageNet model, on every fifth of them (100) for its float sibling, and on the 500 test
+images of a model trained with ``python -m convert train`` (its own class names, converted from
+``best.pt`` with no other flag).
 """
 from __future__ import annotations
 
