@@ -133,6 +133,20 @@ def test_capture_bad_input_one_line(tmp_path, args, expect):
     assert not (tmp_path / "o").exists()  # no empty class folder left for training to trip on
 
 
+def test_capture_on_full_storage_keeps_what_it_saved(tmp_path):
+    """A card that fills up while capturing: one line, exit 1 (a failure while running, as the runtime's:
+    a unit may restart it), every photo saved before it whole, no partial file."""
+    from realworld import small_filesystem
+
+    with small_filesystem(tmp_path / "sd", "300k") as sd:
+        r = _capture("--source", str(CLIP), "--label", "porch", "--out", str(sd), "--every", "0", "--quiet")
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "cannot write a photo (No space left on device)" in r.stderr, r.stderr
+        photos = sorted((sd / "porch").iterdir())
+        assert photos and f"; {len(photos)} saved" in r.stderr and all(p.suffix == ".jpg" for p in photos)
+        assert all(cv2.imread(str(p)) is not None for p in photos)  # each one whole
+
+
 def test_capture_unwritable_out(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
