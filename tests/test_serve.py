@@ -480,8 +480,9 @@ def test_outages_never_stretch_the_stall_allowance():
 
 
 def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip):
+    # 503 from 2 s without a frame (the stall limit) until the reconnect: a window of about 2 s
     rt = Runtime(int8_model, sample_clip, "--disconnect-every", "60",
-                 "--disconnect-seconds", "2")
+                 "--disconnect-seconds", "4")
     try:
         seen, deadline, fps_while_down = [], time.monotonic() + 40, []
         while time.monotonic() < deadline:
@@ -493,7 +494,7 @@ def test_healthz_turns_503_while_the_camera_is_unplugged(int8_model, sample_clip
                 fps = sample(metrics(rt), "edge_runtime_fps")
                 if rt.request("/healthz", token=None)[0] == 503:
                     fps_while_down.append(fps)
-            if [s for s, _ in seen][-3:] == [200, 503, 200]:
+            if [s for s, _ in seen][-3:] == [200, 503, 200] and fps_while_down:  # else the next outage
                 break
             time.sleep(0.1)
         statuses = [s for s, _ in seen]
