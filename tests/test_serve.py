@@ -219,9 +219,9 @@ def test_predictions_follow_the_loop(server, labels):
 
 
 def test_mjpeg_stream_decodes_capped_and_annotated(server):
+    t0 = time.monotonic()  # before the request: parts that wait in the socket while the test is descheduled count as slow
     resp = open_stream(server, "/stream.mjpg")
     assert resp.status == 200
-    t0 = time.monotonic()
     frames = mjpeg_frames(resp, 12)
     seconds = time.monotonic() - t0
     resp.close()
@@ -234,9 +234,9 @@ def test_mjpeg_stream_decodes_capped_and_annotated(server):
 
 
 def test_events_carry_the_json_schema_at_the_capped_rate(server, labels):
+    t0 = time.monotonic()  # before the request (see the MJPEG test)
     resp = open_stream(server, "/events")
     assert resp.status == 200
-    t0 = time.monotonic()
     msgs = sse_messages(resp, 8)
     seconds = time.monotonic() - t0
     resp.close()
@@ -247,8 +247,10 @@ def test_events_carry_the_json_schema_at_the_capped_rate(server, labels):
         check_record(rec, labels)
     assert 7 / seconds <= 10 * 1.3
     # while a video viewer watches, the events carry the records of the video frames (labels match picture)
-    video, events, numbers = open_stream(server, "/stream.mjpg"), open_stream(server, "/events"), []
-    mjpeg_frames(video, 8, numbers)
+    video, numbers = open_stream(server, "/stream.mjpg"), []
+    mjpeg_frames(video, 1, numbers)  # the viewer is registered before /events opens
+    events = open_stream(server, "/events")
+    mjpeg_frames(video, 7, numbers)
     ids = [i for i, _ in sse_messages(events, 4)]
     mjpeg_frames(video, 3, numbers)
     video.close()
@@ -294,9 +296,11 @@ def test_frames_are_encoded_only_while_a_viewer_watches(server):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     encoded, frames, _ = counters()
-    time.sleep(0.5)
-    encoded_after, frames_after, _ = counters()
-    assert encoded_after == encoded and frames_after > frames  # the loop runs, nothing is encoded
+    deadline = time.monotonic() + 10
+    while (after := counters())[1] <= frames + 5:  # the loop runs (however slowly the machine goes) ...
+        assert time.monotonic() < deadline, "the loop stopped"
+        time.sleep(0.1)
+    assert after[0] == encoded  # ... and nothing is encoded
     resp = open_stream(server, "/stream.mjpg")
     mjpeg_frames(resp, 3)
     assert counters()[0] >= encoded + 3 and counters()[2] == 1
@@ -400,7 +404,7 @@ def test_bad_requests_get_4xx_and_never_disturb_the_loop(server):
     idle.settimeout(15)
     assert idle.recv(100) == b""
     idle.close()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # its send buffer fills at the stream's rate, slower on a slow machine
     while sample(metrics(server), "edge_runtime_clients_dropped") <= dropped_before:
         assert time.monotonic() < deadline, "a stream client that never reads was not dropped"
         time.sleep(0.25)

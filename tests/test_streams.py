@@ -73,7 +73,7 @@ def test_a_dropped_or_stalled_stream_is_a_reconnect(int8_model, jpegs, failure):
     server = MjpegServer(jpegs, [(failure, 20)])
     try:
         run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json",
-                      "--stream-timeout", 1, "--max-frames", 40)
+                      "--stream-timeout", 2, "--max-frames", 40)  # 1 s: a starved thread could time out too
         rc = run.wait(90)
     finally:
         server.close()
