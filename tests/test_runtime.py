@@ -134,6 +134,7 @@ def test_disconnects_are_recovered(int8_model, sample_clip):
     source = CaptureSource(opener, "flaky camera", latest=True, reconnect=True, backoff=(0.01, 0.05))
     stats = app.run(Classifier(int8_model), source, app.RunOptions(max_frames=150, out=open(os.devnull, "w")))
     assert stats.frames == 150
+    wait_for(lambda: not source._thread.is_alive(), 10, "the capture thread to end")  # not mid-reconnect
     assert source.stats.reconnects >= 2 and len(opened) == source.stats.reconnects + 1
 
 
