@@ -3,6 +3,7 @@ real runtime on the real clip and photos."""
 import json
 import re
 import signal
+import time
 
 import cv2
 import pytest
@@ -111,8 +112,16 @@ def test_kill_9_keeps_every_finished_segment(int8_model, sample_clip, tmp_path, 
     def partial_flushed() -> bool:  # the writer flushes in steps of 256 KB
         return any(p.stat().st_size > 300_000 for p in tmp_path.glob(".cam-*.partial*"))
 
-    wait_for(lambda: len(list(tmp_path.glob(f"cam-*{suffix}"))) >= 2 and partial_flushed(), 90,
-             "two finished segments and a third being written")
+    def mid_segment() -> bool:
+        return len(list(tmp_path.glob(f"cam-*{suffix}"))) >= 2 and partial_flushed()
+
+    deadline = time.monotonic() + 90
+    while True:  # frozen (SIGSTOP) while the files are looked at, so the kill finds them as seen
+        wait_for(mid_segment, max(1.0, deadline - time.monotonic()), "two finished segments and a third being written")
+        run.proc.send_signal(signal.SIGSTOP)
+        if mid_segment():
+            break
+        run.proc.send_signal(signal.SIGCONT)  # the segment was finished in between: the next one
     run.proc.send_signal(signal.SIGKILL)
     run.wait()
     segments = sorted(tmp_path.glob(f"cam-*{suffix}"))
