@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(record_json)
     else:
-        print(f"{name}: top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%  "
+        print(f"{name}: {result.figures_text()}  "
               f"({result.n_used} images, {result.n_skipped} skipped)")
     return 0
 

@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         line = f"{args.out}: best epoch {summary['best_epoch']}"
         if summary["val_top1"] is not None:
-            line += f", validation top-1 {summary['val_top1']:.2f}% top-5 {summary['val_top5']:.2f}%"
+            line += f", validation top-1 {summary['val_top1']:.2f}%"
+            if summary["classes"] > 5:  # else top-5 is always 100%
+                line += f" top-5 {summary['val_top5']:.2f}%"
         tests = [p for p in summary["phases"] if p.get("test")]
         if tests:
             line += f"; test top-1 after {tests[-1]['phase']}: {tests[-1]['test']['top1']:.2f}%"

@@ -304,9 +304,10 @@ def markdown_table(report: dict) -> str:
              f"| conversion time | {report['conversion_seconds']} s |"]
     v = report["validation"].get("val")
     if v:
-        rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |",
-                 f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |",
-                 f"| top-1 drop ({v['images']} images) | {_with_ci(v, 'top1_drop', ' points')} |",
+        rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |"]
+        if v["classes"] > 5:  # else top-5 is always 100%
+            rows += [f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |"]
+        rows += [f"| top-1 drop ({v['images']} images) | {_with_ci(v, 'top1_drop', ' points')} |",
                  f"| top-1 agreement ({v['images']} images) | {_with_ci(v, 'agreement', '%')} |",
                  f"| logit error mean / max | {v['mean_abs_logit_error']:.3f} / {v['max_abs_logit_error']:.3f} |"]
         for half, h in v.get("halves", {}).items():

@@ -45,6 +45,11 @@ class EvalResult:
     targets: list[int]
     top5_indices: list[list[int]]
     scores: np.ndarray | None = None  # (n_used, classes) when kept
+    classes: int = 0  # the model's; top-5 says nothing with 5 or fewer
+
+    def figures_text(self) -> str:
+        """``top-1 X%  top-5 Y%`` (top-1 alone for a model of 5 classes or fewer: its top-5 is always 100%)."""
+        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if self.classes > 5 else "")
 
     def to_dict(self) -> dict:
         return {"top1": round(self.top1, 3), "top5": round(self.top5, 3), "images": self.n_used,
@@ -139,7 +144,7 @@ def iter_crops(paths: Iterable[Path], pp: Preprocessing):
 def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_size: int = 16,
              keep_scores: bool = False, progress: bool = True) -> EvalResult:
     """Run ``predict`` over every readable image and score top-1 / top-5 against the labels."""
-    used_files, targets, top5, all_scores = [], [], [], []
+    used_files, targets, top5, all_scores, classes = [], [], [], [], [0]
     skipped = list(images.skipped)
     batch, batch_idx = [], []
     n = len(images.paths)
@@ -150,6 +155,7 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
         scores = np.asarray(predict(np.stack(batch)))
         if scores.ndim != 2 or scores.shape[0] != len(batch):
             raise DatasetError(f"predict returned shape {scores.shape}, ({len(batch)}, classes) expected")
+        classes[0] = scores.shape[1]
         for j, i in enumerate(batch_idx):
             order = np.argsort(-scores[j], kind="stable")[:5]
             top5.append([int(c) for c in order])
@@ -179,4 +185,4 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
                       top5=100.0 * float(np.mean((p == t[:, None]).any(axis=1))),
                       n_used=len(t), n_skipped=len(skipped), skipped=skipped, files=used_files,
                       targets=targets, top5_indices=top5,
-                      scores=np.concatenate(all_scores) if keep_scores else None)
+                      scores=np.concatenate(all_scores) if keep_scores else None, classes=classes[0])

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from convert.torch_eval import evaluate_torch
-from edge_runtime.evaluation import DatasetError, find_labelled_images
+from convert.torch_eval import evaluate_torch, torch_predict
+from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
 from realworld import convert_main
 
 
@@ -32,6 +32,20 @@ def test_class_folder_layout_and_unreadable_files(float_model, val500_dir, tmp_p
     assert nested.n_used == 6 and nested.n_skipped == 2
     assert sorted(nested.targets) == sorted(flat.targets)
     assert nested.top1 == flat.top1
+
+
+def test_top5_is_left_out_for_five_classes_or_fewer(float_model, val500_dir):
+    """A model of 5 classes or fewer always has 100% top-5: the figures' line leaves it out."""
+    model, record = float_model
+    images = find_labelled_images(val500_dir, record.wnids, record.labels)
+    images.paths, images.targets = images.paths[:8], images.targets[:8]
+    predict = torch_predict(model, record)
+    full = evaluate(images, predict, record.preprocessing, progress=False)
+    assert full.classes == 1000 and "top-5" in full.figures_text()
+    images.targets = [t % 3 for t in images.targets]  # the first three classes' scores, as a 3-class model
+    few = evaluate(images, lambda crops: predict(crops)[:, :3], record.preprocessing, progress=False)
+    assert few.classes == 3 and few.top5 == 100.0
+    assert few.figures_text() == f"top-1 {few.top1:.1f}%"
 
 
 def test_empty_folder(tmp_path):

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             image = read_image(str(path))
             roi = None
             if args.full_image:
-                (h, w), (rh, rw) = image.shape[:2], info.preprocessing.resized_shape(*image.shape[:2])
+                rh, rw = info.preprocessing.resized_shape(*image.shape[:2])
                 ch, cw = info.preprocessing.input_size
                 fy, fx = ch / rh, cw / rw
                 roi = vision.ImageProcessingOptions(region_of_interest=rect.RectF(

@@ -206,7 +206,7 @@ class _Run:
             self.phase_results[-1].update({"end": _brief(val), "sparsity": round(dsd.sparsity(self.model), 4)})
             if self.test_loader is not None:
                 test = self.phase_results[-1]["test"] = _brief(evaluate(self.pixel, self.test_loader, n_classes, ctx))
-        _say(ctx, o.quiet, _epoch_line(self.history[-1], self.total, val, improved, test))
+        _say(ctx, o.quiet, _epoch_line(self.history[-1], self.total, val, improved, test, n_classes))
         if ctx.is_main:
             train_state = {"epoch": e, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "rng": ckpt.rng_state(), "best": self.best, "history": self.history,
@@ -254,11 +254,11 @@ def _save_epoch(out: Path, model: nn.Module, o: TrainOptions, setup: dict, pp: P
     report.plot_curves(out / "curves.png", history)
 
 
-def _epoch_line(row: dict, total: int, val: dict | None, improved: bool, test: dict | None) -> str:
+def _epoch_line(row: dict, total: int, val: dict | None, improved: bool, test: dict | None, classes: int) -> str:
     line = (f"epoch {row['epoch']}/{total} {row['phase']}: lr {row['lr']:.5f} train loss {row['train_loss']:.4f} "
             f"top-1 {row['train_top1']:.2f}%")
     if val:
-        line += f", val loss {val['loss']:.4f} top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%"
+        line += f", val loss {val['loss']:.4f} top-1 {val['top1']:.2f}%" + (f" top-5 {val['top5']:.2f}%" if classes > 5 else "")
     line += f", {row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s" + (" *" if improved and val else "")
     return line + (f"; test top-1 {test['top1']:.2f}%" if test else "")
 
@@ -283,7 +283,7 @@ def _summary(history, best, phases, setup, epoch, total) -> dict:
     return {"epochs_done": epoch, "epochs": total, "best_epoch": best["epoch"], "best_phase": best.get("phase"),
             "val_top1": None if best.get("val_top1") is None else round(best["val_top1"], 3),
             "val_top5": None if best.get("val_top5") is None else round(best["val_top5"], 3),
-            "last_val_top1": history[-1]["val_top1"] if history else None,
+            "last_val_top1": history[-1]["val_top1"] if history else None, "classes": len(setup["classes"]),
             "train_images": len(setup["train_items"]), "val_images": len(setup["val_items"]),
             "train_seconds": round(sum(r["seconds"] for r in history), 1),
             "images_per_s": round(float(np.mean([r["images_per_s"] for r in train_rows])), 1) if train_rows else None,
