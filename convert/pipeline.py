@@ -141,7 +141,8 @@ def convert(opts: ConvertOptions) -> dict:
                                   opts.quiet)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
-        report = {"model": src.name, "out": str(out), "input_type": opts.input_type, "output_type": opts.output_type,
+        report = {"model": src.name, "classes": len(src.labels), "out": str(out), "input_type": opts.input_type,
+                  "output_type": opts.output_type,
                   "sizes": {"float_onnx": graphs.reference.stat().st_size,
                             "float_tflite": len(float_tflite), "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),
@@ -305,7 +306,7 @@ def markdown_table(report: dict) -> str:
     v = report["validation"].get("val")
     if v:
         rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |"]
-        if v["classes"] > 5:  # else top-5 is always 100%
+        if report["classes"] > 5:  # else top-5 is always 100%
             rows += [f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |"]
         rows += [f"| top-1 drop ({v['images']} images) | {_with_ci(v, 'top1_drop', ' points')} |",
                  f"| top-1 agreement ({v['images']} images) | {_with_ci(v, 'agreement', '%')} |",

@@ -108,7 +108,6 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
         except DatasetError as e:
             raise ConvertError(f"--val: {e}") from None
         validation["val"] = {"folder": Path(val).name, "half": val_half or "all", "skipped": float_result.n_skipped,
-                             "classes": float_result.classes,
                              "float_top5": round(float_result.top5, 3), "int8_top5": round(int8_result.top5, 3),
                              **labelled_figures(float_result.scores, int8_result.scores,
                                                 float_result.targets)}
