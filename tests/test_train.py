@@ -116,7 +116,7 @@ def test_killed_run_resumes_to_identical_results(run_dir, fmnist, tmp_path):
 
 def test_torchrun_two_processes(fmnist, weights_env, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",  # a free port
            "-m", "convert", "train", "--data", str(fmnist / "train"), "--out", str(out), "--input-size", "32",
            "--epochs", "1", "--freeze-epochs", "0", "--quiet"]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
