@@ -107,7 +107,7 @@ def test_capture_writes_new_jpegs_and_never_overwrites(tmp_path):
     assert image is not None and image.shape[2] == 3 and image.std() > 5
     first = cv2.imread(str(out / "porch" / "porch_000000.jpg")).astype(np.int16)
     assert np.abs(first - image).mean() > 1  # half a second apart in the clip: different frames
-    assert (os.stat(out / "porch" / "porch_000000.jpg").st_mode & 0o777) == 0o644 & ~_umask()
+    assert (os.stat(out / "porch" / "porch_000000.jpg").st_mode & 0o777) == 0o666 & ~_umask()  # as open() makes files
     r = _capture("--source", str(CLIP), "--label", "porch", "--out", str(out), "--count", "1", "--quiet")
     assert r.returncode == 0 and (out / "porch" / "porch_000005.jpg").exists()
 
