@@ -31,7 +31,8 @@ from realworld import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-5f2a9c1e"
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage")  # a container's 64 MB /dev/shm would crash the renderer
 BACKEND = find_backend()[1]  # the interpreter package the runtime will pick here
 NO_PROMETHEUS = "import sys; sys.modules['prometheus_client'] = None; " \
                 "from edge_runtime.cli import main; sys.exit(main())"
