@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         line = f"{args.out}: best epoch {summary['best_epoch']}"
         if summary["val_top1"] is not None:
             line += f", validation top-1 {summary['val_top1']:.2f}%"
-            if summary["classes"] > 5:  # else top-5 is always 100%
+            from edge_runtime.evaluation import shows_top5
+
+            if shows_top5(summary["classes"]):
                 line += f" top-5 {summary['val_top5']:.2f}%"
         tests = [p for p in summary["phases"] if p.get("test")]
         if tests:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.evaluation import shows_top5
 from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 
 from .artifact import artifact_record, finish_artifact, finish_graph, float_sibling
@@ -306,7 +307,7 @@ def markdown_table(report: dict) -> str:
     v = report["validation"].get("val")
     if v:
         rows += [f"| top-1 float / int8 | {v['float_top1']:.1f}% / {v['int8_top1']:.1f}% |"]
-        if report["classes"] > 5:  # else top-5 is always 100%
+        if shows_top5(report["classes"]):
             rows += [f"| top-5 float / int8 | {v['float_top5']:.1f}% / {v['int8_top5']:.1f}% |"]
         rows += [f"| top-1 drop ({v['images']} images) | {_with_ci(v, 'top1_drop', ' points')} |",
                  f"| top-1 agreement ({v['images']} images) | {_with_ci(v, 'agreement', '%')} |",

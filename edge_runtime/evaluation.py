@@ -34,6 +34,11 @@ class LabelledImages:
     skipped: list[str] = field(default_factory=list)  # files that are not images or have no known class
 
 
+def shows_top5(classes: int) -> bool:
+    """Whether top-5 is worth printing: a model of 5 classes or fewer always has it at 100%."""
+    return classes > 5
+
+
 @dataclass
 class EvalResult:
     top1: float  # percent
@@ -45,11 +50,11 @@ class EvalResult:
     targets: list[int]
     top5_indices: list[list[int]]
     scores: np.ndarray | None = None  # (n_used, classes) when kept
-    classes: int = 0  # the model's; top-5 says nothing with 5 or fewer
+    classes: int = 0  # the model's
 
     def figures_text(self) -> str:
-        """``top-1 X%  top-5 Y%`` (top-1 alone for a model of 5 classes or fewer: its top-5 is always 100%)."""
-        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if self.classes > 5 else "")
+        """``top-1 X%  top-5 Y%``, or top-1 alone where top-5 says nothing (:func:`shows_top5`)."""
+        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if shows_top5(self.classes) else "")
 
     def to_dict(self) -> dict:
         return {"top1": round(self.top1, 3), "top5": round(self.top5, 3), "images": self.n_used,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_runtime.evaluation import shows_top5
 from edge_runtime.preprocess import Preprocessing, PreprocessingError
 
 from ..errors import ConvertError, TrainError
@@ -258,7 +259,8 @@ def _epoch_line(row: dict, total: int, val: dict | None, improved: bool, test: d
     line = (f"epoch {row['epoch']}/{total} {row['phase']}: lr {row['lr']:.5f} train loss {row['train_loss']:.4f} "
             f"top-1 {row['train_top1']:.2f}%")
     if val:
-        line += f", val loss {val['loss']:.4f} top-1 {val['top1']:.2f}%" + (f" top-5 {val['top5']:.2f}%" if classes > 5 else "")
+        line += f", val loss {val['loss']:.4f} top-1 {val['top1']:.2f}%"
+        line += f" top-5 {val['top5']:.2f}%" if shows_top5(classes) else ""
     line += f", {row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s" + (" *" if improved and val else "")
     return line + (f"; test top-1 {test['top1']:.2f}%" if test else "")
 
