@@ -44,3 +44,18 @@ def test_wheel_carries_the_calibration_photos_and_installs(tmp_path):
     for command in (["squeezenet-convert", "tflite", "--help"], ["edge-runtime", "--help"]):
         proc = subprocess.run(command, capture_output=True, text=True, cwd=run, env=env)
         assert proc.returncode == 0 and "examples:" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_shell_scripts_parse_and_arm_check_refuses_bad_arguments(tmp_path):
+    """Every script under tools/ parses; the ARM check (too slow for the suite: it builds an arm64 root and
+    runs emulated) refuses missing arguments and files with one line before it installs anything."""
+    for script in sorted((ROOT / "tools").glob("*.sh")):
+        r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert r.returncode == 0, (script.name, r.stderr)
+    arm = [str(ROOT / "tools" / "arm_check.sh")]
+    for args, expect in (([], "usage: tools/arm_check.sh MODEL.tflite VAL_DIR"),
+                         ([str(tmp_path / "none.tflite"), str(tmp_path)], "no model at"),
+                         ([str(ROOT / "README.md"), str(tmp_path / "none")], "no image folder at")):
+        r = subprocess.run(["bash", *arm, *args], capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
