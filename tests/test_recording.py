@@ -110,19 +110,28 @@ def test_kill_9_keeps_every_finished_segment(int8_model, sample_clip, tmp_path, 
                   "--record", rec, "--record-segment", 4)
 
     def partial_flushed() -> bool:  # the writer flushes in steps of 256 KB
-        return any(p.stat().st_size > 300_000 for p in tmp_path.glob(".cam-*.partial*"))
+        sizes = []
+        for p in tmp_path.glob(".cam-*.partial*"):
+            try:
+                sizes.append(p.stat().st_size)
+            except FileNotFoundError:  # renamed into place since the glob
+                pass
+        return any(size > 300_000 for size in sizes)
 
     def mid_segment() -> bool:
         return len(list(tmp_path.glob(f"cam-*{suffix}"))) >= 2 and partial_flushed()
 
     deadline = time.monotonic() + 90
-    while True:  # frozen (SIGSTOP) while the files are looked at, so the kill finds them as seen
-        wait_for(mid_segment, max(1.0, deadline - time.monotonic()), "two finished segments and a third being written")
-        run.proc.send_signal(signal.SIGSTOP)
-        if mid_segment():
-            break
-        run.proc.send_signal(signal.SIGCONT)  # the segment was finished in between: the next one
-    run.proc.send_signal(signal.SIGKILL)
+    try:
+        while True:  # frozen (SIGSTOP) while the files are looked at, so the kill finds them as seen
+            wait_for(mid_segment, max(1.0, deadline - time.monotonic()),
+                     "two finished segments and a third being written")
+            run.proc.send_signal(signal.SIGSTOP)
+            if mid_segment():
+                break
+            run.proc.send_signal(signal.SIGCONT)  # the segment was finished in between: the next one
+    finally:
+        run.proc.send_signal(signal.SIGKILL)  # also when the wait failed: no runtime left looping
     run.wait()
     segments = sorted(tmp_path.glob(f"cam-*{suffix}"))
     assert len(segments) >= 2
