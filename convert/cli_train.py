@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             line += f", validation top-1 {summary['val_top1']:.2f}%"
             from edge_runtime.evaluation import shows_top5
 
-            if shows_top5(summary["classes"]):
+            if shows_top5(summary["num_classes"]):
                 line += f" top-5 {summary['val_top5']:.2f}%"
         tests = [p for p in summary["phases"] if p.get("test")]
         if tests:

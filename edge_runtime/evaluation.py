@@ -50,11 +50,12 @@ class EvalResult:
     targets: list[int]
     top5_indices: list[list[int]]
     scores: np.ndarray | None = None  # (n_used, classes) when kept
-    classes: int = 0  # the model's
+    classes: int | None = None  # the model's (None: not known, top-5 shown)
 
     def figures_text(self) -> str:
         """``top-1 X%  top-5 Y%``, or top-1 alone where top-5 says nothing (:func:`shows_top5`)."""
-        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if shows_top5(self.classes) else "")
+        shown = self.classes is None or shows_top5(self.classes)
+        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if shown else "")
 
     def to_dict(self) -> dict:
         return {"top1": round(self.top1, 3), "top5": round(self.top5, 3), "images": self.n_used,

@@ -247,3 +247,21 @@ def test_checkpoint_feeds_the_converter_and_the_runtime(run_dir, trained_convert
     assert len(frames) == 50 and all({t["label"] for t in f["top"]} <= set(classes) for f in frames)
     sneakers = sum(f["top"][0]["label"] == "Sneaker" for f in frames)
     assert sneakers >= 25, sneakers  # chance: 5 of 50
+
+
+def test_three_classes_print_no_top5(fmnist, weights_env, tmp_path):
+    """A model of 5 classes or fewer always has top-5 at 100%: the epoch and summary lines leave it out
+    (metrics.json keeps it)."""
+    data = tmp_path / "three"
+    for name in ("Coat", "Dress", "Sandal"):
+        shutil.copytree(fmnist / "train" / name, data / name)
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+                        "--input-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--val-split", "0.2",
+                        "--threads", "2"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    epoch = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.startswith("epoch 1/1 full:")]
+    summary = [line for line in r.stdout.splitlines() if "best epoch" in line]
+    assert epoch and "val loss" in epoch[-1] and "top-5" not in epoch[-1], epoch
+    assert len(summary) == 1 and "validation top-1" in summary[0] and "top-5" not in summary[0], summary
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["summary"]["num_classes"] == 3 and metrics["val_top5"] == 100.0

@@ -285,7 +285,7 @@ def _summary(history, best, phases, setup, epoch, total) -> dict:
     return {"epochs_done": epoch, "epochs": total, "best_epoch": best["epoch"], "best_phase": best.get("phase"),
             "val_top1": None if best.get("val_top1") is None else round(best["val_top1"], 3),
             "val_top5": None if best.get("val_top5") is None else round(best["val_top5"], 3),
-            "last_val_top1": history[-1]["val_top1"] if history else None, "classes": len(setup["classes"]),
+            "last_val_top1": history[-1]["val_top1"] if history else None, "num_classes": len(setup["classes"]),
             "train_images": len(setup["train_items"]), "val_images": len(setup["val_items"]),
             "train_seconds": round(sum(r["seconds"] for r in history), 1),
             "images_per_s": round(float(np.mean([r["images_per_s"] for r in train_rows])), 1) if train_rows else None,
