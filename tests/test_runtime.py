@@ -341,3 +341,12 @@ def test_interpreter_agreement_on_a_subset_inside_one_half(int8_model, val500_di
                    "--min-agreement", 0.995)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "val report half: no items" in r.stdout and "val tune half: same top-1" in r.stdout, r.stdout
+    # nothing readable at all is no agreement: refused, not passed
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / sorted(val500_dir.iterdir())[0].name).write_bytes(b"not a jpeg")
+    assert run_module("tools.interpreter_agreement", "dump", "--model", int8_model, "--val", broken,
+                      "--out", tmp_path / "b.json").returncode == 0
+    r = run_module("tools.interpreter_agreement", "compare", tmp_path / "b.json", tmp_path / "b.json",
+                   "--min-agreement", 0.995)
+    assert r.returncode == 2 and one_error_line(r) == "error: the dumps hold no val items to compare"

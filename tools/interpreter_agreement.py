@@ -105,9 +105,12 @@ def compare(args: argparse.Namespace) -> int:
         if any(len(r[part]["top1"]) != n for r in runs):
             print(f"error: the dumps cover different {part} items", file=sys.stderr)
             return 2
-        if not n:  # e.g. a subset of images whose classes all lie in the other half
-            print(f"{part}: no items")
-            continue
+        if not n:
+            if part.startswith("val "):  # a subset of images whose classes all lie in the other half
+                print(f"{part}: no items")
+                continue
+            print(f"error: the dumps hold no {part} items to compare", file=sys.stderr)
+            return 2
         for r in runs:
             ties = sum(r[part]["tied"]) / n
             print(f"{part}: {r['backend']} {r['version']}: exact ties at the top {100 * ties:.1f}% of {n}")
