@@ -1,6 +1,7 @@
 """Recordings survive full storage, read-only folders, kill -9 and frames of changing size, with the
 real runtime on the real clip and photos."""
 import json
+import os
 import re
 import signal
 import time
@@ -127,6 +128,7 @@ def test_kill_9_keeps_every_finished_segment(int8_model, sample_clip, tmp_path, 
             wait_for(mid_segment, max(1.0, deadline - time.monotonic()),
                      "two finished segments and a third being written")
             run.proc.send_signal(signal.SIGSTOP)
+            os.waitpid(run.proc.pid, os.WUNTRACED)  # stopped, not only signalled
             if mid_segment():
                 break
             run.proc.send_signal(signal.SIGCONT)  # the segment was finished in between: the next one
