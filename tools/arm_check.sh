@@ -4,26 +4,33 @@
 # python3-numpy 1.24, python3-opencv 4.6 from Debian's archive, tflite-runtime 2.14 from PyPI), runs the
 # device runtime's top-1 dump in it under qemu-user emulation, and compares it with the same dump on x86
 # (the runtime's default for an int8 model: TFLite's builtin kernels). Gates: the same top-1 on at least
-# 99.5% of images and frames, exact ties at the top at most 0.5% (tools/interpreter_agreement.py).
-# Emulation is slow (about 2 s per image on a 2-core x86 machine) and its timings mean nothing for a Pi:
-# this checks arithmetic, not speed. Needs root (debootstrap, chroot, binfmt_misc), apt-get and pip
-# access to Debian's archive and PyPI; the arm64 root is kept in WORKDIR and reused.
-# Usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]
-#   EVERY=N   every Nth image of VAL_DIR (default 5: on val500 both halves); CLIP=path (default samples/sample_clip.mp4, empty: none)
+# 99.5% of images and of frames, exact ties at the top at most 0.5% of images
+# (tools/interpreter_agreement.py). Emulation is slow (about 1 s per image on a 2-core x86 machine) and its
+# timings mean nothing for a Pi: this checks arithmetic, not speed. Needs root (debootstrap, chroot,
+# binfmt_misc), and access to Debian's archive (apt-get, debootstrap) and PyPI (pip); the arm64 root is
+# kept in WORKDIR/arm64-root and reused.
+# Usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]     (WORKDIR default: build/arm64)
+#   EVERY=N    every Nth image of VAL_DIR, in name order (default 5: on val500, 50 of each half; 1: all)
+#   CLIP=path  a video whose frames are classified too (default samples/sample_clip.mp4; empty: none)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]" >&2; exit 2; }
-MODEL=$(realpath "$1")
-VAL=$(realpath "$2")
-WORK=$(realpath -m "${3:-build/arm64}")
+MODEL=$(realpath -m "$1")  # the caller's paths, before the cd below
+VAL=$(realpath -m "$2")
 EVERY=${EVERY:-5}
 CLIP=${CLIP-samples/sample_clip.mp4}
+[ -z "$CLIP" ] || [ ! -e "$CLIP" ] || CLIP=$(realpath "$CLIP")
+PROJECT=$(realpath "$(dirname "$0")/..")
+WORK=$(realpath -m "${3:-$PROJECT/build/arm64}")
+cd "$PROJECT"
 X86_PYTHON=${X86_PYTHON:-.venv/bin/python}
-ROOT="$WORK/root"
+ROOT="$WORK/arm64-root"
 [ -f "$MODEL" ] || { echo "arm_check: error: no model at $MODEL" >&2; exit 2; }
 [ -d "$VAL" ] || { echo "arm_check: error: no image folder at $VAL" >&2; exit 2; }
+[[ "$EVERY" =~ ^[1-9][0-9]*$ ]] || { echo "arm_check: error: EVERY=$EVERY: a positive whole number expected" >&2; exit 2; }
+[ -z "$CLIP" ] || [ -f "$CLIP" ] || { echo "arm_check: error: no video at CLIP=$CLIP" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "arm_check: error: needs root (debootstrap, chroot, binfmt_misc)" >&2; exit 2; }
 mkdir -p "$WORK"
+export PYTHONDONTWRITEBYTECODE=1  # no root-owned __pycache__ left in the project
 
 missing=""
 for pkg in qemu-user-static debootstrap binfmt-support; do
@@ -39,7 +46,11 @@ fi
 
 if [ ! -x "$ROOT/usr/bin/python3" ] || [ ! -e "$ROOT/.complete" ]; then
   echo "arm_check: making the arm64 root in $ROOT (a few minutes: its second stage runs emulated)" >&2
-  rm -rf "$ROOT"
+  if [ -e "$ROOT" ]; then  # an unfinished one of ours is made again; anything else is left alone
+    [ -e "$ROOT.made-here" ] || { echo "arm_check: error: $ROOT exists and was not made here" >&2; exit 2; }
+    rm -rf "$ROOT"
+  fi
+  touch "$ROOT.made-here"
   debootstrap --arch=arm64 --variant=minbase --foreign --include=python3,python3-numpy,python3-opencv \
     bookworm "$ROOT" http://deb.debian.org/debian > "$WORK/debootstrap.log" 2>&1
   cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"
@@ -60,7 +71,7 @@ mkdir -p "$DATA/src/convert" "$DATA/val"
 cp -a edge_runtime tools "$DATA/src/"
 cp convert/__init__.py "$DATA/src/convert/"
 cp "$MODEL" "$DATA/model.tflite"
-find "$VAL" -type f | sort | awk -v n="$EVERY" '(NR - 1) % n == 0' | while read -r f; do
+find "$VAL" -type f | sort | awk -v n="$EVERY" '(NR - 1) % n == 0' | while IFS= read -r f; do
   rel=${f#"$VAL"/}; mkdir -p "$DATA/val/$(dirname "$rel")"; cp "$f" "$DATA/val/$rel"
 done
 clip_args=(); x86_clip=()
