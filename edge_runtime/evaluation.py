@@ -150,18 +150,20 @@ def iter_crops(paths: Iterable[Path], pp: Preprocessing):
 def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_size: int = 16,
              keep_scores: bool = False, progress: bool = True) -> EvalResult:
     """Run ``predict`` over every readable image and score top-1 / top-5 against the labels."""
-    used_files, targets, top5, all_scores, classes = [], [], [], [], [0]
+    used_files, targets, top5, all_scores = [], [], [], []
+    classes = 0  # the model's, from the scores' width
     skipped = list(images.skipped)
     batch, batch_idx = [], []
     n = len(images.paths)
 
     def flush() -> None:
+        nonlocal classes
         if not batch:
             return
         scores = np.asarray(predict(np.stack(batch)))
         if scores.ndim != 2 or scores.shape[0] != len(batch):
             raise DatasetError(f"predict returned shape {scores.shape}, ({len(batch)}, classes) expected")
-        classes[0] = scores.shape[1]
+        classes = scores.shape[1]
         for j, i in enumerate(batch_idx):
             order = np.argsort(-scores[j], kind="stable")[:5]
             top5.append([int(c) for c in order])
@@ -191,4 +193,4 @@ def evaluate(images: LabelledImages, predict: Predict, pp: Preprocessing, batch_
                       top5=100.0 * float(np.mean((p == t[:, None]).any(axis=1))),
                       n_used=len(t), n_skipped=len(skipped), skipped=skipped, files=used_files,
                       targets=targets, top5_indices=top5,
-                      scores=np.concatenate(all_scores) if keep_scores else None, classes=classes[0])
+                      scores=np.concatenate(all_scores) if keep_scores else None, classes=classes)
