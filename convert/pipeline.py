@@ -152,13 +152,19 @@ def convert(opts: ConvertOptions) -> dict:
         if opts.report:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
-            raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})",
-                            report)
+            raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
+                            + ("" if validation.get("val") else UNLABELLED_HINT), report)
         write_artifact(out, final, graphs.reference, float_tflite)
     finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
         shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
     return report
+
+
+# A gate missed on the unlabelled check views: those photos are less decided than most (their plain agreement
+# runs a few points under a labelled set's), so say how to judge on photos like the user's own.
+UNLABELLED_HINT = ("; judged without labels on the check photos: judge on photos like yours with --val DIR (labelled) "
+                   "or `convert tflite --check DIR` (unlabelled)")
 
 
 def check_int8_out(path: str | Path, flag: str = "--out", others: tuple[Path | None, ...] = ()) -> Path:

@@ -1,6 +1,7 @@
 """The converter's bad inputs and interrupted runs: one line and a
 non-zero exit, outputs checked before the long work, no mismatched siblings, no working folder left
 behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights refused."""
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import QUICK
 from edge_runtime.fileio import atomic_write, atomic_write_many
 from realworld import ROOT, Process, convert_main as _main, one_error_line, run_module, small_filesystem, wait_for
 
@@ -110,6 +112,24 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     assert out.read_bytes() == b"an earlier artifact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three_photos", "tiny.onnx", "tiny_int8.tflite"]
 
+
+
+def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_path):
+    """No labels and no reference mix (a user's ONNX): the gates judge the plain agreement on the check
+    photos, which are less decided than most; a miss writes nothing and its one line says which flags
+    judge on photos like the user's. A gate of 100% on a small real classifier misses deterministically."""
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "tiny_int8.tflite"
+    err = one_error_line(_convert("tflite", "--onnx", model, "--out", out, *QUICK, "--min-agreement", "1",
+                                  "--report", tmp_path / "r.json"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "val" not in report["validation"] and "standardized" not in report["validation"]["unlabelled"]
+    agreement = report["validation"]["unlabelled"]["agreement"]
+    assert report["gates"]["failed"] == [f"top-1 agreement on the unlabelled views {agreement:.1f}% < 100.0%"]
+    assert err == (f"error: {report['gates']['failed'][0]} (report: {tmp_path / 'r.json'}); judged without labels "
+                   "on the check photos: judge on photos like yours with --val DIR (labelled) or `convert tflite "
+                   "--check DIR` (unlabelled)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "tiny.onnx"]
 
 def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
     with small_filesystem(tmp_path / "sd", "1m") as sd:
