@@ -4,7 +4,6 @@ behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
