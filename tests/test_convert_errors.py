@@ -112,7 +112,6 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three_photos", "tiny.onnx", "tiny_int8.tflite"]
 
 
-
 def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_path):
     """No labels and no reference mix (a user's ONNX): the gates judge the plain agreement on the check
     photos, which are less decided than most; a miss writes nothing and its one line says which flags
@@ -129,6 +128,7 @@ def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_p
                    "on the check photos: judge on photos like yours with --val DIR (labelled) or `convert tflite "
                    "--check DIR` (unlabelled)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "tiny.onnx"]
+
 
 def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
     with small_filesystem(tmp_path / "sd", "1m") as sd:
