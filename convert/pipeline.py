@@ -152,8 +152,9 @@ def convert(opts: ConvertOptions) -> dict:
         if opts.report:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
+            hint = "" if validation.get("val") else OWN_CHECK_HINT if opts.check else UNLABELLED_HINT
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
-                            + ("" if validation.get("val") else UNLABELLED_HINT), report)
+                            + hint, report)
         write_artifact(out, final, graphs.reference, float_tflite)
     finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
         shutil.rmtree(work, ignore_errors=True)
@@ -165,6 +166,7 @@ def convert(opts: ConvertOptions) -> dict:
 # runs a few points under a labelled set's), so say how to judge on photos like the user's own.
 UNLABELLED_HINT = ("; judged without labels on the check photos: judge on photos like yours with --val DIR (labelled) "
                    "or `convert tflite --check DIR` (unlabelled)")
+OWN_CHECK_HINT = "; judged without labels on the --check photos: --val DIR judges on labelled photos like yours"
 
 
 def check_int8_out(path: str | Path, flag: str = "--out", others: tuple[Path | None, ...] = ()) -> Path:

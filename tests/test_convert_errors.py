@@ -112,22 +112,33 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three_photos", "tiny.onnx", "tiny_int8.tflite"]
 
 
-def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_path):
+@pytest.mark.parametrize("own_check", [False, True])
+def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_path, val500_dir, own_check):
     """No labels and no reference mix (a user's ONNX): the gates judge the plain agreement on the check
-    photos, which are less decided than most; a miss writes nothing and its one line says which flags
-    judge on photos like the user's. A gate of 100% on a small real classifier misses deterministically."""
+    photos (the converter's, which are less decided than most, or the user's --check); a miss writes no
+    .tflite and its one line says which flags judge on photos like the user's. A gate of 100% on a small
+    real classifier misses deterministically."""
     model = _tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "tiny_int8.tflite"
-    err = one_error_line(_convert("tflite", "--onnx", model, "--out", out, *QUICK, "--min-agreement", "1",
+    check = []
+    if own_check:  # 50 unseen photos of the user's
+        folder = tmp_path / "mine"
+        folder.mkdir()
+        for p in sorted(val500_dir.iterdir())[::10]:
+            (folder / p.name).write_bytes(p.read_bytes())
+        check = ["--check", folder]
+    err = one_error_line(_convert("tflite", "--onnx", model, "--out", out, *QUICK, *check, "--min-agreement", "1",
                                   "--report", tmp_path / "r.json"))
     report = json.loads((tmp_path / "r.json").read_text())
     assert "val" not in report["validation"] and "standardized" not in report["validation"]["unlabelled"]
+    assert report["validation"]["unlabelled"]["folders"][1] == ("mine" if own_check else "check_data")
     agreement = report["validation"]["unlabelled"]["agreement"]
     assert report["gates"]["failed"] == [f"top-1 agreement on the unlabelled views {agreement:.1f}% < 100.0%"]
-    assert err == (f"error: {report['gates']['failed'][0]} (report: {tmp_path / 'r.json'}); judged without labels "
-                   "on the check photos: judge on photos like yours with --val DIR (labelled) or `convert tflite "
-                   "--check DIR` (unlabelled)")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "tiny.onnx"]
+    hint = ("judged without labels on the --check photos: --val DIR judges on labelled photos like yours" if own_check
+            else "judged without labels on the check photos: judge on photos like yours with --val DIR (labelled) "
+            "or `convert tflite --check DIR` (unlabelled)")
+    assert err == f"error: {report['gates']['failed'][0]} (report: {tmp_path / 'r.json'}); {hint}"
+    assert not out.exists() and not list(tmp_path.glob("*.tflite")) and not list(tmp_path.glob(".convert-*"))
 
 
 def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
