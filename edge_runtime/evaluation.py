@@ -34,9 +34,10 @@ class LabelledImages:
     skipped: list[str] = field(default_factory=list)  # files that are not images or have no known class
 
 
-def shows_top5(classes: int) -> bool:
-    """Whether top-5 is worth printing: a model of 5 classes or fewer always has it at 100%."""
-    return classes > 5
+def shows_top5(classes: int | None) -> bool:
+    """Whether top-5 is worth printing: a model of 5 classes or fewer always has it at 100% (``None``, a
+    class count not known: printed)."""
+    return classes is None or classes > 5
 
 
 @dataclass
@@ -54,8 +55,7 @@ class EvalResult:
 
     def figures_text(self) -> str:
         """``top-1 X%  top-5 Y%``, or top-1 alone where top-5 says nothing (:func:`shows_top5`)."""
-        shown = self.classes is None or shows_top5(self.classes)
-        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if shown else "")
+        return f"top-1 {self.top1:.1f}%" + (f"  top-5 {self.top5:.1f}%" if shows_top5(self.classes) else "")
 
     def to_dict(self) -> dict:
         return {"top1": round(self.top1, 3), "top5": round(self.top5, 3), "images": self.n_used,
