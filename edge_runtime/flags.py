@@ -121,6 +121,16 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
+def threads_arg(text: str) -> int:
+    """Interpreter or inference threads: 1 to 256 (a board has 4; more only costs start-up time)."""
+    return _number(text, int, lambda v: 1 <= v <= 256, "a number of threads from 1 to 256")
+
+
+def probability_arg(text: str) -> float:
+    """A probability from 0 to 1 (NaN refused)."""
+    return _number(text, float, lambda v: 0 <= v <= 1, "a probability from 0 to 1")
+
+
 def seconds_arg(text: str) -> float:
     """A number of seconds from 0 to a day (NaN and infinity refused)."""
     return _number(text, float, lambda v: 0 <= v <= 86400, "a number of seconds from 0 to 86400")

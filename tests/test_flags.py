@@ -92,3 +92,21 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
                         "--out", tmp_path / "x_int8.tflite")
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --arch: only with --weights (an ONNX file carries its own architecture)")
+
+
+@pytest.mark.parametrize("main, argv, expect", [
+    ("edge_runtime.cli", ["--image", "x.jpg", "--threshold", "nan"], "--threshold: 'nan': a probability from 0 to 1"),
+    ("edge_runtime.cli", ["--image", "x.jpg", "--threshold", "2"], "--threshold: '2': a probability from 0 to 1"),
+    ("edge_runtime.cli", ["--image", "x.jpg", "--threads", "100000"], "--threads: '100000': a number of threads"),
+    ("tools.runtime_bench", ["--threads", "0"], "--threads: '0': a number of threads from 1 to 256"),
+    ("tools.interpreter_agreement", ["dump", "--threads", "-1"], "--threads: '-1': a number of threads"),
+])
+def test_threads_and_threshold_are_bounded(main, argv, expect, capsys):
+    """A threshold no probability reaches hid every label without a word; 100,000 threads took seconds to
+    start; 0 or -1 reached the interpreter. Each is refused by its flag, in one line."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(main).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and expect in err[-1], err

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, read_bounded
+from edge_runtime.flags import threads_arg
 
 MAX_DUMP_BYTES = 16 << 20  # a dump of 500 images and a few thousand frames is well under 1 MB
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--val", type=Path, help="labelled images (files named by WordNet id, or class folders)")
     d.add_argument("--source", help="a video file: every frame is classified")
     d.add_argument("--backend", help="force an interpreter (ai-edge-litert, tflite-runtime, tensorflow)")
-    d.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    d.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
     d.add_argument("--xnnpack", action="store_const", const=True, default=None,
                    help="XNNPACK kernels where the interpreter has them instead of the builtin ones (faster, "
                         "int8 rounded differently; default: as the runtime, builtin for int8, XNNPACK for float)")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write
-from edge_runtime.flags import json_path_to_report
+from edge_runtime.flags import json_path_to_report, threads_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite", help="int8 .tflite")
     p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"), help="video clip")
-    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
     p.add_argument("--frames", type=int, default=3000, help="frames for the throughput run (default 3000)")
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
