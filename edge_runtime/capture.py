@@ -50,10 +50,20 @@ class CaptureStats:
 
 def check_label(label: str) -> str:
     """A class name usable as one folder name (the trainer's class list is the folder names)."""
-    if not _LABEL.match(label) or label.strip() in ("", ".", "..") or label.startswith("."):
+    if not _LABEL.match(label) or label.strip() in ("", ".", "..") or label.startswith(".") or not _utf8(label):
         raise CaptureError(f"--label {label!r}: a class name usable as a folder name expected "
-                           "(1-100 characters, no '/', not starting with '.')")
+                           "(1-100 characters of UTF-8, no '/', not starting with '.')")
     return label
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 (bytes that are not arrive from the shell as surrogates): class names
+    end up in the model's labels and metadata, which are UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def write_new(folder: Path, stem: str, data: bytes, start: int = 0) -> tuple[Path, int]:
@@ -184,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         source = open_source(args.camera if args.camera is not None else args.source,
                              camera=args.camera is not None, picamera=args.picamera)
     except (CaptureError, SourceError) as e:
-        for folder in reversed(created):  # no empty class folder left behind for training to trip on
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(created)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(e, SourceUnavailable) else 2  # as the runtime: try again later
     stop = threading.Event()
@@ -197,6 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     except CaptureError as e:  # while saving (storage full): 1, as the runtime's failures while running
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not stats.saved:
+        _remove_empty(created)
+        if stats.stopped_by == "end of source":  # as the runtime: a source with nothing in it is a failure
+            print(f"error: the source ended before any photo was saved ({stats.frames} frames read)", file=sys.stderr)
+            return 1
     print(f"{stats.saved} photos of {args.label!r} in {args.out / args.label} from {stats.frames} frames in "
           f"{stats.seconds:.1f}s; stopped by {stats.stopped_by}", file=sys.stderr)
     return 0
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created, deepest first, if they are still empty: no empty class folder
+    is left for training to trip on."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -121,6 +121,7 @@ def _umask() -> int:
 @pytest.mark.parametrize("args, expect", [
     (["--label", "../up"], "--label '../up'"),
     (["--label", ".hidden"], "--label '.hidden'"),
+    (["--label", "porch\udcff"], "1-100 characters of UTF-8"),  # the byte 0xff: no class name for the labels
     (["--label", "x", "--count", "0"], "--count 0"),
     (["--label", "x", "--camera", "7"], "no camera found at index 7"),
 ])
@@ -131,6 +132,17 @@ def test_capture_bad_input_one_line(tmp_path, args, expect):
     code = 75 if "--camera" in args else 2
     assert r.returncode == code and len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()  # no empty class folder left for training to trip on
+
+
+def test_capture_from_a_source_with_no_frame_fails(tmp_path):
+    """A folder of nothing but a broken photo: exit 1 as the runtime's, not "0 photos" and 0, and no empty
+    class folder left behind."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    r = _capture("--source", str(tmp_path / "in"), "--label", "porch", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "error: the source ended before any photo was saved (0 frames read)"
+    assert not (tmp_path / "o").exists()
 
 
 def test_capture_on_full_storage_keeps_what_it_saved(tmp_path):
