@@ -93,8 +93,10 @@ class ServeOptions:
             raise ServeError(f"--jpeg-quality {self.jpeg_quality}: 1..100 expected")
         if not (0.1 <= self.write_timeout <= 600 and 0.1 <= self.head_timeout <= 600):
             raise ServeError(f"--client-timeout {self.write_timeout}: 0.1..600 seconds expected")
-        if self.token is not None and not 8 <= len(self.token) <= 256:
-            raise ServeError(f"--token of {len(self.token)} characters: 8..256 expected")
+        if self.token is not None and not (8 <= len(self.token) <= 256 and self.token.isascii()
+                                           and self.token.isprintable() and " " not in self.token):
+            raise ServeError(f"--token of {len(self.token)} characters: 8..256 printable ASCII characters without "
+                             "spaces expected (what a browser and an Authorization header carry)")
 
     @property
     def loopback(self) -> bool:
@@ -499,7 +501,7 @@ def add_arguments(parser) -> None:
                         f"Prometheus metrics (/metrics) and health (/healthz) on this address; HOST defaults to "
                         f"{DEFAULT_HOST} (use 0.0.0.0:PORT with --token to reach it from the network)")
     g.add_argument("--token", default=None,
-                   help="require this token (8..256 characters) on every route except /healthz, as "
+                   help="require this token (8..256 printable ASCII characters, no spaces) on every route except /healthz, as "
                         "'Authorization: Bearer TOKEN' or ?token=TOKEN (default: $EDGE_RUNTIME_TOKEN; the "
                         "variable keeps it out of the process list)")
     g.add_argument("--max-clients", type=int, default=None,

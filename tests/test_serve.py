@@ -550,7 +550,9 @@ def test_bad_serve_flags_give_one_line(int8_model, sample_clip):
     for kw, message in (({"serve": "127.0.0.1:99999"}, "[HOST:]PORT expected"),
                         ({"serve": "a b"}, "[HOST:]PORT expected"),
                         ({"token": "0123456789"}, "--token applies only with --serve"),
-                        ({"serve": "0", "token": "short"}, "8..256 expected"),
+                        ({"serve": "0", "token": "short"}, "8..256 printable ASCII"),
+                        ({"serve": "0", "token": "0123456789\n"}, "8..256 printable ASCII"),  # never matches a header
+                        ({"serve": "0", "token": "0123456789\udcff"}, "8..256 printable ASCII"),  # not UTF-8: crashed
                         ({"serve": "0", "max_clients": "0"}, "--max-clients 0: 1..64 expected"),
                         ({"serve": "0", "stream_fps": "0"}, "--stream-fps 0.0: 0.1..120 expected"),
                         ({"serve": "0", "client_timeout": "0"}, "--client-timeout 0.0: 0.1..600")):
