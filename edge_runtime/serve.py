@@ -501,9 +501,9 @@ def add_arguments(parser) -> None:
                         f"Prometheus metrics (/metrics) and health (/healthz) on this address; HOST defaults to "
                         f"{DEFAULT_HOST} (use 0.0.0.0:PORT with --token to reach it from the network)")
     g.add_argument("--token", default=None,
-                   help="require this token (8..256 printable ASCII characters, no spaces) on every route except /healthz, as "
-                        "'Authorization: Bearer TOKEN' or ?token=TOKEN (default: $EDGE_RUNTIME_TOKEN; the "
-                        "variable keeps it out of the process list)")
+                   help="require this token (8..256 printable ASCII characters, no spaces) on every route "
+                        "except /healthz, as 'Authorization: Bearer TOKEN' or ?token=TOKEN (default: "
+                        "$EDGE_RUNTIME_TOKEN; the variable keeps it out of the process list)")
     g.add_argument("--max-clients", type=int, default=None,
                    help=f"simultaneous streams (MJPEG or /events) served; more get 503; an open page uses "
                         f"two (default {ServeOptions.max_clients})")
