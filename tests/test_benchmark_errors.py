@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edge_runtime.metadata import read_model_info
-from realworld import ROOT, edit_record, one_error_line
+from realworld import ROOT, edit_record, one_error_line, small_filesystem
 
 
 def _bench(*args):
@@ -112,6 +112,26 @@ def test_unwritable_outputs_and_a_bad_reference_fail_before_measuring(tmp_path, 
         assert main(["--model", str(ROOT / "missing.tflite"), *map(str, flags)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and line in err and len(err.splitlines()) == 1, err  # "[1/1] ..." not begun
+
+
+def test_an_output_folder_that_takes_no_file_or_a_full_disk_is_one_line(tmp_path, capsys):
+    """/proc passes access() for root but takes no file: refused before measuring. A disk that fills up:
+    one line naming the flag and the user's path (not the hidden temporary file), the earlier report kept."""
+    from tools.benchmark import main
+
+    missing = str(ROOT / "missing.tflite")  # its case fails at once: no measuring, the outputs are still written
+    for flag, name in (("--report", "r.json"), ("--csv", "r.csv"), ("--plot", "p.png")):
+        assert main(["--model", missing, flag, f"/proc/{name}"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {flag} /proc/{name}: cannot create a file in /proc (No such file or directory)\n", err
+    with small_filesystem(tmp_path / "sd", "64k") as sd:
+        (sd / "r.json").write_text('{"old": 1}')
+        (sd / "fill").write_bytes(b"x" * (60 << 10))
+        assert main(["--model", missing, "--report", str(sd / "r.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: --report {sd / 'r.json'}: No space left on device (not written)", err
+        assert "Traceback" not in err and (sd / "r.json").read_text() == '{"old": 1}'
+        assert sorted(f.name for f in sd.iterdir()) == ["fill", "r.json"]
 
 
 def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_path):

@@ -107,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted: nothing written (--report, --csv and --plot are written when every case "
               "has run)", file=sys.stderr)
         return 130
+    except OSError as e:  # an output that could not be written after all (a full disk): a file there is kept
+        flag = next((flag for flag, path in _outputs(args) if path and str(path) == e.filename), None)
+        where = f"{flag} {e.filename}: " if flag else f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}" + (" (not written)" if flag else ""), file=sys.stderr)
+        return 2
+
+
+def _outputs(args: argparse.Namespace) -> tuple[tuple[str, Path | None], ...]:
+    return ("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)
 
 
 def _interrupt(*_args) -> None:
@@ -115,7 +124,7 @@ def _interrupt(*_args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
-    for flag, path in (("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)):
+    for flag, path in _outputs(args):
         problem = output_problem(path) if path else None
         if problem:  # before minutes of measuring
             print(f"error: {flag} {path}: {problem}", file=sys.stderr)
