@@ -134,6 +134,37 @@ def test_an_output_folder_that_takes_no_file_or_a_full_disk_is_one_line(tmp_path
         assert sorted(f.name for f in sd.iterdir()) == ["fill", "r.json"]
 
 
+def test_a_malformed_reference_is_one_line_before_measuring(tmp_path, capsys):
+    """A --reference that is JSON but not a report (wrong types, a NaN that would pass every comparison, 100,000
+    nested brackets): one line naming what is wrong, before any case is started."""
+    from tools.benchmark import main
+
+    good = json.loads((ROOT / "benchmarks" / "reference-x86_64-2core.json").read_text())
+    case = good["results"][0]
+
+    def edited(**changes):
+        return json.dumps({**good, "results": [{**case, **changes}]})
+
+    above_0 = "a latency above 0 ms expected, got"
+    for text, line in (('{"results": "x"}', "results: a list of cases expected, got 'x'"),
+                       (edited(latency_ms="x"), "results[0].latency_ms: an object of percentiles expected, got 'x'"),
+                       (edited(latency_ms={"p50": None}), f"results[0].latency_ms.p50: {above_0} None"),
+                       (edited(latency_ms={"p50": float("nan")}), f"results[0].latency_ms.p50: {above_0} nan"),
+                       (edited(peak_rss_mb="72"), "results[0].peak_rss_mb: a memory size above 0 MB expected"),
+                       (edited(label=5), "results[0].label: a case label (text) expected, got 5"),
+                       (edited(accuracy={"top1": 101}), "results[0].accuracy.top1: a percentage from 0 to 100"),
+                       (json.dumps({**good, "machine": {"isa": 3}}), "machine: an object, its isa a list of names"),
+                       ("[" * 100_000 + "]" * 100_000, "nested too deeply (a --report file expected)")):
+        ref = tmp_path / "ref.json"
+        ref.write_text(text)
+        assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(ref)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --reference {ref}: {line}") and len(err.splitlines()) == 1, err
+    stored = ROOT / "benchmarks" / "reference-x86_64-2core.json"
+    assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(stored)]) == 2  # no model: its case fails
+    assert "error: --reference" not in capsys.readouterr().err  # the stored reference passes
+
+
 def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_path):
     """A regression gate whose reference holds no case of this run's labels (another file name, other
     threads) compared nothing: it fails with one line instead of passing."""

@@ -31,6 +31,8 @@ EXAMPLES = """examples:
       --reference benchmarks/reference-x86_64-2core.json --fail-on-regression
 """
 
+MAX_REFERENCE_BYTES = 16 << 20  # a --report file: room for about two million latency samples (8 bytes each)
+
 
 def _threads(text: str) -> list[int]:
     try:
@@ -136,9 +138,10 @@ def _run(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         try:
-            reference = json.loads(read_bounded(args.reference, 16 << 20))
-            if not isinstance(reference, dict):
-                raise ValueError("a JSON object expected")
+            reference = bench_report.check_reference(json.loads(read_bounded(args.reference, MAX_REFERENCE_BYTES)))
+        except RecursionError:
+            print(f"error: --reference {args.reference}: nested too deeply (a --report file expected)", file=sys.stderr)
+            return 2
         except (OSError, ValueError) as e:
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2
