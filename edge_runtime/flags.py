@@ -121,6 +121,10 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "0 or a positive number")
+
+
 def seconds_arg(text: str) -> float:
     """A number of seconds from 0 to a day (NaN and infinity refused)."""
     return _number(text, float, lambda v: 0 <= v <= 86400, "a number of seconds from 0 to 86400")

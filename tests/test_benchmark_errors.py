@@ -204,6 +204,20 @@ def test_bad_threads_give_one_line(capsys):
     assert build_parser().parse_args(["--model", "m.tflite", "--threads", "1,2,4"]).threads == [1, 2, 4]
 
 
+def test_a_tolerance_that_would_disable_the_gate_is_refused(capsys):
+    """--tolerance nan or inf passed a reference 10,000x faster with exit 0 and no regression line."""
+    from tools.benchmark import build_parser
+
+    for bad in ("nan", "inf", "-inf", "-0.1", "x"):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--model", "m.tflite", f"--tolerance={bad}", "--fail-on-regression"])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == \
+            f"python -m tools.benchmark: error: argument --tolerance: {bad!r}: 0 or a positive number expected"
+    assert [build_parser().parse_args(["--model", "m.tflite", "--tolerance", t]).tolerance for t in ("0", "0.05")] \
+        == [0.0, 0.05]
+
+
 def test_models_of_one_file_name_are_told_apart():
     """Two artifacts of one file name (two sweeps, two versions) get labels of their own, so the table, the
     CSV and --reference never mix them up."""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import deprecated, json_path_to_report, nonnegative_int, positive_int, seconds_arg
+from edge_runtime.flags import (deprecated, json_path_to_report, nonnegative_float, nonnegative_int, positive_int,
+                                seconds_arg)
 from edge_runtime.sources import is_stream
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="benchmark models whose integrity checksum does not match (experiments only)")
     p.add_argument("--reference", type=Path, help="stored results (a --report file) to compare with")
-    p.add_argument("--tolerance", type=float, default=0.3, help="allowed relative regression (default 0.3)")
+    p.add_argument("--tolerance", type=nonnegative_float, default=0.3,
+                   help="allowed relative regression, 0 or more (default 0.3: 30%% slower, 30%% lower top-1)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a figure regresses past tolerance")
     return p
 
