@@ -218,6 +218,22 @@ def test_a_tolerance_that_would_disable_the_gate_is_refused(capsys):
         == [0.0, 0.05]
 
 
+def test_an_unknown_peer_is_refused_with_the_known_ones(capsys):
+    """--peers nosuch printed a note and exited 0 having measured no peer: a typo passed a CI job."""
+    from edge_runtime import bench
+    from tools.benchmark import build_parser
+
+    for bad, name in (("nosuch", "nosuch"), ("tflite-fp32, onnxruntme", "onnxruntme")):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--model", "m.tflite", "--peers", bad])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == "python -m tools.benchmark: error: argument --peers: " \
+            f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}"
+    assert "onnxruntime" in bench.PEERS and "tflite-fp32" in bench.PEERS
+    assert build_parser().parse_args(["--model", "m.tflite", "--peers", "tflite-fp32, onnxruntime,"]).peers == \
+        ["tflite-fp32", "onnxruntime"]
+
+
 def test_models_of_one_file_name_are_told_apart():
     """Two artifacts of one file name (two sweeps, two versions) get labels of their own, so the table, the
     CSV and --reference never mix them up."""

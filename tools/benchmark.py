@@ -45,6 +45,19 @@ def _threads(text: str) -> list[int]:
     return values
 
 
+def _unknown_peer(name: str) -> str:
+    return f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}"
+
+
+def _peers(text: str) -> list[str]:
+    """``--peers``: known peer names, comma-separated (a typo would measure nothing and exit 0)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in bench.PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(_unknown_peer(unknown[0]))
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", epilog=EXAMPLES,
                                 description="Latency percentiles, load time, size, memory and accuracy of "
@@ -58,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="labelled images: adds top-1/top-5 and agreement with the first case")
     deprecated(p, "--images", "--val", "val")
     p.add_argument("--source", help="video clip: adds end-to-end FPS through the runtime's frame loop")
-    p.add_argument("--peers", default="", help="comma-separated peers of the first model: "
-                                               f"{','.join(bench.PEERS)}")
+    p.add_argument("--peers", type=_peers, default=[], help="comma-separated peers of the first model: "
+                                                           f"{','.join(bench.PEERS)}")
     p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
                    help="print the results as JSON on stdout (the table goes to stderr)")
     p.add_argument("--report", type=Path, help="write the results as JSON here (atomically)")
@@ -88,7 +101,7 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
     for name in peers:
         peer = bench.PEERS.get(name)
         if peer is None:
-            notes.append(f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}")
+            notes.append(_unknown_peer(name))
             continue
         try:
             path = peer.model_for(first)
@@ -159,8 +172,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
     threads = args.threads
-    cases, notes = build_cases(args.model, threads, [p.strip() for p in args.peers.split(",") if p.strip()],
-                               verify=not args.no_verify)
+    cases, notes = build_cases(args.model, threads, args.peers, verify=not args.no_verify)
     results = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.label} ...", file=sys.stderr, flush=True)
