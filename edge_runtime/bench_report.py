@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from .fileio import atomic_write
@@ -42,6 +43,52 @@ def machine_difference(reference: dict, current: dict) -> str | None:
         return f"{m.get('cpu') or '?'} ({m.get('cores')} cores, {flags})"
     return f"reference measured on {show(reference)}, this machine is {show(current)}: latency differences " \
            "include the CPU, not only the model"
+
+
+def _expect(ok: bool, where: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ValueError(f"{where}: {expected} expected, got {repr(got)[:60]}")
+
+
+def _number(value: object, low: float, high: float = math.inf) -> bool:
+    """A finite number from ``low`` to ``high`` (NaN and booleans are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+
+
+def check_reference(reference: object) -> dict:
+    """``reference`` (the parsed JSON of a --report file) when it holds what :func:`compare` and
+    :func:`machine_difference` read, every figure a finite number (a NaN would pass every comparison).
+
+    Raises:
+        ValueError: the first part that is not as a report has it ("results[0].latency_ms.p50: ... expected").
+    """
+    if not isinstance(reference, dict):
+        raise ValueError(f"a JSON object expected (a --report file of python -m tools.benchmark), got a "
+                         f"{type(reference).__name__}")
+    machine = reference.get("machine", {})
+    isa = machine.get("isa") if isinstance(machine, dict) else None
+    names = isa is None or isinstance(isa, list) and all(isinstance(f, str) for f in isa)
+    _expect(isinstance(machine, dict) and names, "machine", "an object, its isa a list of names", machine)
+    results = reference.get("results")
+    _expect(isinstance(results, list), "results", "a list of cases", results)
+    for i, r in enumerate(results):
+        _expect(isinstance(r, dict), f"results[{i}]", "a case (an object)", r)
+        if "error" in r:  # a case that failed: never compared
+            continue
+        _expect(isinstance(r.get("label"), str), f"results[{i}].label", "a case label (text)", r.get("label"))
+        latency = r.get("latency_ms")
+        _expect(isinstance(latency, dict), f"results[{i}].latency_ms", "an object of percentiles", latency)
+        p50 = latency.get("p50")
+        _expect(_number(p50, 0) and p50 > 0, f"results[{i}].latency_ms.p50", "a latency above 0 ms", p50)
+        rss = r.get("peak_rss_mb")
+        _expect(_number(rss, 0) and rss > 0, f"results[{i}].peak_rss_mb", "a memory size above 0 MB", rss)
+        if "accuracy" in r:
+            accuracy = r["accuracy"]
+            _expect(isinstance(accuracy, dict), f"results[{i}].accuracy", "an object", accuracy)
+            _expect(_number(accuracy.get("top1"), 0, 100), f"results[{i}].accuracy.top1", "a percentage from 0 to 100",
+                    accuracy.get("top1"))
+    return reference
 
 
 def compare(results: list[dict], reference: dict, tolerance: float) -> tuple[list[str], int]:

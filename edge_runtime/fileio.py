@@ -42,31 +42,49 @@ def atomic_write_many(files: dict[Path, bytes | str],
                       check: dict[Path, Callable[[Path], None]] | None = None) -> None:
     """Write a set of files that belong together (an artifact and its siblings): every one goes to
     a temporary file first, and only when all are written (and checked) are they renamed into
-    place, so a failure (a full disk, a folder in the way) replaces none of them."""
+    place, so a failure (a full disk, a folder in the way) replaces none of them.
+
+    Raises:
+        OSError: naming the output path whose writing failed (never the temporary file).
+    """
     temps: dict[Path, Path] = {}
     try:
         for path, data in files.items():
             path = Path(path)
-            if path.is_dir():
-                raise IsADirectoryError(21, "Is a directory", str(path))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _create_temp(path)
-            temps[path] = tmp
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-                f.flush()
-                os.fsync(f.fileno())
+            with _naming(path):
+                if path.is_dir():
+                    raise IsADirectoryError(21, "Is a directory", str(path))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = _create_temp(path)
+                temps[path] = tmp
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+                    f.flush()
+                    os.fsync(f.fileno())
             if check and check.get(path) is not None:
                 check[path](tmp)
         with _signals_held():  # a SIGTERM or Ctrl-C now would leave half the set renamed
             for path, tmp in temps.items():
-                os.replace(tmp, path)
+                with _naming(path):
+                    os.replace(tmp, path)
         for folder in {p.parent for p in temps}:
             fsync_path(folder)
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError raised while writing ``path`` names ``path`` itself: a full disk names no file, a
+    folder that takes no files (/proc) names the hidden temporary one, and neither is what the user gave."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename == str(path) or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # OSError() picks the subclass of the errno
 
 
 @contextlib.contextmanager
@@ -152,12 +170,19 @@ def output_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "is a folder; a file path expected"
-    for parent in path.parents:  # the nearest existing folder on the way must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, not a folder"
+    nearest = Path(".")
+    for nearest in path.parents:  # the nearest existing folder on the way must be a folder
+        if nearest.exists():
+            if not nearest.is_dir():
+                return f"{nearest} is a file, not a folder"
             break
     folder = path.parent if str(path.parent) else Path(".")
     if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
         return "output path is not writable"
+    try:  # what access() does not see, as root: a folder that takes no files (/proc, sysfs)
+        fd, tmp = _create_temp(nearest / path.name)
+    except OSError as e:
+        return f"cannot create a file in {nearest} ({e.strerror})"
+    os.close(fd)
+    os.unlink(tmp)
     return None

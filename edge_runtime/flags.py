@@ -78,15 +78,19 @@ def resize_text(resize: tuple[int, int]) -> str:
 
 
 def input_size_arg(text: str) -> tuple[int, int]:
-    """``--input-size``: "N" -> (N, N), a square; "HxW" -> (H, W)."""
+    """``--input-size``: "N" -> (N, N), a square; "HxW" -> (H, W); each side in the range every
+    preprocessing record accepts (8..4096)."""
+    from .preprocess import MAX_INPUT_SIDE, MIN_INPUT_SIDE
+
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: N (square) or HxW expected, e.g. 224 or 224x224")
+    if len(parts) != 2 or not all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: N (square) or HxW expected, each side {MIN_INPUT_SIDE}.."
+                                         f"{MAX_INPUT_SIDE}, e.g. 224 or 224x224")
     return parts[0], parts[1]
 
 
@@ -119,6 +123,10 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "0 or a positive number")
 
 
 def threads_arg(text: str) -> int:

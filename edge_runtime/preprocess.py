@@ -22,6 +22,8 @@ from .image_size import ImageHeaderError, image_size
 # 8160x6120 photo, 150 MB decoded.
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_BYTES = 256 << 20  # an image file larger than this is not read at all
+# A network input's side in pixels: what every record, --input-size flag and trainer accepts.
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 4096
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 _ORDERS = ("BGR", "RGB")
@@ -59,8 +61,9 @@ class Preprocessing:
     def __post_init__(self) -> None:
         h, w = self.input_size
         rh, rw = self.resize
-        if not (8 <= h <= 4096 and 8 <= w <= 4096):
-            raise PreprocessingError(f"input_size {self.input_size}: 8..4096 expected per side")
+        if not (MIN_INPUT_SIDE <= h <= MAX_INPUT_SIDE and MIN_INPUT_SIDE <= w <= MAX_INPUT_SIDE):
+            raise PreprocessingError(f"input_size {self.input_size}: {MIN_INPUT_SIDE}..{MAX_INPUT_SIDE} expected "
+                                     "per side")
         if rw == 0:
             if not (min(h, w) <= rh <= 8192):
                 raise PreprocessingError(f"shorter-side resize {rh}: {min(h, w)}..8192 expected")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edge_runtime.metadata import read_model_info
-from realworld import ROOT, edit_record, one_error_line
+from realworld import ROOT, edit_record, one_error_line, small_filesystem
 
 
 def _bench(*args):
@@ -114,6 +114,57 @@ def test_unwritable_outputs_and_a_bad_reference_fail_before_measuring(tmp_path, 
         assert err.startswith("error: ") and line in err and len(err.splitlines()) == 1, err  # "[1/1] ..." not begun
 
 
+def test_an_output_folder_that_takes_no_file_or_a_full_disk_is_one_line(tmp_path, capsys):
+    """/proc passes access() for root but takes no file: refused before measuring. A disk that fills up:
+    one line naming the flag and the user's path (not the hidden temporary file), the earlier report kept."""
+    from tools.benchmark import main
+
+    missing = str(ROOT / "missing.tflite")  # its case fails at once: no measuring, the outputs are still written
+    for flag, name in (("--report", "r.json"), ("--csv", "r.csv"), ("--plot", "p.png")):
+        assert main(["--model", missing, flag, f"/proc/{name}"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {flag} /proc/{name}: cannot create a file in /proc (No such file or directory)\n", err
+    with small_filesystem(tmp_path / "sd", "64k") as sd:
+        (sd / "r.json").write_text('{"old": 1}')
+        (sd / "fill").write_bytes(b"x" * (60 << 10))
+        assert main(["--model", missing, "--report", str(sd / "r.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: --report {sd / 'r.json'}: No space left on device (not written)", err
+        assert "Traceback" not in err and (sd / "r.json").read_text() == '{"old": 1}'
+        assert sorted(f.name for f in sd.iterdir()) == ["fill", "r.json"]
+
+
+def test_a_malformed_reference_is_one_line_before_measuring(tmp_path, capsys):
+    """A --reference that is JSON but not a report (wrong types, a NaN that would pass every comparison, 100,000
+    nested brackets): one line naming what is wrong, before any case is started."""
+    from tools.benchmark import main
+
+    good = json.loads((ROOT / "benchmarks" / "reference-x86_64-2core.json").read_text())
+    case = good["results"][0]
+
+    def edited(**changes):
+        return json.dumps({**good, "results": [{**case, **changes}]})
+
+    above_0 = "a latency above 0 ms expected, got"
+    for text, line in (('{"results": "x"}', "results: a list of cases expected, got 'x'"),
+                       (edited(latency_ms="x"), "results[0].latency_ms: an object of percentiles expected, got 'x'"),
+                       (edited(latency_ms={"p50": None}), f"results[0].latency_ms.p50: {above_0} None"),
+                       (edited(latency_ms={"p50": float("nan")}), f"results[0].latency_ms.p50: {above_0} nan"),
+                       (edited(peak_rss_mb="72"), "results[0].peak_rss_mb: a memory size above 0 MB expected"),
+                       (edited(label=5), "results[0].label: a case label (text) expected, got 5"),
+                       (edited(accuracy={"top1": 101}), "results[0].accuracy.top1: a percentage from 0 to 100"),
+                       (json.dumps({**good, "machine": {"isa": 3}}), "machine: an object, its isa a list of names"),
+                       ("[" * 100_000 + "]" * 100_000, "nested too deeply (a --report file expected)")):
+        ref = tmp_path / "ref.json"
+        ref.write_text(text)
+        assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(ref)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --reference {ref}: {line}") and len(err.splitlines()) == 1, err
+    stored = ROOT / "benchmarks" / "reference-x86_64-2core.json"
+    assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(stored)]) == 2  # no model: its case fails
+    assert "error: --reference" not in capsys.readouterr().err  # the stored reference passes
+
+
 def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_path):
     """A regression gate whose reference holds no case of this run's labels (another file name, other
     threads) compared nothing: it fails with one line instead of passing."""
@@ -151,6 +202,36 @@ def test_bad_threads_give_one_line(capsys):
         err = capsys.readouterr().err
         assert err.splitlines()[-1].startswith("python -m tools.benchmark: error: argument --threads:"), err
     assert build_parser().parse_args(["--model", "m.tflite", "--threads", "1,2,4"]).threads == [1, 2, 4]
+
+
+def test_a_tolerance_that_would_disable_the_gate_is_refused(capsys):
+    """--tolerance nan or inf passed a reference 10,000x faster with exit 0 and no regression line."""
+    from tools.benchmark import build_parser
+
+    for bad in ("nan", "inf", "-inf", "-0.1", "x"):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--model", "m.tflite", f"--tolerance={bad}", "--fail-on-regression"])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == \
+            f"python -m tools.benchmark: error: argument --tolerance: {bad!r}: 0 or a positive number expected"
+    assert [build_parser().parse_args(["--model", "m.tflite", "--tolerance", t]).tolerance for t in ("0", "0.05")] \
+        == [0.0, 0.05]
+
+
+def test_an_unknown_peer_is_refused_with_the_known_ones(capsys):
+    """--peers nosuch printed a note and exited 0 having measured no peer: a typo passed a CI job."""
+    from edge_runtime import bench
+    from tools.benchmark import build_parser
+
+    for bad, name in (("nosuch", "nosuch"), ("tflite-fp32, onnxruntme", "onnxruntme")):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--model", "m.tflite", "--peers", bad])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == "python -m tools.benchmark: error: argument --peers: " \
+            f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}"
+    assert "onnxruntime" in bench.PEERS and "tflite-fp32" in bench.PEERS
+    assert build_parser().parse_args(["--model", "m.tflite", "--peers", "tflite-fp32, onnxruntime,"]).peers == \
+        ["tflite-fp32", "onnxruntime"]
 
 
 def test_models_of_one_file_name_are_told_apart():

@@ -7,6 +7,7 @@ from convert.design_space.analysis import pareto_front, recommend
 from convert.design_space.counting import macs, parameters
 from convert.design_space.variants import SWEEPS, DesignSpaceError, Variant, parse_grid
 from convert.models import MetaParameters, create_model
+from realworld import convert_main
 
 GRID = "pct_3x3=0.5,0.25"
 
@@ -62,3 +63,56 @@ def test_a_dead_or_diverged_network_is_named_before_conversion():
         _check_alive({"phases": [{"end": {"loss": 2.302585, "top1": 10.0}}]}, 10)
     with pytest.raises(DesignSpaceError, match="diverged"):
         _check_alive({"phases": [{"end": {"loss": float("nan"), "top1": 10.0}}]}, 10)
+
+
+# ---------------------------------------------------------------- bad inputs (no training)
+
+def _design_space(capsys, *args):
+    """``python -m tools.design_space ARGS`` in this process: (exit code, stderr)."""
+    from tools.design_space import main
+
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def test_the_smallest_input_each_squeezenet_maps_to_an_output():
+    """21 for v1.0, 17 for v1.1: one pixel less leaves nothing after the pools (PyTorch: "Output size is too small")."""
+    import torch
+
+    from convert.models import min_input_size
+
+    for arch, version in (("squeezenet1_0", "1_0"), ("squeezenet1_1", "1_1"), ("squeezenet1_0_complex_bypass", "1_0")):
+        model, size = create_model(arch, num_classes=10).eval(), min_input_size(version)
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 10)
+            with pytest.raises(RuntimeError, match="Output size is too small"):
+                model(torch.zeros(1, 3, size - 1, size - 1))
+    assert (min_input_size("1_0"), min_input_size("1_1")) == (21, 17)
+
+
+def test_input_sizes_and_grid_values_outside_the_design_space_are_one_line(capsys):
+    """--input-size 7 was a RuntimeError in the MAC count, 99999 an allocation of 119 GB, 5000 accepted where
+    training stops at 4096; --grid sr=1e308 an OverflowError. One line each, nothing built."""
+    bound = "N (square) or HxW expected, each side 8..4096"
+    for size in (7, 5000, 99999):  # the bound of every --input-size: train's, convert's and this one's
+        rc, err = _design_space(capsys, "--list", "--input-size", size)
+        assert rc == 2 and err.splitlines()[-1].endswith(f": error: argument --input-size: '{size}': {bound}, "
+                                                         "e.g. 224 or 224x224"), err
+        proc = convert_main("train", "--data", "d", "--out", "o", "--input-size", size)
+        assert proc.returncode == 2 and f"argument --input-size: '{size}': {bound}" in proc.stderr, proc.stderr
+    rc, err = _design_space(capsys, "--list", "--input-size", 20)
+    assert rc == 2 and err == "error: --input-size 20: at least 21 expected for v1.0 (SqueezeNet v1.0's pools leave " \
+        "no pixel of a smaller input)\n", err
+    rc, out = _design_space(capsys, "--list", "--input-size", 17, "--grid", "version=1_1")
+    assert rc == 0 and not out
+    for grid, line in (("sr=1e308", "sr 1e+308: 0 < sr <= 1"), ("sr=nan", "sr nan: 0 < sr <= 1"),
+                       ("sr=0.5,2", "sr 2.0: 0 < sr <= 1"), ("base_e=99999", "base_e 99999: 1..2048"),
+                       ("incr_e=-1", "incr_e -1: 0..2048"), ("freq=0", "freq 0: 1..8"), ("freq=9", "freq 9: 1..8"),
+                       ("base_e=1024;incr_e=1024;freq=1", "base_e 1024 + incr_e 1024 x 7 = 8192 expand filters in the "
+                                                          "widest fire module: at most 2048 expected")):
+        rc, err = _design_space(capsys, "--list", "--grid", grid)
+        assert rc == 2 and err.startswith(f"error: --grid {grid!r}: {line}") and len(err.splitlines()) == 1, err
+    assert [v.name for v in parse_grid("sr=1;base_e=2048;incr_e=0")] == ["sr1_e2048+0f2"]  # the edges are in

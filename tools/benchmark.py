@@ -15,7 +15,8 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import deprecated, json_path_to_report, nonnegative_int, positive_int, seconds_arg
+from edge_runtime.flags import (deprecated, json_path_to_report, nonnegative_float, nonnegative_int, positive_int,
+                                seconds_arg)
 from edge_runtime.sources import is_stream
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
@@ -31,6 +32,8 @@ EXAMPLES = """examples:
       --reference benchmarks/reference-x86_64-2core.json --fail-on-regression
 """
 
+MAX_REFERENCE_BYTES = 16 << 20  # a --report file: room for about two million latency samples (8 bytes each)
+
 
 def _threads(text: str) -> list[int]:
     try:
@@ -40,6 +43,19 @@ def _threads(text: str) -> list[int]:
     if not values or not all(1 <= v <= 256 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: comma-separated thread counts from 1 to 256 expected, e.g. 1,2,4")
     return values
+
+
+def _unknown_peer(name: str) -> str:
+    return f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}"
+
+
+def _peers(text: str) -> list[str]:
+    """``--peers``: known peer names, comma-separated (a typo would measure nothing and exit 0)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in bench.PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(_unknown_peer(unknown[0]))
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="labelled images: adds top-1/top-5 and agreement with the first case")
     deprecated(p, "--images", "--val", "val")
     p.add_argument("--source", help="video clip: adds end-to-end FPS through the runtime's frame loop")
-    p.add_argument("--peers", default="", help="comma-separated peers of the first model: "
-                                               f"{','.join(bench.PEERS)}")
+    p.add_argument("--peers", type=_peers, default=[], help="comma-separated peers of the first model: "
+                                                           f"{','.join(bench.PEERS)}")
     p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
                    help="print the results as JSON on stdout (the table goes to stderr)")
     p.add_argument("--report", type=Path, help="write the results as JSON here (atomically)")
@@ -65,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="benchmark models whose integrity checksum does not match (experiments only)")
     p.add_argument("--reference", type=Path, help="stored results (a --report file) to compare with")
-    p.add_argument("--tolerance", type=float, default=0.3, help="allowed relative regression (default 0.3)")
+    p.add_argument("--tolerance", type=nonnegative_float, default=0.3,
+                   help="allowed relative regression, 0 or more (default 0.3: 30%% slower, 30%% lower top-1)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a figure regresses past tolerance")
     return p
 
@@ -84,7 +101,7 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
     for name in peers:
         peer = bench.PEERS.get(name)
         if peer is None:
-            notes.append(f"unknown peer {name!r}: one of {', '.join(bench.PEERS)}")
+            notes.append(_unknown_peer(name))
             continue
         try:
             path = peer.model_for(first)
@@ -107,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted: nothing written (--report, --csv and --plot are written when every case "
               "has run)", file=sys.stderr)
         return 130
+    except OSError as e:  # an output that could not be written after all (a full disk): a file there is kept
+        flag = next((flag for flag, path in _outputs(args) if path and str(path) == e.filename), None)
+        where = f"{flag} {e.filename}: " if flag else f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}" + (" (not written)" if flag else ""), file=sys.stderr)
+        return 2
+
+
+def _outputs(args: argparse.Namespace) -> tuple[tuple[str, Path | None], ...]:
+    return ("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)
 
 
 def _interrupt(*_args) -> None:
@@ -115,7 +141,7 @@ def _interrupt(*_args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
-    for flag, path in (("--report", args.report), ("--csv", args.csv), ("--plot", args.plot)):
+    for flag, path in _outputs(args):
         problem = output_problem(path) if path else None
         if problem:  # before minutes of measuring
             print(f"error: {flag} {path}: {problem}", file=sys.stderr)
@@ -127,9 +153,10 @@ def _run(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         try:
-            reference = json.loads(read_bounded(args.reference, 16 << 20))
-            if not isinstance(reference, dict):
-                raise ValueError("a JSON object expected")
+            reference = bench_report.check_reference(json.loads(read_bounded(args.reference, MAX_REFERENCE_BYTES)))
+        except RecursionError:
+            print(f"error: --reference {args.reference}: nested too deeply (a --report file expected)", file=sys.stderr)
+            return 2
         except (OSError, ValueError) as e:
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2
@@ -145,8 +172,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
     threads = args.threads
-    cases, notes = build_cases(args.model, threads, [p.strip() for p in args.peers.split(",") if p.strip()],
-                               verify=not args.no_verify)
+    cases, notes = build_cases(args.model, threads, args.peers, verify=not args.no_verify)
     results = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.label} ...", file=sys.stderr, flush=True)

@@ -80,11 +80,12 @@ CONVERT_SETTINGS = ("weight_rounding", "equalize", "bias_correction")
 def _list(args) -> int:
     from convert.design_space.counting import macs, parameters
     from convert.design_space.explore import SweepOptions
-    from convert.design_space.variants import select
+    from convert.design_space.variants import check_input_size, select
     from convert.models import create_model
 
     size = args.input_size or SweepOptions.input_size
     variants = select(args.sweep, args.grid)
+    check_input_size(variants, size)
     print(f"{'variant':24} {'arch':30} {'params (10 classes)':>20} {'MMACs at ' + str(size):>14}")
     for v in variants:
         arch, kw = v.arch()

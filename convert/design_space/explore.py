@@ -37,7 +37,7 @@ from .. import peers  # noqa: F401 (registers the workstation peers with the har
 from . import plots, report
 from . import results as R
 from .counting import macs, parameters
-from .variants import DesignSpaceError, Variant
+from .variants import DesignSpaceError, Variant, check_input_size
 
 TIMING_ROUNDS = 3
 
@@ -288,11 +288,11 @@ def explore(opts: SweepOptions) -> dict:
     """
     if not opts.variants:
         raise DesignSpaceError("no variants to sweep")
-    if min(opts.epochs, opts.threads, opts.timing_rounds, opts.timing_runs) < 1 or opts.input_size < 16 \
-            or not opts.timing_min_seconds >= 0:
-        raise DesignSpaceError(f"--epochs {opts.epochs} / --input-size {opts.input_size} / --threads {opts.threads} / "
-                               f"--rounds {opts.timing_rounds} / --runs {opts.timing_runs} / --min-seconds "
-                               f"{opts.timing_min_seconds}: input size >= 16, seconds >= 0 and the others >= 1 expected")
+    if min(opts.epochs, opts.threads, opts.timing_rounds, opts.timing_runs) < 1 or not opts.timing_min_seconds >= 0:
+        raise DesignSpaceError(f"--epochs {opts.epochs} / --threads {opts.threads} / --rounds {opts.timing_rounds} / "
+                               f"--runs {opts.timing_runs} / --min-seconds {opts.timing_min_seconds}: seconds >= 0 "
+                               "and the others >= 1 expected")
+    check_input_size(opts.variants, opts.input_size)
     train_dir, test_dir = data_folders(opts.data, opts.test)
     existing = _check_out(opts)
     settings = _settings(opts, train_dir, test_dir)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields
 
+from edge_runtime.preprocess import MAX_INPUT_SIDE
+
 from ..errors import ConvertError
-from ..models import MetaParameters
+from ..models import MetaParameters, min_input_size
 
 
 class DesignSpaceError(ConvertError):
@@ -24,6 +26,14 @@ _META = MetaParameters()  # the paper's defaults: SqueezeNet v1.0's fire widths
 _META_KEYS = ("base_e", "incr_e", "pct_3x3", "freq", "sr")
 BYPASSES = ("none", "simple", "complex")
 VERSIONS = ("1_0", "1_1")
+# The widest fire module's expand filters: 4x v1.0's 512. Room for any sweep, not for a model that cannot be
+# built: at most 330 M parameters (1.3 GB, every fire 2048 wide at SR 1, pct_3x3 1); base_e 99999 overflowed.
+MAX_EXPAND = 2048
+
+
+def _within(value: object, low: float, high: float) -> bool:
+    """A number (not a bool, not NaN) from low to high."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,26 @@ class Variant:
             raise DesignSpaceError(f"bypass {self.bypass!r}: one of {', '.join(BYPASSES)} expected")
         if self.version not in VERSIONS:
             raise DesignSpaceError(f"version {self.version!r}: one of {', '.join(VERSIONS)} expected")
+        # The metaparameters' natural ranges (Section 5): a squeeze layer at most as wide as the expand
+        # layers it feeds (the paper's SR 0.125..1), a share of 3x3 filters, and a width step every 1 to 8
+        # fire modules (there are 8).
+        n = _META.num_fire
+        for key, low, high, expected in (("sr", 1e-9, 1, "0 < sr <= 1 (at most as wide as the expand layers)"),
+                                         ("pct_3x3", 0, 1, "0..1 (a share of the expand filters)"),
+                                         ("base_e", 1, MAX_EXPAND, f"1..{MAX_EXPAND} (integer)"),
+                                         ("incr_e", 0, MAX_EXPAND, f"0..{MAX_EXPAND} (integer)"),
+                                         ("freq", 1, n, f"1..{n} (fire modules per width step)")):
+            value = getattr(self, key)
+            if not _within(value, low, high) or key in ("base_e", "incr_e", "freq") and not isinstance(value, int):
+                raise DesignSpaceError(f"{key} {value!r}: {expected} expected")
+        widest = self.base_e + self.incr_e * ((n - 1) // self.freq)
+        if widest > MAX_EXPAND:
+            raise DesignSpaceError(f"base_e {self.base_e} + incr_e {self.incr_e} x {(n - 1) // self.freq} = {widest} "
+                                   f"expand filters in the widest fire module: at most {MAX_EXPAND} expected")
         try:
             self.meta().fire_widths()
         except ValueError as e:
             raise DesignSpaceError(str(e)) from None
-        if self.base_e < 1 or self.incr_e < 0:
-            raise DesignSpaceError(f"base_e {self.base_e} / incr_e {self.incr_e}: base_e >= 1, incr_e >= 0 expected")
 
     def meta(self) -> MetaParameters:
         return MetaParameters(base_e=self.base_e, incr_e=self.incr_e, pct_3x3=self.pct_3x3, freq=self.freq,
@@ -156,7 +180,26 @@ def parse_grid(text: str) -> list[Variant]:
     if not axes:
         raise DesignSpaceError(f"--grid {text!r}: at least one KEY=V1,V2 expected (e.g. \"sr=0.25,0.5;pct_3x3=0.5\")")
     keys = list(axes)
-    return _unique(Variant(**dict(zip(keys, combo))) for combo in itertools.product(*axes.values()))
+    try:
+        return _unique(Variant(**dict(zip(keys, combo))) for combo in itertools.product(*axes.values()))
+    except DesignSpaceError as e:
+        raise DesignSpaceError(f"--grid {text!r}: {e}") from None
+
+
+def check_input_size(variants: list[Variant], size: int) -> None:
+    """Every variant maps a ``size`` x ``size`` input to an output, and the size is one a preprocessing
+    record accepts (--input-size 7 was a RuntimeError in the MAC count, 99999 an allocation of 119 GB).
+
+    Raises:
+        DesignSpaceError: naming the first variant the size does not fit.
+    """
+    if size > MAX_INPUT_SIDE:
+        raise DesignSpaceError(f"--input-size {size}: at most {MAX_INPUT_SIDE} expected")
+    for v in variants:
+        low = min_input_size(v.version)
+        if size < low:
+            raise DesignSpaceError(f"--input-size {size}: at least {low} expected for {v.name} (SqueezeNet "
+                                   f"v{v.version.replace('_', '.')}'s pools leave no pixel of a smaller input)")
 
 
 def select(sweep: str | None = None, grid: str | None = None) -> list[Variant]:

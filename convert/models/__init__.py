@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from .squeezenet import Fire, MetaParameters, SqueezeNet
+from .squeezenet import Fire, MetaParameters, SqueezeNet, min_input_size
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -69,4 +69,4 @@ def squeezenet_custom(base_e: int = 128, incr_e: int = 128, pct_3x3: float = 0.5
 
 
 __all__ = ["Fire", "MetaParameters", "SqueezeNet", "UnknownModelError", "create_model", "list_models",
-           "register_model"]
+           "min_input_size", "register_model"]

@@ -76,6 +76,17 @@ SHORTCUT_SCALE = 0.5  # initial scale of a complex bypass's 1x1 shortcut (gain-1
 _VERSIONS = {"1_0": (96, 7, (2, 6)), "1_1": (64, 3, (1, 3))}
 
 
+def min_input_size(version: str) -> int:
+    """The smallest square input a SqueezeNet of ``version`` maps to an output: 21 for v1.0, 17 for v1.1.
+
+    Its three 3x3 stride-2 max-pools (ceil mode) take 8 pixels to 4, 2 and 1 (7 would end at 0), fire
+    modules and conv10 keep the size, so conv1 (stride 2, no padding) must leave 8: kernel + 2 x 7 pixels.
+    """
+    if version not in _VERSIONS:
+        raise ValueError(f"Unsupported SqueezeNet version {version}: 1_0 or 1_1 expected")
+    return _VERSIONS[version][1] + 2 * 7
+
+
 class SqueezeNet(nn.Module):
     """SqueezeNet with torchvision's layout: ``features`` (stem + fires + pools) and ``classifier``.
 
