@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg
+from edge_runtime.flags import nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg, threads_arg
 
 
 EXAMPLES = """examples:
@@ -29,7 +29,8 @@ def parse(argv):
     from convert.design_space.explore import SweepOptions as D
     from convert.design_space.variants import SWEEPS
 
-    p = argparse.ArgumentParser(description="Train, convert to int8 and benchmark the SqueezeNet paper's design-space "
+    p = argparse.ArgumentParser(prog="python -m tools.design_space",
+                                description="Train, convert to int8 and benchmark the SqueezeNet paper's design-space "
                                             "variants (squeeze ratio, share of 3x3 filters, bypass); write results.csv/"
                                             "json, pareto.png, curves.png and report.md with a recommendation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +53,7 @@ def parse(argv):
     p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized training crops "
                                                    "(default: the trainer's)")
     p.add_argument("--seed", type=nonnegative_int, help=f"seed of every variant's training (default {D.seed})")
-    p.add_argument("--threads", type=positive_int, help=f"interpreter threads of the latency figures (default {D.threads}); "
+    p.add_argument("--threads", type=threads_arg, help=f"interpreter threads of the latency figures (default {D.threads}); "
                                                "with --device-results, which of the device's thread counts to merge")
     p.add_argument("--rounds", type=positive_int, help=f"interleaved timing rounds over all variants (default {D.timing_rounds})")
     p.add_argument("--runs", type=positive_int, help=f"minimum timed invocations per variant and round (default {D.timing_runs})")

@@ -131,7 +131,8 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLES,
+    p = argparse.ArgumentParser(prog="python -m tools.interpreter_agreement",
+                                description=__doc__.splitlines()[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dump", help="top-1 of every image and frame with one interpreter")

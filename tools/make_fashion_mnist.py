@@ -18,7 +18,8 @@ from convert.train.fashion_mnist import DEFAULT_SOURCE, export
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+    p = argparse.ArgumentParser(prog="python -m tools.make_fashion_mnist",
+                                description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="destination: OUT/train/<class>/, OUT/test/<class>/")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"gzipped IDX files (default {DEFAULT_SOURCE})")

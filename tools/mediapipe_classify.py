@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.mediapipe_classify", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="the .tflite artifact")
     p.add_argument("--val", type=Path, required=True, help="labelled images (files named by WordNet id)")
     p.add_argument("--full-image", action="store_true", help="whole photo + region of interest")
