@@ -106,13 +106,35 @@ def _calibration_sample(items, classes: list[str]):
     k = max(CALIB_PER_CLASS[0], min(CALIB_PER_CLASS[1], math.ceil(100 / len(classes))))
     out = []
     for c in range(len(classes)):
-        mine = sorted((i for i in items if i[1] == c), key=lambda i: hashlib.sha256(i[0].encode()).hexdigest())
+        mine = sorted((i for i in items if i[1] == c), key=lambda i: hashlib.sha256(os.fsencode(i[0])).hexdigest())
         out.extend(mine[:k])
     return out
 
 
 def prepare(o: TrainOptions) -> dict:
-    """Everything rank 0 decides before training: options, data, split, model, resume state."""
+    """Everything rank 0 decides before training: options, data, split, model, resume state. A run folder
+    this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C)."""
+    new = _first_missing(Path(o.out))
+    try:
+        return _prepare(o)
+    except BaseException:
+        if new is not None:
+            release_run(Path(o.out))
+            shutil.rmtree(new, ignore_errors=True)
+        raise
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost folder on the way to ``out`` that does not exist yet (None: ``out`` exists)."""
+    missing = None
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _prepare(o: TrainOptions) -> dict:
     saved = None
     for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
         if folder is not None:  # before the run folder is made
