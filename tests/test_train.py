@@ -193,6 +193,27 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     assert not (tmp_path / "o1" / "last.pt").exists()
 
 
+def test_a_diverging_run_stops_and_keeps_the_good_epochs(fmnist, weights_env, tmp_path, capsys):
+    """A rate that blows up (the full phase at 1 x 10) trained on to loss nan, exited 0 and wrote a best.pt of
+    NaN weights (which the converter and evaluator refuse). It stops at the epoch that diverged, in one line,
+    and best.pt / last.pt keep the epoch before it (12 images: about a second)."""
+    data = tmp_path / "two"
+    for c in ("Bag", "Coat"):
+        (data / c).mkdir(parents=True)
+        for p in sorted((fmnist / "train" / c).glob("train_*.png"))[:6]:
+            shutil.copy(p, data / c / p.name)
+    out = tmp_path / "run"
+    _fails(["--data", str(data), "--out", str(out), "--input-size", "32", "--epochs", "3", "--freeze-epochs", "1",
+            "--batch-size", "4", "--lr", "1", "--finetune-lr", "10", "--threads", "1", "--quiet"], capsys,
+           "error: training diverged at epoch 2 (full phase at rate 10: train loss nan): lower --lr; "
+           "the checkpoints of the earlier epochs are kept")
+    assert [r["epoch"] for r in _rows(out / "results.csv")] == ["1"]
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["record"]["summary"]["epochs_done"] == 1
+        assert all(bool(torch.isfinite(v).all()) for v in ck["model"].values())
+
+
 def test_dsd_from_a_trained_run(run_dir, fmnist, tmp_path):
     """Dense -> sparse -> dense on the reference run's weights: masks hold during the sparse phase,
     every phase's figures are recorded, and the result still classifies well above chance."""
