@@ -152,12 +152,25 @@ def output_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "is a folder; a file path expected"
-    for parent in path.parents:  # the nearest existing folder on the way must be a folder
+    for parent in path.parents:  # the nearest existing folder on the way must be a folder that takes new files
         if parent.exists():
             if not parent.is_dir():
                 return f"{parent} is a file, not a folder"
+            if not _takes_files(parent / path.name):
+                return "output path is not writable"
             break
-    folder = path.parent if str(path.parent) else Path(".")
-    if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         return "output path is not writable"
     return None
+
+
+def _takes_files(path: Path) -> bool:
+    """A file can be created beside ``path`` (tried with atomic_write's temporary file, removed at once):
+    os.access says yes where creating fails (root in /proc or /sys)."""
+    try:
+        fd, tmp = _create_temp(path)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True

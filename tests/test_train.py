@@ -193,6 +193,15 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     assert not (tmp_path / "o1" / "last.pt").exists()
 
 
+def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
+    """/proc takes no new file though os.access says root may write there: --tflite and --report into it
+    failed only when training had ended. Creating a file is tried up front (no data needed to get there)."""
+    for flag, path in (("--tflite", "/proc/x_int8.tflite"), ("--report", "/proc/x.json")):
+        _fails(["--data", str(tmp_path), "--out", str(tmp_path / "run"), flag, path], capsys,
+               f"{path}: output path is not writable")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverging_run_stops_and_keeps_the_good_epochs(fmnist, weights_env, tmp_path, capsys):
     """A rate that blows up (the full phase at 1 x 10) trained on to loss nan, exited 0 and wrote a best.pt of
     NaN weights (which the converter and evaluator refuse). It stops at the epoch that diverged, in one line,
