@@ -52,10 +52,14 @@ def atomic_write_many(files: dict[Path, bytes | str],
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = _create_temp(path)
             temps[path] = tmp
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:  # a full disk says only "No space left on device": name the file written
+                e.filename = str(path) if e.filename is None else e.filename
+                raise
             if check and check.get(path) is not None:
                 check[path](tmp)
         with _signals_held():  # a SIGTERM or Ctrl-C now would leave half the set renamed
