@@ -6,6 +6,7 @@ which adds its parser and sets ``func(args) -> int``.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -70,8 +71,7 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder that went away during the run...
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: {stopped}", file=sys.stderr)
@@ -83,6 +83,19 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
         sys.unraisablehook = hook
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def os_error_text(e: OSError) -> str:
+    """The file an OSError concerns and why. A copy or a rename names two files, its source first (shutil's
+    copy does so for a full disk too): when the storage being written is full or read-only, the file it
+    concerns is the destination."""
+    if e.filename2 is not None and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        where = f"{e.filename2}: "
+    elif e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}: "
+    else:
+        where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
 
 
 def main(argv: list[str] | None = None) -> int:

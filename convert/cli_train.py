@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import RESIZE_HELP, nonnegative_int, positive_float, positive_int, resize_arg, square_size_arg
+from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
+                                square_size_arg)
 
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
@@ -45,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "a named source, or a file (.pt from a run, .pth, .net, .sqz)")
     p.add_argument("--epochs", type=nonnegative_int, help="epochs of training, --freeze-epochs included (default 10)")
     p.add_argument("--batch-size", type=positive_int, help="global batch, split among torchrun processes (default 64)")
-    p.add_argument("--lr", type=positive_float, help="base learning rate, decayed linearly to 0 in each phase "
-                                            "(default 0.04 x batch / 512: the paper's rate)")
-    p.add_argument("--finetune-lr", type=positive_float,
+    p.add_argument("--lr", type=lr_arg, help="base learning rate, decayed linearly to 0 in each phase, at most 10 "
+                                        "(default 0.04 x batch / 512: the paper's rate)")
+    p.add_argument("--finetune-lr", type=lr_arg,
                    help="rate of the all-layers phase after --freeze-epochs, relative to --lr (default 0.5)")
     p.add_argument("--freeze-epochs", type=nonnegative_int,
                    help="epochs training only the new classifier first (default 1 with a new classifier on "

@@ -139,6 +139,16 @@ def probability_arg(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v <= 1, "a probability from 0 to 1")
 
 
+# Training rates above this only diverge (the paper's is 0.04 x batch / 512); far above, past float32's range,
+# torch cannot even take the step.
+MAX_LR = 10.0
+
+
+def lr_arg(text: str) -> float:
+    """A learning rate, or a factor of one (``--finetune-lr``): above 0, at most :data:`MAX_LR`."""
+    return _number(text, float, lambda v: 0 < v <= MAX_LR, f"a rate above 0 and at most {MAX_LR:g}")
+
+
 def seconds_arg(text: str) -> float:
     """A number of seconds from 0 to a day (NaN and infinity refused)."""
     return _number(text, float, lambda v: 0 <= v <= 86400, "a number of seconds from 0 to 86400")

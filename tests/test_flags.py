@@ -4,7 +4,7 @@ import argparse
 import pytest
 
 from edge_runtime import flags
-from realworld import convert_main
+from realworld import convert_main, one_error_line
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -40,6 +40,8 @@ def test_one_meaning_per_flag():
             assert opts["--resize"].type is flags.resize_arg, name
         if "--input-size" in opts:  # N or HxW; where the input must be square, N or NxN
             assert opts["--input-size"].type in (flags.input_size_arg, flags.square_size_arg), name
+        if "--lr" in opts:  # convert train, tools.design_space: bounded (a rate past float32's range was a traceback)
+            assert opts["--lr"].type is flags.lr_arg, name
         for action in opts.values():
             assert action.help, (name, action.option_strings)  # every flag has a help text
     assert "--val" in _options(parsers["convert tflite"]) and "--val" in _options(parsers["convert evaluate"])
@@ -110,3 +112,15 @@ def test_threads_and_threshold_are_bounded(main, argv, expect, capsys):
         importlib.import_module(main).main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and expect in err[-1], err
+
+
+def test_learning_rates_are_bounded_when_the_command_line_is_read(tmp_path):
+    """--lr 1e308 ended training in a traceback (past float32's range torch cannot take the SGD step); any rate
+    above 10 only diverges. Both are refused before any work (the design-space sweep's --lr too:
+    test_one_meaning_per_flag)."""
+    for flag in ("--lr", "--finetune-lr"):
+        for bad in ("1e308", "11", "0", "nan"):
+            proc = convert_main("train", "--data", tmp_path, "--out", tmp_path / "run", flag, bad)
+            assert f"argument {flag}: '{bad}': a rate above 0 and at most 10 expected" in one_error_line(proc)
+    assert flags.lr_arg("10") == 10.0 and flags.lr_arg("1e-4") == 1e-4
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ import torch
 
 from convert.cli import main as convert_main
 from conftest import TRAIN_SETTINGS as SETTINGS
+from realworld import small_filesystem
 from convert.train.report import COLUMNS, TIMING
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +192,58 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
         _fails(["--data", str(data), "--out", str(run_dir), "--resume"], capsys, "another training run is writing")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     assert not (tmp_path / "o1" / "last.pt").exists()
+
+
+TINY = ["--input-size", "32", "--batch-size", "4", "--threads", "1", "--quiet"]
+
+
+def _tiny(fmnist: Path, tmp_path: Path) -> Path:
+    """Two classes of six Fashion-MNIST images: a run of a second, in this process."""
+    data = tmp_path / "tiny"
+    for c in ("Bag", "Coat"):
+        (data / c).mkdir(parents=True)
+        for p in sorted((fmnist / "train" / c).glob("train_*.png"))[:6]:
+            shutil.copy(p, data / c / p.name)
+    return data
+
+
+def test_full_storage_names_the_file_being_written(fmnist, weights_env, tmp_path, capsys):
+    """A full disk named the source image of a copy ("DATA/Bag/x.png: No space left on device"), or no file
+    at all for a checkpoint: the line names the file being written."""
+    data = _tiny(fmnist, tmp_path)
+    with small_filesystem(tmp_path / "sd", "16k") as sd:  # the calibration sample's copies do not fit
+        err = _fails(["--data", str(data), "--out", str(sd / "run"), *TINY, "--epochs", "1"], capsys,
+                     ": No space left on device")
+        assert err.startswith(f"error: {sd / 'run' / 'calib'}/") and not (sd / "run").exists(), err
+    with small_filesystem(tmp_path / "sd", "1m") as sd:  # the copies fit, best.pt (5 MB) does not
+        _fails(["--data", str(data), "--out", str(sd / "run"), *TINY, "--epochs", "1"], capsys,
+               f"error: {sd / 'run' / 'best.pt'}: No space left on device")
+        assert not list((sd / "run").glob(".*.tmp"))
+
+
+def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
+    """/proc takes no new file though os.access says root may write there: --tflite and --report into it
+    failed only when training had ended. Creating a file is tried up front (no data needed to get there)."""
+    for flag, path in (("--tflite", "/proc/x_int8.tflite"), ("--report", "/proc/x.json")):
+        _fails(["--data", str(tmp_path), "--out", str(tmp_path / "run"), flag, path], capsys,
+               f"{path}: cannot create a file in /proc")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_and_keeps_the_good_epochs(fmnist, weights_env, tmp_path, capsys):
+    """A rate that blows up (the full phase at 1 x 10) trained on to loss nan, exited 0 and wrote a best.pt of
+    NaN weights (which the converter and evaluator refuse). It stops at the epoch that diverged, in one line,
+    and best.pt / last.pt keep the epoch before it (12 images: about a second)."""
+    out = tmp_path / "run"
+    _fails(["--data", str(_tiny(fmnist, tmp_path)), "--out", str(out), *TINY, "--epochs", "3", "--freeze-epochs", "1",
+            "--lr", "1", "--finetune-lr", "10"], capsys,
+           "error: training diverged at epoch 2 (full phase at rate 10: train loss nan): lower --lr; "
+           "the checkpoints of the earlier epochs are kept")
+    assert [r["epoch"] for r in _rows(out / "results.csv")] == ["1"]
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["record"]["summary"]["epochs_done"] == 1
+        assert all(bool(torch.isfinite(v).all()) for v in ck["model"].values())
 
 
 def test_dsd_from_a_trained_run(run_dir, fmnist, tmp_path):

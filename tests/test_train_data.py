@@ -14,6 +14,7 @@ import pytest
 
 from convert.errors import TrainError
 from convert.train import data as D
+from realworld import convert_main, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calib_data"
@@ -41,10 +42,11 @@ def test_class_folders_clips_and_wordnet_names(tmp_path):
     shutil.copy(photos[12], root / f"n01443537_{photos[12].name}")  # ImageNet-style name at the top
     (root / "stray.jpg").write_bytes(photos[13].read_bytes())  # no class: counted, not fatal
     (root / "scene" / "README.md").write_text("notes")
+    shutil.copy(photos[0], root / "fruit" / os.fsdecode(b"caf\xe9.jpg"))  # a latin-1 name: trained on like any other
     scan = D.scan(root, tmp_path / "frames", frame_stride=10)
     assert scan.classes == ["fruit", "n01443537", "scene", "walk"]
     frames = -(-_clip_frames() // 10)
-    assert scan.counts() == [6, 1, 6, frames] and scan.clips == 1
+    assert scan.counts() == [7, 1, 6, frames] and scan.clips == 1
     assert len(list((tmp_path / "frames" / "walk").glob("*.png"))) == frames
     assert {s.split(" ")[0] for s in scan.skipped} == {"stray.jpg", "scene/README.md"}
     again = D.scan(root, tmp_path / "frames", frame_stride=10)  # frames reused, same content hash
@@ -63,6 +65,21 @@ def test_class_folders_clips_and_wordnet_names(tmp_path):
     (root / "parcel").mkdir()  # a class folder with nothing in it yet (a capture that never started)
     with pytest.raises(TrainError, match="class folder 'parcel' has no files"):
         D.scan(root, tmp_path / "frames", frame_stride=10)
+
+
+def test_class_folder_name_that_is_not_utf8_is_refused(tmp_path):
+    """A class name becomes the model's labels (UTF-8 text): a folder whose name is not (bytes from a latin-1
+    system, or edge_runtime capture --label) is one line naming it, and the run folder the command made is
+    removed again (files with such names are used: test_class_folders_clips_and_wordnet_names)."""
+    root = tmp_path / "data"
+    for i, p in enumerate(sorted(CALIB.glob("*.jpg"))[:4]):
+        folder = root / ("dog" if i % 2 else os.fsdecode(b"d\xffg"))
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    r = convert_main("train", "--data", root, "--out", tmp_path / "runs" / "r", "--weights", "none")
+    assert one_error_line(r) == (f"error: --data {root}: class folder 'd\\xffg' has a name that is not UTF-8 "
+                                 "text (class names become the model's labels); rename it")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_split_is_stratified_and_stable_when_files_are_added():

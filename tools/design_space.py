@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from edge_runtime.flags import nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg, threads_arg
+from edge_runtime.flags import (lr_arg, nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg,
+                                threads_arg)
 
 
 EXAMPLES = """examples:
@@ -49,7 +50,7 @@ def parse(argv):
     p.add_argument("--input-size", type=square_size_arg, metavar="N|NxN",
                    help=f"square network input in pixels (default {D.input_size})")
     p.add_argument("--batch-size", type=positive_int, help=f"training batch of every variant (default {D.batch_size})")
-    p.add_argument("--lr", type=positive_float, help=f"base learning rate of every variant, decayed linearly (default {D.lr})")
+    p.add_argument("--lr", type=lr_arg, help=f"base learning rate of every variant, decayed linearly (default {D.lr})")
     p.add_argument("--min-scale", type=positive_float, help="smallest area fraction of the random resized training crops "
                                                    "(default: the trainer's)")
     p.add_argument("--seed", type=nonnegative_int, help=f"seed of every variant's training (default {D.seed})")

@@ -10,6 +10,7 @@ that are not images, or do not decode, are counted and listed, never fatal.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,11 @@ def scan(root: str | Path, frames_dir: Path | None = None, frame_stride: int = D
         raise TrainError(f"--frame-stride {frame_stride}: at least 1 expected")
     files = _visible_files(root)
     found = sorted({c for c in (_class_of(p.relative_to(root)) for p in files) if c is not None})
+    for c in found:  # a class name becomes the model's labels, UTF-8 text (other names are only read and hashed)
+        shown = os.fsencode(c).decode("utf-8", "backslashreplace")
+        if shown != c:
+            raise TrainError(f"{what} {root}: class folder '{shown}' has a name that is not UTF-8 text (class names "
+                             "become the model's labels); rename it")
     if classes is None:
         if not files:
             raise TrainError(f"{what} {root}: empty folder (one sub-folder of images per class expected)")
@@ -194,7 +200,7 @@ def _scan_files(root: Path, files: list[Path], classes: list[str], frames_dir: P
                 out.skipped.append(f"{rel} (no decodable frame)")
                 continue
             out.clips += 1
-            digest.update(f"{rel}\0{cls}\0{sha256_file(path)}\0stride={frame_stride}\n".encode())
+            digest.update(os.fsencode(f"{rel}\0{cls}\0{sha256_file(path)}\0stride={frame_stride}\n"))
             out.items.extend((str(f), index[cls], str(rel)) for f in frames)
             continue
         if suffix not in IMAGE_SUFFIXES:
@@ -204,7 +210,7 @@ def _scan_files(root: Path, files: list[Path], classes: list[str], frames_dir: P
         if reason:
             out.skipped.append(f"{rel} ({reason})")
             continue
-        digest.update(f"{rel}\0{cls}\0{sha}\n".encode())
+        digest.update(os.fsencode(f"{rel}\0{cls}\0{sha}\n"))
         out.items.append((str(path), index[cls], str(rel)))
     out.content_hash = digest.hexdigest()
     return out
@@ -222,7 +228,7 @@ def split(items: list[tuple[str, int, str]], fraction: float, classes: int
         raise TrainError(f"--val-split {fraction}: 0 <= fraction < 1 expected")
     train, val = [], []
     for c in range(classes):
-        groups = sorted({g for _, t, g in items if t == c}, key=lambda g: hashlib.sha256(g.encode()).hexdigest())
+        groups = sorted({g for _, t, g in items if t == c}, key=lambda g: hashlib.sha256(os.fsencode(g)).hexdigest())
         k = min(len(groups) - 1, max(1 if fraction > 0 else 0, round(fraction * len(groups))))
         held = set(groups[:max(k, 0)])
         for item in items:

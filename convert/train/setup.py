@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from edge_runtime.flags import MAX_LR
 from edge_runtime.preprocess import Preprocessing
 
 from ..errors import TrainError
@@ -106,13 +107,35 @@ def _calibration_sample(items, classes: list[str]):
     k = max(CALIB_PER_CLASS[0], min(CALIB_PER_CLASS[1], math.ceil(100 / len(classes))))
     out = []
     for c in range(len(classes)):
-        mine = sorted((i for i in items if i[1] == c), key=lambda i: hashlib.sha256(i[0].encode()).hexdigest())
+        mine = sorted((i for i in items if i[1] == c), key=lambda i: hashlib.sha256(os.fsencode(i[0])).hexdigest())
         out.extend(mine[:k])
     return out
 
 
 def prepare(o: TrainOptions) -> dict:
-    """Everything rank 0 decides before training: options, data, split, model, resume state."""
+    """Everything rank 0 decides before training: options, data, split, model, resume state. A run folder
+    this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C)."""
+    new = _first_missing(Path(o.out))
+    try:
+        return _prepare(o)
+    except BaseException:
+        if new is not None:
+            release_run(Path(o.out))
+            shutil.rmtree(new, ignore_errors=True)
+        raise
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost folder on the way to ``out`` that does not exist yet (None: ``out`` exists)."""
+    missing = None
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _prepare(o: TrainOptions) -> dict:
     saved = None
     for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
         if folder is not None:  # before the run folder is made
@@ -166,8 +189,9 @@ def prepare(o: TrainOptions) -> dict:
         raise TrainError(f"--dsd {o.dsd}: a sparsity between 0 and 1 expected (e.g. 0.5)")
     if o.epochs < 0 or (o.epochs == 0 and o.dsd is None):
         raise TrainError(f"--epochs {o.epochs}: at least 1 expected (or 0 with --dsd)")
-    if o.lr <= 0 or o.min_scale <= 0 or o.min_scale > 1:
-        raise TrainError(f"--lr {o.lr} / min scale {o.min_scale}: lr > 0 and 0 < min scale <= 1 expected")
+    if not (0 < o.lr <= MAX_LR and 0 < o.finetune_lr <= MAX_LR) or o.min_scale <= 0 or o.min_scale > 1:
+        raise TrainError(f"--lr {o.lr} / --finetune-lr {o.finetune_lr} / min scale {o.min_scale}: rates above 0 and "
+                         f"at most {MAX_LR:g}, 0 < min scale <= 1 expected")
     calib_dir = _link_items(_calibration_sample(train_items, classes), classes, out / "calib")
     val_dir = Path(o.val).resolve() if o.val is not None else (
         _link_items(val_items, classes, out / "val") if val_items else None)

@@ -10,6 +10,7 @@ processes what they need; every process reads its share of the images.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -192,6 +193,7 @@ class _Run:
         stats = train_one_epoch(net, self.train_loader, optimizer, scheduler, ctx, masks=self.masks,
                                 masked_model=self.model, progress=bar)
         bar.close()
+        _check_finite(e, phase, lr, stats["loss"], self.model)
         val = evaluate(self.pixel, self.val_loader, n_classes, ctx) if self.val_loader is not None else None
         self.history.append({"epoch": e, "phase": phase.name, "lr": lr, "train_loss": stats["loss"],
                              "train_top1": stats["top1"], "val_loss": val and val["loss"],
@@ -214,6 +216,23 @@ class _Run:
                            "phases": self.phase_results, "masks": self.masks, "options": options_dict(o),
                            "val_hash": self.setup["val_hash"]}
             _save_epoch(self.out, self.model, o, self.setup, self.pp, train_state, improved, self.total)
+
+
+def _check_finite(e: int, phase: Phase, lr: float, loss: float, model: nn.Module) -> None:
+    """Stop a run that diverged, before its epoch is saved: the epoch's loss (summed over every process) and
+    the weights (DDP keeps them equal) must be finite, so every process stops together and no checkpoint
+    holds NaN or Inf (the converter and the evaluator would refuse it).
+
+    Raises:
+        TrainError: they are not; the checkpoints of earlier epochs stay as they were.
+    """
+    finite_weights = all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+    if math.isfinite(loss) and finite_weights:
+        return
+    kept = "the checkpoints of the earlier epochs are kept" if e > 1 else "no checkpoint was written"
+    raise TrainError(f"training diverged at epoch {e} ({phase.name} phase at rate {lr:.4g}: "
+                     f"{f'train loss {loss:.4g}' if not math.isfinite(loss) else 'weights not finite'}): "
+                     f"lower --lr; {kept}")
 
 
 def better(val: dict, best: dict) -> bool:
