@@ -71,6 +71,18 @@ def test_bad_flag_values_give_one_line(tmp_path):
     assert not list(tmp_path.glob("*.sqz")) and not list(tmp_path.glob("*.tflite"))
 
 
+def test_a_labels_file_that_does_not_fit_is_refused_even_when_empty(tmp_path):
+    """--labels gives one name per line: an empty or blank file names 0 classes and is refused like a file of
+    the wrong length, not replaced by the model's class numbers."""
+    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    for name, text, count in (("empty.txt", "", 0), ("blank.txt", " \n\n\t\n", 0), ("three.txt", "a\nb\nc\n", 3)):
+        (tmp_path / name).write_text(text)
+        err = one_error_line(_main("tflite", "--onnx", onnx_path, "--labels", tmp_path / name,
+                                   "--out", tmp_path / "t_int8.tflite"))
+        assert err.endswith(f"{count} labels given for a model with 2 outputs"), err
+    assert not list(tmp_path.glob("t_*"))
+
+
 def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path):
     err = one_error_line(_main("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz",
                               "--val", tmp_path / "no_such_folder"))
