@@ -23,6 +23,12 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
+def _is_temp_of(name: str | Path, path: Path) -> bool:
+    """``name`` is one of :func:`_create_temp`'s files for ``path``."""
+    name = Path(name)
+    return name.parent == path.parent and name.name.startswith(f".{path.name}.") and name.suffix == ".tmp"
+
+
 def fsync_path(path: str | Path) -> None:
     """Flush a file's or a folder's entries to the storage (a power cut keeps what was renamed)."""
     fd = os.open(path, os.O_RDONLY)
@@ -44,6 +50,7 @@ def atomic_write_many(files: dict[Path, bytes | str],
     a temporary file first, and only when all are written (and checked) are they renamed into
     place, so a failure (a full disk, a folder in the way) replaces none of them."""
     temps: dict[Path, Path] = {}
+    path = None
     try:
         for path, data in files.items():
             path = Path(path)
@@ -63,6 +70,10 @@ def atomic_write_many(files: dict[Path, bytes | str],
                 os.replace(tmp, path)
         for folder in {p.parent for p in temps}:
             fsync_path(folder)
+    except OSError as e:  # about the file being written: named as the caller named it, not its hidden temporary
+        if path is None or e.errno is None or (e.filename is not None and not _is_temp_of(e.filename, path)):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
@@ -160,4 +171,11 @@ def output_problem(path: str | Path) -> str | None:
     folder = path.parent if str(path.parent) else Path(".")
     if (folder.exists() and not os.access(folder, os.W_OK)) or (path.exists() and not os.access(path, os.W_OK)):
         return "output path is not writable"
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    try:  # access() says yes to root everywhere, and to /proc: create what atomic_write will create, and remove it
+        fd, tmp = _create_temp(existing / path.name)
+    except OSError:
+        return "output path is not writable"
+    os.close(fd)
+    os.unlink(tmp)
     return None

@@ -171,6 +171,27 @@ def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
         assert (sd / "a_int8.tflite").read_bytes() == b"old"
 
 
+def test_an_output_nobody_can_create_is_refused_before_the_work(tmp_path, weights_env):
+    """/proc takes no new file, even from root, whom access() lets write anywhere: `compress --report` there
+    wrote the container, printed success, then failed; `tflite --report` failed after the whole conversion,
+    naming a hidden temporary file. Now every output is tried before the work, and a write that still
+    fails at the end (a full card) names the path the user gave."""
+    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    for args, expect in (
+            (("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--lossless", "--report",
+              "/proc/c.json"), "error: --report /proc/c.json: output path is not writable"),
+            (("tflite", "--onnx", onnx_path, "--out", tmp_path / "t_int8.tflite", *QUICK, "--report", "/proc/t.json"),
+             "error: --report /proc/t.json: output path is not writable"),
+            (("tflite", "--onnx", onnx_path, "--out", "/proc/t_int8.tflite", *QUICK),
+             "error: /proc/t_int8.tflite: output path is not writable")):
+        assert one_error_line(_main(*args)) == expect
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]
+    with small_filesystem(tmp_path / "sd", "1m") as sd:
+        with pytest.raises(OSError, match="No space left") as info:
+            atomic_write(sd / "big.json", b"x" * 2_000_000)
+        assert info.value.filename == str(sd / "big.json") and not list(sd.iterdir())
+
+
 def test_outputs_follow_the_umask(tmp_path, int8_model):
     old = os.umask(0o027)
     try:
