@@ -102,8 +102,33 @@ def conv_weights(model) -> list[np.ndarray]:
     return [m.weight.detach().numpy().copy() for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _graph_names(graph) -> set[str]:
+    """Every tensor and node name a graph and its subgraphs (If, Loop, Scan bodies) use."""
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    for node in graph.node:
+        names.update((*node.input, *node.output, node.name))
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                names |= _graph_names(sub)
+    return names
+
+
+def _fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first not in ``taken`` (which it joins)."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
 def prepend_normalization(src: Path, pp: Preprocessing, dest: Path) -> None:
-    """Write ``src`` with a 1x1 conv in front that maps BGR 0..255 pixels to the model's normalized input."""
+    """Write ``src`` with a 1x1 conv in front that maps BGR 0..255 pixels to the model's normalized input.
+
+    The conv's names are made unique against the user's graph (whose input may itself be called
+    ``pixels``, as the converter's own ``*_float.onnx`` is).
+    """
     import onnx
     from onnx import helper, numpy_helper
 
@@ -116,9 +141,11 @@ def prepend_normalization(src: Path, pp: Preprocessing, dest: Path) -> None:
         in_c = 2 - out_c if pp.channel_order == "RGB" else out_c  # pixels arrive BGR
         w[out_c, in_c] = 1.0 / pp.std[out_c]
     b = -np.asarray(pp.mean, np.float32) / np.asarray(pp.std, np.float32)
-    raw = "pixels"
-    graph.initializer.extend([numpy_helper.from_array(w, "pixels_norm_w"), numpy_helper.from_array(b, "pixels_norm_b")])
-    node = helper.make_node("Conv", [raw, "pixels_norm_w", "pixels_norm_b"], [inp.name], name="pixels_normalize")
+    taken = _graph_names(graph)
+    raw, w_name, b_name, node_name = (_fresh_name(n, taken) for n in
+                                      ("pixels", "pixels_norm_w", "pixels_norm_b", "pixels_normalize"))
+    graph.initializer.extend([numpy_helper.from_array(w, w_name), numpy_helper.from_array(b, b_name)])
+    node = helper.make_node("Conv", [raw, w_name, b_name], [inp.name], name=node_name)
     graph.node.insert(0, node)
     new_in = helper.make_tensor_value_info(raw, onnx.TensorProto.FLOAT, [1, 3, *pp.input_size])
     graph.input.remove(inp)

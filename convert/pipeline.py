@@ -169,9 +169,9 @@ UNLABELLED_HINT = ("; judged without labels on the check photos: judge on photos
 OWN_CHECK_HINT = "; judged without labels on the --check photos: --val DIR judges on labelled photos like yours"
 
 
-def check_int8_out(path: str | Path, flag: str = "--out", others: tuple[Path | None, ...] = ()) -> Path:
-    """A conversion's .tflite output, its float siblings and ``others`` can be written (checked before the
-    long work: by the converter, and by train and compress before theirs when they end with one).
+def check_int8_out(path: str | Path, flag: str = "--out") -> Path:
+    """A conversion's .tflite output and its float siblings can be written (checked before the long work:
+    by the converter, and by train and compress before theirs when they end with one).
 
     Raises:
         ConvertError: not a .tflite path, or an output that cannot be written.
@@ -179,7 +179,7 @@ def check_int8_out(path: str | Path, flag: str = "--out", others: tuple[Path | N
     out = Path(path)
     if out.suffix != ".tflite":
         raise ConvertError(f"{flag} {out}: a .tflite path expected")
-    check_writable(out, (*sibling_paths(out), *others))
+    check_writable(out, sibling_paths(out))
     return out
 
 
@@ -224,7 +224,9 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     Raises:
         ConvertError: not a .tflite path, an output that cannot be written, a setting out of range.
     """
-    out = check_int8_out(opts.out, "--out", (Path(opts.report) if opts.report else None,))
+    out = check_int8_out(opts.out, "--out")
+    if opts.report:
+        check_output_path(opts.report, "--report")
     for name in remove_stale_work_dirs(out.parent):
         progress(f"removed {name}, left by a conversion that was killed")
     ranges = {"--percentile": (opts.percentile, 50.0, 100.0), "--output-margin": (opts.output_margin, 1.0, 100.0),

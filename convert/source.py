@@ -89,8 +89,9 @@ def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, na
     _, size, classes = classifier_signature(path)
     check_onnx_runs(path, size, classes)
     pp = onnx_input.preprocessing(size)
-    wnids = list(imagenet_classes()[0]) if classes == 1000 and not labels else []
-    labels = labels or (list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)])
+    wnids = list(imagenet_classes()[0]) if classes == 1000 and labels is None else []
+    if labels is None:  # an empty --labels file is not "no --labels": it is refused below
+        labels = list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)]
     if len(labels) != classes:
         raise ConvertError(f"{len(labels)} labels given for a model with {classes} outputs")
     return Source(name or path.stem, pp, labels, wnids, sha256_file(path), onnx_path=path)

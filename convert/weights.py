@@ -26,7 +26,7 @@ from edge_runtime.preprocess import Preprocessing
 
 from .errors import WeightsError
 from .fetch import DigestMismatch, fetch_bytes
-from .models import UnknownModelError, create_model
+from .models import ModelArgumentError, UnknownModelError, check_model, create_model
 from .presets import CAFFE_IMAGENET, TORCHVISION_IMAGENET
 
 ENV_DIR = "SQUEEZENET_EDGE_WEIGHTS_DIR"
@@ -269,6 +269,15 @@ def training_record(obj, path: Path) -> WeightsRecord | None:
     if not isinstance(kwargs, dict) or len(kwargs) > 20 or not all(
             isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in kwargs.items()):
         raise bad("arch_kwargs", "at most 20 named numbers or strings")
+    if "num_classes" in kwargs:
+        raise WeightsError(f"{path}: training record field 'arch_kwargs' holds num_classes "
+                           f"{kwargs['num_classes']!r}: the labels give the class count ({len(labels)})")
+    try:  # the architecture it describes, checked (and its size bounded) before anything is built
+        check_model(arch, num_classes=len(labels), **kwargs)
+    except UnknownModelError as e:
+        raise WeightsError(f"{path}: training record field 'arch' malformed ({e})") from None
+    except ModelArgumentError as e:
+        raise WeightsError(f"{path}: training record field 'arch_kwargs' {kwargs} refused by {arch}: {e}") from None
     try:
         pp = Preprocessing.from_dict(rec.get("preprocessing"))
     except ValueError as e:
@@ -321,7 +330,9 @@ def load_model(source: str, arch: str | None = None) -> tuple[nn.Module, Weights
     try:
         model = create_model(arch, num_classes=record.num_classes, **record.arch_kwargs)
     except UnknownModelError as e:
-        raise WeightsError(str(e)) from None
+        raise WeightsError(f"{path}: {e}") from None
+    except ModelArgumentError as e:
+        raise WeightsError(f"{path}: {arch} {record.arch_kwargs}: {e}") from None
     apply_state_dict(model, state, str(path))
     record = dataclasses.replace(record, arch=arch, sha256=sha256_file(path))
     return model.eval(), record

@@ -12,7 +12,7 @@ from convert.compress import huffman
 from convert.compress.pipeline import CompressOptions, compress
 from convert.compress.share import kmeans_share, prune_mask
 from convert.deepcompression import decode_net
-from realworld import convert_main
+from realworld import convert_main, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,22 @@ def test_cli_errors(tmp_path, weights_env):
     proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--weights", str(bad), "--val", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "checksum" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_layer_names_are_refused_before_any_work(tmp_path, weights_env):
+    """--bits and --sparsity name layers by prefix: a typo, or a prefix that is no module (features.1 of
+    features.12), was ignored and the container written; now one line lists the model's layers."""
+    from convert.compress.share import for_layer
+
+    assert for_layer({"*": 8, "features.1": 6, "features.12": 7}, "features.12.squeeze") == 7
+    assert for_layer({"*": 8, "features.1": 6}, "features.12.squeeze") == 8
+    for flag, spec, name in (("--bits", "8,nosuch=6", "nosuch"), ("--sparsity", "fetaures.12=0.5", "fetaures.12"),
+                             ("--bits", "8,features.1=6", "features.1")):
+        err = one_error_line(convert_main("compress", "--weights", "deep-compression", "--out", tmp_path / "x.sqz",
+                                          "--finetune-steps", "0", flag, spec))
+        assert f"{flag}: no layer {name!r} in squeezenet1_0: one of features.0, features.3.squeeze," in err, err
+        assert "features.12.expand3x3, classifier.1 " in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_size_budget_is_honoured_without_labels(tmp_path, weights_env, monkeypatch):

@@ -277,6 +277,57 @@ def test_users_onnx_classifier_with_its_own_normalization(tmp_path, float_model,
     assert agree >= 17, (agree, len(crops))
 
 
+def test_users_onnx_whose_input_is_named_pixels(tmp_path):
+    """The converter's normalization conv in front of a user's ONNX reads a tensor it names ``pixels``: a
+    model whose own input has that name (any export with input_names=["pixels"], and the converter's own
+    *_float.onnx fed back in) converts, and the int8 artifact classifies as ONNX Runtime does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from convert.float_graphs import prepend_normalization
+    from edge_runtime.preprocess import read_image, resize_crop
+
+    class Colour(torch.nn.Module):  # three classes: which colour channel of the normalized input is strongest
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(4.0 * torch.eye(3)[:, :, None, None])
+                self.conv.bias.zero_()
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    onnx_path, out = tmp_path / "colour.onnx", tmp_path / "colour_int8.tflite"
+    torch.onnx.export(Colour().eval(), torch.zeros(1, 3, 32, 32), str(onnx_path), input_names=["pixels"], dynamo=False)
+    check = tmp_path / "check"  # two photos instead of the 73 of check_data/: this is not about fidelity
+    check.mkdir()
+    photos = sorted((ROOT / "convert" / "check_data").glob("*.jpg"))
+    for p in photos[:2]:
+        (check / p.name).write_bytes(p.read_bytes())
+    proc = _in_process(["--onnx", onnx_path, "--out", out, "--check", check, "--no-gates", *QUICK])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    pp = read_model_info(out).preprocessing
+    crops = np.stack([resize_crop(read_image(str(p)), pp) for p in photos[::8]])
+    rgb = crops[..., ::-1].astype(np.float32)
+    normalized = ((rgb - np.float32(pp.mean)) / np.float32(pp.std)).transpose(0, 3, 1, 2)
+    users = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([users.run(None, {"pixels": n[None]})[0] for n in normalized])
+    got = Classifier(out).predict_batch(crops)
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 0.3  # photos whose class a few int8 steps cannot change
+    assert decided.sum() >= 5 and (got.argmax(1) == expected.argmax(1))[decided].all(), (got, expected)
+
+    # the float sibling (its input named pixels_1, its normalization pixels_normalize) fed back in: fresh names again
+    twice = tmp_path / "twice.onnx"
+    prepend_normalization(sibling_paths(out)[0], pp, twice)
+    graph = onnx.load(str(twice)).graph
+    assert [i.name for i in graph.input] == ["pixels_2"] and graph.node[0].name == "pixels_normalize_1"
+    ort.InferenceSession(str(twice), providers=["CPUExecutionProvider"])
+
+
 def test_a_model_onnx2tf_converts_wrongly_gives_one_line(tmp_path):
     """onnx2tf loses a channel flip (x.flip(1) in PyTorch): the converter compares its float TFLite with
     the ONNX model and refuses, instead of quantizing a different model."""

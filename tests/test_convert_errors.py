@@ -71,6 +71,18 @@ def test_bad_flag_values_give_one_line(tmp_path):
     assert not list(tmp_path.glob("*.sqz")) and not list(tmp_path.glob("*.tflite"))
 
 
+def test_a_labels_file_that_does_not_fit_is_refused_even_when_empty(tmp_path):
+    """--labels gives one name per line: an empty or blank file names 0 classes and is refused like a file of
+    the wrong length, not replaced by the model's class numbers."""
+    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    for name, text, count in (("empty.txt", "", 0), ("blank.txt", " \n\n\t\n", 0), ("three.txt", "a\nb\nc\n", 3)):
+        (tmp_path / name).write_text(text)
+        err = one_error_line(_main("tflite", "--onnx", onnx_path, "--labels", tmp_path / name,
+                                   "--out", tmp_path / "t_int8.tflite"))
+        assert err.endswith(f"{count} labels given for a model with 2 outputs"), err
+    assert not list(tmp_path.glob("t_*"))
+
+
 def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path):
     err = one_error_line(_main("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz",
                               "--val", tmp_path / "no_such_folder"))
@@ -157,6 +169,28 @@ def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
         with pytest.raises(IsADirectoryError):
             atomic_write_many({sd / "a_int8.tflite": b"new", sd / "a_float.tflite": b"new"})
         assert (sd / "a_int8.tflite").read_bytes() == b"old"
+
+
+def test_an_output_nobody_can_create_is_refused_before_the_work(tmp_path, weights_env):
+    """/proc takes no new file, even from root, whom access() lets write anywhere: `compress --report` there
+    wrote the container, printed success, then failed; `tflite --report` failed after the whole conversion,
+    naming a hidden temporary file. Now every output is tried before the work, and a write that still
+    fails at the end (a full card) names the path the user gave."""
+    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    for args, expect in (
+            (("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--lossless", "--report",
+              "/proc/c.json"),
+             "error: --report /proc/c.json: cannot create a file in /proc (No such file or directory)"),
+            (("tflite", "--onnx", onnx_path, "--out", tmp_path / "t_int8.tflite", *QUICK, "--report", "/proc/t.json"),
+             "error: --report /proc/t.json: cannot create a file in /proc (No such file or directory)"),
+            (("tflite", "--onnx", onnx_path, "--out", "/proc/t_int8.tflite", *QUICK),
+             "error: /proc/t_int8.tflite: cannot create a file in /proc (No such file or directory)")):
+        assert one_error_line(_main(*args)) == expect
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]
+    with small_filesystem(tmp_path / "sd", "1m") as sd:
+        with pytest.raises(OSError, match="No space left") as info:
+            atomic_write(sd / "big.json", b"x" * 2_000_000)
+        assert info.value.filename == str(sd / "big.json") and not list(sd.iterdir())
 
 
 def test_outputs_follow_the_umask(tmp_path, int8_model):

@@ -135,3 +135,33 @@ def test_training_record_is_checked_before_use(tmp_path):
         torch.save({"model": model.state_dict(), "record": {**good, field: value}}, path)
         with pytest.raises(WeightsError, match=expect):
             W.load_model(str(path))
+
+
+def test_hostile_arch_kwargs_are_one_line_before_anything_is_built(tmp_path):
+    """A training record's arch_kwargs go to the model builder: an unknown argument, a num_classes beside the
+    labels', a value of the wrong kind or out of range, or sizes that would take 48 GB (base_e=1e9) or overflow
+    are refused by every command that loads weights, in one line naming the file and the field, and the
+    model's size is bounded before any of it is allocated."""
+    from realworld import convert_main, one_error_line
+
+    model = create_model("squeezenet1_1", num_classes=3)
+    pp = {"input_size": [32, 32], "resize": [32, 32], "channel_order": "RGB", "mean": [0.5, 0.5, 0.5],
+          "std": [0.25, 0.25, 0.25], "interpolation": "linear", "crop": "center"}
+    good = {"format": W.TRAINING_FORMAT, "name": "porch", "arch": "squeezenet1_1", "arch_kwargs": {},
+            "labels": ["empty", "parcel", "person"], "preprocessing": pp}
+    path = tmp_path / "best.pt"
+    for arch, kwargs in (("squeezenet1_1", {"evil": 1}), ("squeezenet1_1", {"num_classes": 3}),
+                         ("squeezenet1_1", {"bypass": "weird"}), ("squeezenet1_1", {"dropout": "x"}),
+                         ("squeezenet1_1", {"final_conv_padding": 10**6}), ("squeezenet_custom", {"base_e": "abc"}),
+                         ("squeezenet_custom", {"base_e": 0}), ("squeezenet_custom", {"base_e": 10**30}),
+                         ("squeezenet_custom", {"base_e": 10**9})):
+        torch.save({"model": model.state_dict(), "record": {**good, "arch": arch, "arch_kwargs": kwargs}}, path)
+        with pytest.raises(WeightsError, match=r"best.pt: training record field 'arch_kwargs'") as info:
+            W.load_model(str(path))
+        assert str(next(iter(kwargs))) in str(info.value)
+    assert "100,000,000 expected" in str(info.value)  # the last one: counted, not allocated
+    for args in (("evaluate", "--weights", path, "--val", tmp_path),
+                 ("tflite", "--weights", path, "--out", tmp_path / "m.tflite"),
+                 ("compress", "--weights", path, "--out", tmp_path / "m.sqz")):
+        assert "training record field 'arch_kwargs'" in one_error_line(convert_main(*args))
+    assert not list(tmp_path.glob("m*"))

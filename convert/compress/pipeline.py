@@ -13,7 +13,7 @@ from edge_runtime.fileio import atomic_write
 from ..errors import ConvertError
 from ..outputs import check_output_path
 from . import container as sqz
-from .share import for_layer, layer_spec, prune_mask, share_layer
+from .share import covers, for_layer, layer_spec, prune_mask, share_layer
 
 
 DEFAULT_BUDGET = 500_000
@@ -193,6 +193,20 @@ def check_inputs(opts: CompressOptions) -> None:
     check_output_path(opts.out, "--out")
 
 
+def check_layer_names(opts: CompressOptions, model, arch: str) -> None:
+    """Every layer --bits and --sparsity name is one of the model's convolutions or a module holding some.
+
+    Raises:
+        ConvertError: an unknown name (a typo would otherwise be ignored), listing the valid ones.
+    """
+    names = _conv_names(model)
+    for flag, spec in (("--bits", opts.bits), ("--sparsity", opts.sparsity)):
+        unknown = [k for k in layer_spec(spec, 0.0) if k != "*" and not any(covers(k, n) for n in names)]
+        if unknown:
+            raise ConvertError(f"{flag}: no layer {unknown[0]!r} in {arch}: one of {', '.join(names)} "
+                               "(or a module holding some, e.g. features.12) expected")
+
+
 def compress(opts: CompressOptions) -> dict:
     """Run the stage; writes the container atomically and returns the report."""
     from ..calibration import load_views
@@ -205,6 +219,7 @@ def compress(opts: CompressOptions) -> dict:
                                                               file=sys.stderr, flush=True))
     check_inputs(opts)
     model, record = load_model(opts.weights)
+    check_layer_names(opts, model, record.arch)
     key = _record_key(record)
     report: dict = {"weights": record.name, "sha256": record.sha256}
     if opts.sensitivity:

@@ -82,7 +82,12 @@ def layer_spec(spec: str | None, default: float) -> dict[str, float] | float:
     return out
 
 
+def covers(prefix: str, name: str) -> bool:
+    """``prefix`` names layer ``name`` or a module holding it (features.1 holds features.1.squeeze, not features.12)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def for_layer(spec: dict[str, float], name: str) -> float:
     """The most specific matching prefix's value."""
-    best = max((k for k in spec if k != "*" and name.startswith(k)), key=len, default="*")
+    best = max((k for k in spec if k != "*" and covers(k, name)), key=len, default="*")
     return spec[best]

@@ -58,8 +58,10 @@ class MetaParameters:
 
     def fire_widths(self) -> list[tuple[int, int, int]]:
         """(squeeze, expand1x1, expand3x3) per fire module."""
-        if not (0.0 <= self.pct_3x3 <= 1.0) or self.sr <= 0 or self.freq < 1 or self.num_fire < 1:
-            raise ValueError(f"Invalid metaparameters {self}: 0<=pct_3x3<=1, sr>0, freq>=1 expected")
+        if not (0.0 <= self.pct_3x3 <= 1.0) or self.sr <= 0 or self.freq < 1 or self.num_fire < 1 \
+                or self.base_e < 1 or self.incr_e < 0:
+            raise ValueError(f"Invalid metaparameters {self}: 0<=pct_3x3<=1, sr>0, freq>=1, base_e>=1, "
+                             "incr_e>=0 expected")
         widths = []
         for i in range(self.num_fire):
             e = self.base_e + self.incr_e * (i // self.freq)
@@ -107,6 +109,8 @@ class SqueezeNet(nn.Module):
             raise ValueError(f"Unsupported SqueezeNet version {version}: 1_0 or 1_1 expected")
         if num_classes < 1:
             raise ValueError(f"num_classes {num_classes}: at least 1 expected")
+        if final_conv_padding not in (0, 1):  # a larger one only adds zeros, and each frame's memory grows with it
+            raise ValueError(f"final_conv_padding {final_conv_padding!r}: 0 or 1 expected")
         self.version = version
         self.num_classes = num_classes
         stem, kernel, pools_after = _VERSIONS[version]
@@ -123,6 +127,8 @@ class SqueezeNet(nn.Module):
         final_conv = nn.Conv2d(inplanes, num_classes, kernel_size=1, padding=final_conv_padding)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True),
                                         nn.AdaptiveAvgPool2d((1, 1)))
+        if final_conv.weight.is_meta:  # a shape-only build (convert.models.check_model): nothing to initialize
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 if m is final_conv:

@@ -26,7 +26,7 @@ INPUT_SCALE = 58.0  # pixel std of ImageNet photos (torchvision's normalization:
 
 def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preprocessing, str, bool, dict]:
     """(model, preprocessing, arch, head is new, arch kwargs) from --weights: a named source, none, or a file."""
-    from ..models import UnknownModelError, create_model
+    from ..models import ModelArgumentError, UnknownModelError, create_model
     from ..weights import ALIASES, WEIGHTS, load_model
 
     n = len(classes)
@@ -57,7 +57,7 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
         init_state, init_labels = base.state_dict(), list(record.labels)
     try:
         model = create_model(arch, num_classes=n, **kwargs)
-    except (UnknownModelError, ValueError, TypeError) as e:
+    except (UnknownModelError, ModelArgumentError, TypeError) as e:  # TypeError: num_classes in the kwargs
         raise TrainError(f"--arch {arch} {kwargs or ''}: {e}") from None
     new_head = True
     with torch.no_grad():
