@@ -125,7 +125,10 @@ def test_cli_errors(tmp_path, weights_env):
     (tmp_path / "blocker").write_text("a file where a folder was meant")
     for args, expect in ((["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.sqz")], "no such"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--sensitivity"], "--val"),
-                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"], "1..8"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits", "12"],
+                          "--bits 12: a whole number of bits from 1 to 8"),
+                         (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--bits",
+                           "8,features.12=6.5"], "--bits 6.5 for features.12: a whole number"),  # was 6 unsaid
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",
                            "--finetune-images", str(tmp_path)], "not with --lossless"),
                          (["--weights", "deep-compression", "--out", str(tmp_path / "x.sqz"), "--lossless",

@@ -98,9 +98,7 @@ def shared_layers(model, weights: str, opts: CompressOptions) -> list[sqz.Shared
     for name in names:
         w, b = state[f"{name}.weight"], state[f"{name}.bias"]
         mask = prune_mask(w, for_layer(sparsity, name), mask=w != 0)
-        nbits = int(for_layer(bits, name))
-        if not 1 <= nbits <= 8:
-            raise ConvertError(f"--bits {nbits} for {name}: 1..8 expected")
+        nbits = int(for_layer(bits, name))  # whole numbers 1..8 (check_inputs)
         layers.append(share_layer(name, w, b, nbits, mask))
     return layers
 
@@ -173,7 +171,11 @@ def check_inputs(opts: CompressOptions) -> None:
     Raises:
         ConvertError: a folder that does not exist, an output that cannot be written, a bad spec.
     """
-    layer_spec(opts.bits, 8)
+    for key, value in layer_spec(opts.bits, 8).items():
+        if not (float(value).is_integer() and 1 <= value <= 8):
+            where = "" if key == "*" else f" for {key}"
+            raise ConvertError(f"--bits {value:g}{where}: a whole number of bits from 1 to 8 expected "
+                               "(e.g. '8,features.12=7')")
     for key, value in layer_spec(opts.sparsity, 0.0).items():
         if not 0.0 <= value < 1.0:
             where = "" if key == "*" else f" for {key}"
