@@ -112,14 +112,19 @@ def test_net_file_by_path(dc_net_file):
     assert model.classifier[1].padding == (1, 1)  # Caffe's conv10 pad: 1
 
 
+def _three_class_checkpoint() -> tuple:
+    """A fresh 3-class SqueezeNet v1.1 and a good training record for it, as `convert train` writes."""
+    pp = {"input_size": [32, 32], "resize": [32, 32], "channel_order": "RGB", "mean": [0.5, 0.5, 0.5],
+          "std": [0.25, 0.25, 0.25], "interpolation": "linear", "crop": "center"}
+    return create_model("squeezenet1_1", num_classes=3), {
+        "format": W.TRAINING_FORMAT, "name": "porch", "arch": "squeezenet1_1", "arch_kwargs": {},
+        "labels": ["empty", "parcel", "person"], "preprocessing": pp}
+
+
 def test_training_record_is_checked_before_use(tmp_path):
     """A training checkpoint's record names the architecture, classes and preprocessing; every field is
     untrusted: a wrong type or an unbounded size is refused in one line, a good record is applied."""
-    model = create_model("squeezenet1_1", num_classes=3)
-    pp = {"input_size": [32, 32], "resize": [32, 32], "channel_order": "RGB", "mean": [0.5, 0.5, 0.5],
-          "std": [0.25, 0.25, 0.25], "interpolation": "linear", "crop": "center"}
-    good = {"format": W.TRAINING_FORMAT, "name": "porch", "arch": "squeezenet1_1", "arch_kwargs": {},
-            "labels": ["empty", "parcel", "person"], "preprocessing": pp}
+    model, good = _three_class_checkpoint()
     path = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "record": good}, path)
     loaded, record = W.load_model(str(path))
@@ -144,11 +149,7 @@ def test_hostile_arch_kwargs_are_one_line_before_anything_is_built(tmp_path):
     model's size is bounded before any of it is allocated."""
     from realworld import convert_main, one_error_line
 
-    model = create_model("squeezenet1_1", num_classes=3)
-    pp = {"input_size": [32, 32], "resize": [32, 32], "channel_order": "RGB", "mean": [0.5, 0.5, 0.5],
-          "std": [0.25, 0.25, 0.25], "interpolation": "linear", "crop": "center"}
-    good = {"format": W.TRAINING_FORMAT, "name": "porch", "arch": "squeezenet1_1", "arch_kwargs": {},
-            "labels": ["empty", "parcel", "person"], "preprocessing": pp}
+    model, good = _three_class_checkpoint()
     path = tmp_path / "best.pt"
     for arch, kwargs in (("squeezenet1_1", {"evil": 1}), ("squeezenet1_1", {"num_classes": 3}),
                          ("squeezenet1_1", {"bypass": "weird"}), ("squeezenet1_1", {"dropout": "x"}),
