@@ -153,7 +153,8 @@ def test_hostile_arch_kwargs_are_one_line_before_anything_is_built(tmp_path):
     path = tmp_path / "best.pt"
     for arch, kwargs in (("squeezenet1_1", {"evil": 1}), ("squeezenet1_1", {"num_classes": 3}),
                          ("squeezenet1_1", {"bypass": "weird"}), ("squeezenet1_1", {"dropout": "x"}),
-                         ("squeezenet1_1", {"final_conv_padding": 10**6}), ("squeezenet_custom", {"base_e": "abc"}),
+                         ("squeezenet1_1", {"final_conv_padding": 10**6}), ("squeezenet1_1", {"meta": "x"}),
+                         ("squeezenet_custom", {"base_e": "abc"}),
                          ("squeezenet_custom", {"base_e": 0}), ("squeezenet_custom", {"base_e": 10**30}),
                          ("squeezenet_custom", {"base_e": 10**9})):
         torch.save({"model": model.state_dict(), "record": {**good, "arch": arch, "arch_kwargs": kwargs}}, path)

@@ -52,7 +52,7 @@ def check_model(name: str, **kwargs) -> int:
     try:
         with torch.device("meta"):
             count = sum(p.numel() for p in _REGISTRY[name](**kwargs).parameters())
-    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # the builder's own refusal, first line
+    except (TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as e:  # the builder's refusal
         raise ModelArgumentError(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__) from None
     if count > MAX_PARAMETERS:
         raise ModelArgumentError(f"{count:,} parameters, at most {MAX_PARAMETERS:,} expected")
