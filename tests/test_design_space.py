@@ -115,4 +115,7 @@ def test_input_sizes_and_grid_values_outside_the_design_space_are_one_line(capsy
                                                           "widest fire module: at most 2048 expected")):
         rc, err = _design_space(capsys, "--list", "--grid", grid)
         assert rc == 2 and err.startswith(f"error: --grid {grid!r}: {line}") and len(err.splitlines()) == 1, err
-    assert [v.name for v in parse_grid("sr=1;base_e=2048;incr_e=0")] == ["sr1_e2048+0f2"]  # the edges are in
+    assert [v.name for v in parse_grid("sr=0.125;base_e=2048;incr_e=0")] == ["e2048+0f2"]  # the edges are in
+    rc, err = _design_space(capsys, "--list", "--grid", "sr=1;base_e=2048;incr_e=0")  # was a traceback
+    assert rc == 2 and err.startswith("error: --grid 'sr=1;base_e=2048;incr_e=0': sr1_e2048+0f2: 199,424,872 "
+                                      "parameters, at most 100,000,000 expected") and len(err.splitlines()) == 1, err

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from edge_runtime.preprocess import MAX_INPUT_SIDE
 
 from ..errors import ConvertError
-from ..models import MetaParameters, min_input_size
+from ..models import MAX_PARAMETERS, MetaParameters, ModelArgumentError, check_model, min_input_size
 
 
 class DesignSpaceError(ConvertError):
@@ -73,6 +73,11 @@ class Variant:
             self.meta().fire_widths()
         except ValueError as e:
             raise DesignSpaceError(str(e)) from None
+        arch, kwargs = self.arch()
+        try:  # the bound of every model the tools build, at ImageNet's 1000 classes (a data set has at most that)
+            check_model(arch, num_classes=1000, **kwargs)
+        except ModelArgumentError as e:
+            raise DesignSpaceError(f"{self.name}: {e} (the tools' bound on any model, {MAX_PARAMETERS:,})") from None
 
     def meta(self) -> MetaParameters:
         return MetaParameters(base_e=self.base_e, incr_e=self.incr_e, pct_3x3=self.pct_3x3, freq=self.freq,
