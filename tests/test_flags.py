@@ -116,8 +116,8 @@ def test_threads_and_threshold_are_bounded(main, argv, expect, capsys):
 
 def test_learning_rates_are_bounded_when_the_command_line_is_read(tmp_path):
     """--lr 1e308 ended training in a traceback (past float32's range torch cannot take the SGD step); any rate
-    above 10 only diverges. Both are refused before any work (the design-space sweep's --lr too:
-    test_one_meaning_per_flag)."""
+    above 10 only diverges. Both are refused before any work (--lr x --finetune-lr above 10 too:
+    test_train.test_bad_inputs_one_line_nothing_overwritten)."""
     for flag in ("--lr", "--finetune-lr"):
         for bad in ("1e308", "11", "0", "nan"):
             proc = convert_main("train", "--data", tmp_path, "--out", tmp_path / "run", flag, bad)

@@ -146,6 +146,9 @@ def test_bad_inputs_one_line_nothing_overwritten(fmnist, run_dir, tmp_path, caps
     one = tmp_path / "one"
     shutil.copytree(data / "Bag", one / "Bag")
     _fails(["--data", str(one), "--out", str(tmp_path / "o2")], capsys, "at least 2 class folders")
+    _fails(["--data", str(data), "--out", str(tmp_path / "o3"), "--lr", "10", "--finetune-lr", "10"], capsys,
+           "--lr 10 / --finetune-lr 10 / min scale 0.35: rates (--lr and --lr x --finetune-lr) above 0 and at most 10")
+    assert not (tmp_path / "o3").exists()
     unreadable = tmp_path / "unreadable"
     shutil.copytree(data / "Coat", unreadable / "Coat")
     (unreadable / "Shoe").mkdir()

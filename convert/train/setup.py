@@ -189,9 +189,10 @@ def _prepare(o: TrainOptions) -> dict:
         raise TrainError(f"--dsd {o.dsd}: a sparsity between 0 and 1 expected (e.g. 0.5)")
     if o.epochs < 0 or (o.epochs == 0 and o.dsd is None):
         raise TrainError(f"--epochs {o.epochs}: at least 1 expected (or 0 with --dsd)")
-    if not (0 < o.lr <= MAX_LR and 0 < o.finetune_lr <= MAX_LR) or o.min_scale <= 0 or o.min_scale > 1:
-        raise TrainError(f"--lr {o.lr} / --finetune-lr {o.finetune_lr} / min scale {o.min_scale}: rates above 0 and "
-                         f"at most {MAX_LR:g}, 0 < min scale <= 1 expected")
+    if not (0 < o.lr <= MAX_LR and 0 < o.finetune_lr and o.lr * o.finetune_lr <= MAX_LR) or o.min_scale <= 0 \
+            or o.min_scale > 1:  # --finetune-lr is a factor of --lr: the full phase's rate is their product
+        raise TrainError(f"--lr {o.lr:g} / --finetune-lr {o.finetune_lr:g} / min scale {o.min_scale:g}: rates (--lr "
+                         f"and --lr x --finetune-lr) above 0 and at most {MAX_LR:g}, 0 < min scale <= 1 expected")
     calib_dir = _link_items(_calibration_sample(train_items, classes), classes, out / "calib")
     val_dir = Path(o.val).resolve() if o.val is not None else (
         _link_items(val_items, classes, out / "val") if val_items else None)
