@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .fileio import free_name, fsync_path, pid_alive
+from .fileio import free_name, fsync_path, output_problem, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ def check_target(path: Path) -> None:
         raise RecordingError(f"--record {path}: cannot create the folder {parent} ({e.strerror})") from None
     if not os.access(parent, os.W_OK):
         raise RecordingError(f"--record {path}: the folder {parent} is not writable")
+    problem = output_problem(path)  # what access() does not see as root: a folder that takes no file (/proc)
+    if problem:
+        raise RecordingError(f"--record {path}: {problem}")
 
 
 def free_bytes(folder: Path) -> int:

@@ -97,6 +97,9 @@ def test_read_only_folder_fails_before_starting(int8_model, sample_clip, tmp_pat
         proc = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record", ro / "rec.mp4")
     assert proc.returncode == 2
     assert one_error_line(proc) == f"error: --record {ro / 'rec.mp4'}: the folder {ro} is not writable"
+    proc = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--record", "/proc/rec.mp4")
+    assert proc.returncode == 2 and one_error_line(proc) == (  # it started, then called /proc a full disk: exit 1
+        "error: --record /proc/rec.mp4: cannot create a file in /proc (No such file or directory)")
     proc = _runtime("--source", sample_clip, "--model", int8_model, "--record", tmp_path / "rec.gif")
     assert proc.returncode == 2 and one_error_line(proc) and ".mkv" in proc.stderr
 
