@@ -129,9 +129,12 @@ def nonnegative_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "0 or a positive number")
 
 
+MAX_THREADS = 256  # a board has 4; more only costs start-up time
+
+
 def threads_arg(text: str) -> int:
-    """Interpreter or inference threads: 1 to 256 (a board has 4; more only costs start-up time)."""
-    return _number(text, int, lambda v: 1 <= v <= 256, "a number of threads from 1 to 256")
+    """Interpreter or inference threads: 1 to :data:`MAX_THREADS`."""
+    return _number(text, int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threads from 1 to {MAX_THREADS}")
 
 
 def probability_arg(text: str) -> float:

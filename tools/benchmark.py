@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import (deprecated, json_path_to_report, nonnegative_float, nonnegative_int, positive_int,
-                                seconds_arg)
+from edge_runtime.flags import (MAX_THREADS, deprecated, json_path_to_report, nonnegative_float, nonnegative_int,
+                                positive_int, seconds_arg)
 from edge_runtime.sources import is_stream
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
@@ -40,8 +40,9 @@ def _threads(text: str) -> list[int]:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         values = []
-    if not values or not all(1 <= v <= 256 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated thread counts from 1 to 256 expected, e.g. 1,2,4")
+    if not values or not all(1 <= v <= MAX_THREADS for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated thread counts from 1 to {MAX_THREADS} expected, "
+                                         "e.g. 1,2,4")
     return values
 
 
