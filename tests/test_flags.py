@@ -40,7 +40,7 @@ def test_one_meaning_per_flag():
             assert opts["--resize"].type is flags.resize_arg, name
         if "--input-size" in opts:  # N or HxW; where the input must be square, N or NxN
             assert opts["--input-size"].type in (flags.input_size_arg, flags.square_size_arg), name
-        if "--lr" in opts:  # convert train, tools.design_space: bounded (a rate past float32's range was a traceback)
+        if "--lr" in opts:  # convert train (tools.design_space: below): bounded (past float32's range, a traceback)
             assert opts["--lr"].type is flags.lr_arg, name
         for action in opts.values():
             assert action.help, (name, action.option_strings)  # every flag has a help text
@@ -102,8 +102,10 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     ("edge_runtime.cli", ["--image", "x.jpg", "--threads", "100000"], "--threads: '100000': a number of threads"),
     ("tools.runtime_bench", ["--threads", "0"], "--threads: '0': a number of threads from 1 to 256"),
     ("tools.interpreter_agreement", ["dump", "--threads", "-1"], "--threads: '-1': a number of threads"),
+    ("tools.design_space", ["--list", "--threads", "999"], "--threads: '999': a number of threads from 1 to 256"),
+    ("tools.design_space", ["--list", "--lr", "1e308"], "--lr: '1e308': a rate above 0 and at most 10"),
 ])
-def test_threads_and_threshold_are_bounded(main, argv, expect, capsys):
+def test_threads_threshold_and_rates_are_bounded(main, argv, expect, capsys):
     """A threshold no probability reaches hid every label without a word; 100,000 threads took seconds to
     start; 0 or -1 reached the interpreter. Each is refused by its flag, in one line."""
     import importlib
