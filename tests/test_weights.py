@@ -160,7 +160,7 @@ def test_hostile_arch_kwargs_are_one_line_before_anything_is_built(tmp_path):
         torch.save({"model": model.state_dict(), "record": {**good, "arch": arch, "arch_kwargs": kwargs}}, path)
         with pytest.raises(WeightsError, match=r"best.pt: training record field 'arch_kwargs'") as info:
             W.load_model(str(path))
-        assert str(next(iter(kwargs))) in str(info.value)
+        assert "refused by" in str(info.value) or "holds num_classes" in str(info.value), info.value  # the cause
     assert "100,000,000 expected" in str(info.value)  # the last one: counted, not allocated
     for args in (("evaluate", "--weights", path, "--val", tmp_path),
                  ("tflite", "--weights", path, "--out", tmp_path / "m.tflite"),
