@@ -274,8 +274,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not self._write_or_drop(b"id: %d\ndata: %s\n\n" % (record["frame"], json.dumps(record).encode())):
                 return
             sent_frame, last_write = record["frame"], now
-            if not video:
-                hub.pause(hub.interval - (time.monotonic() - now))
+            if not video:  # the interval from the end of this write: a client never gets two messages closer,
+                hub.pause(hub.interval)  # even when this thread was held up between its clock and its write
 
 
 class Server(http.server.ThreadingHTTPServer):
