@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the .tflite model (default: {DEFAULT_MODEL}, what `python -m convert tflite` writes)")
     p.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
     p.add_argument("--top-k", type=positive_int, default=TOP_K, help=f"labels shown per frame (default {TOP_K})")
-    p.add_argument("--threshold", type=probability_arg, default=0.0, help="hide labels below this probability (default 0)")
+    p.add_argument("--threshold", type=probability_arg, default=0.0,
+                   help="hide labels below this probability (default 0)")
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
     p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
     p.add_argument("--max-frames", type=positive_int, help="stop after N classified frames")
