@@ -131,13 +131,37 @@ def float_sibling(float_tflite: bytes, src, artifact_name: str) -> bytes:
         graph, order, note = rgb_input(float_tflite), "RGB", None
     except ConvertError as e:
         graph, order, note = float_tflite, "BGR", f"input kept BGR: {e}"
+    return finish_artifact(graph, sibling_info(src, artifact_name, order, note))
+
+
+def float_onnx_sibling(onnx_path, src, artifact_name: str) -> bytes:
+    """The float ONNX kept beside the artifact (BGR pixels 0..255 in: the normalization is in the
+    graph), with the float TFLite's record as its ``metadata_props`` entry :data:`METADATA_NAME`, so
+    that ``convert tflite --onnx`` of it adds no second normalization and keeps the labels,
+    preprocessing and the weights' margin-band mix (:func:`convert.source.onnx_record` reads it).
+    The model's other properties are kept."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    record = sibling_info(src, artifact_name, "BGR").to_json_bytes().decode()
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_NAME]
+    del model.metadata_props[:]
+    for key, value in (*kept, (METADATA_NAME, record)):
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+def sibling_info(src, artifact_name: str, order: str, note: str | None = None) -> ModelInfo:
+    """The record of a float model kept beside the artifact ``artifact_name``: float32 pixels 0..255 in
+    channel ``order`` (the normalization is in the graph), plain logits out."""
     output = {"name": "logits", "dtype": "float32", "meaning": "logits", "exact_top1": False,
               **({"note": note} if note else {})}
-    info = ModelInfo(preprocessing=src.preprocessing, labels=src.labels, model_name=src.name, input_dtype="float32",
-                     input_channel_order=order, wnids=src.wnids,
-                     extra={"weights_sha256": src.sha256, "output": output, "float_sibling_of": artifact_name,
-                            "quantization": {"weights": "float32", "activations": "float32"}, **src.extra})
-    return finish_artifact(graph, info)
+    extra = {"weights_sha256": src.sha256, "output": output, "float_sibling_of": artifact_name,
+             "quantization": {"weights": "float32", "activations": "float32"}, **src.extra}
+    if src.check_reference:
+        extra["check_reference"] = list(src.check_reference)
+    return ModelInfo(preprocessing=src.preprocessing, labels=src.labels, model_name=src.name, input_dtype="float32",
+                     input_channel_order=order, wnids=src.wnids, extra=extra)
 
 
 def rgb_input(tflite: bytes) -> bytes:
@@ -148,6 +172,7 @@ def rgb_input(tflite: bytes) -> bytes:
     Raises:
         ConvertError: the input does not feed convolutions over 3 channels directly.
     """
+    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
@@ -170,6 +195,9 @@ def rgb_input(tflite: bytes) -> bytes:
     for op in sg.operators:
         for i in op.inputs:
             users[int(i)] = users.get(int(i), 0) + 1
+    buffer_users = {}  # the converter stores equal constants once: two filters can share one buffer
+    for t in (t for g in model.subgraphs for t in g.tensors):
+        buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
     for op in convs:
         w = sg.tensors[int(op.inputs[1])]
         buf = model.buffers[w.buffer]
@@ -179,6 +207,11 @@ def rgb_input(tflite: bytes) -> bytes:
         if dtype is None:
             raise ConvertError(f"first convolution filter of type {w.type}: int8 or float32 expected")
         data = np.frombuffer(bytes(buf.data), dtype).reshape([int(v) for v in w.shape])
+        if buffer_users[w.buffer] > 1:  # another tensor's bytes too: the reversed filter gets its own buffer
+            buffer_users[w.buffer] -= 1
+            buf = schema.BufferT()
+            model.buffers.append(buf)
+            w.buffer = len(model.buffers) - 1
         buf.data = np.frombuffer(np.ascontiguousarray(data[..., ::-1]).tobytes(), np.uint8)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 

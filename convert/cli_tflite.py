@@ -96,9 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .presets import ONNX_DEFAULTS as D
 
     def onnx_only(default: str, text: str) -> str:
-        return f"with --onnx: {text} (default {default}, from torchvision's ImageNet record)"
+        return (f"with --onnx: {text} (default {default}, from torchvision's ImageNet record; a *_float.onnx "
+                "the converter wrote gives its own)")
 
-    p.add_argument("--labels", type=Path, help="with --onnx: a text file with one class name per line")
+    p.add_argument("--labels", type=Path,
+                   help="with --onnx: a text file with one class name per line (default: ImageNet's for 1000 "
+                   "outputs, else 0..N-1; the record's for a *_float.onnx the converter wrote)")
     p.add_argument("--input-size", type=input_size_arg, metavar="N|HxW",
                    help="with --onnx: N (square) or HxW, checked against the ONNX input")
     p.add_argument("--resize", type=resize_arg, metavar="N|HxW",

@@ -30,7 +30,7 @@ from pathlib import Path
 from edge_runtime.evaluation import shows_top5
 from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 
-from .artifact import artifact_record, finish_artifact, finish_graph, float_sibling
+from .artifact import artifact_record, finish_artifact, finish_graph, float_onnx_sibling, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
@@ -142,9 +142,10 @@ def convert(opts: ConvertOptions) -> dict:
                                   opts.quiet)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
+        float_onnx = float_onnx_sibling(graphs.reference, src, out.name)
         report = {"model": src.name, "classes": len(src.labels), "out": str(out), "input_type": opts.input_type,
                   "output_type": opts.output_type,
-                  "sizes": {"float_onnx": graphs.reference.stat().st_size,
+                  "sizes": {"float_onnx": len(float_onnx),
                             "float_tflite": len(float_tflite), "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),
                   "total_seconds": round(time.perf_counter() - progress.t0, 1),
@@ -155,7 +156,7 @@ def convert(opts: ConvertOptions) -> dict:
             hint = "" if validation.get("val") else OWN_CHECK_HINT if opts.check else UNLABELLED_HINT
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
                             + hint, report)
-        write_artifact(out, final, graphs.reference, float_tflite)
+        write_artifact(out, final, float_onnx, float_tflite)
     finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
         shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
@@ -295,12 +296,12 @@ def sibling_record(out: Path) -> dict[str, str]:
     return {"float_onnx": onnx_path.name, "float_tflite": tflite_path.name}
 
 
-def write_artifact(out: Path, artifact: bytes, float_onnx: Path, float_tflite: bytes) -> None:
-    """The artifact and its float siblings (the float TFLite finished by :func:`convert.artifact.float_sibling`),
-    replaced together or not at all."""
+def write_artifact(out: Path, artifact: bytes, float_onnx: bytes, float_tflite: bytes) -> None:
+    """The artifact and its float siblings (finished by :func:`convert.artifact.float_sibling` and
+    :func:`convert.artifact.float_onnx_sibling`), replaced together or not at all."""
     check_stop()
     onnx_out, tflite_out = sibling_paths(out)
-    atomic_write_many({onnx_out: float_onnx.read_bytes(), tflite_out: float_tflite, out: artifact})
+    atomic_write_many({onnx_out: float_onnx, tflite_out: float_tflite, out: artifact})
 
 
 def _with_ci(figures: dict, key: str, unit: str) -> str:

@@ -27,8 +27,9 @@ class OnnxInput:
     mean: tuple[float, float, float] | None = None  # 0..255 units, model channel order
     std: tuple[float, float, float] | None = None
 
-    def preprocessing(self, onnx_size: tuple[int, int]) -> Preprocessing:
-        """The full record for an ONNX input of ``onnx_size`` (H, W).
+    def preprocessing(self, onnx_size: tuple[int, int], base: Preprocessing | None = None) -> Preprocessing:
+        """The full record for an ONNX input of ``onnx_size`` (H, W), from ``base`` (the file's own
+        record, :func:`onnx_record`) or :data:`convert.presets.ONNX_DEFAULTS` where the user said nothing.
 
         Raises:
             ConvertError: ``input_size`` given and different from the ONNX input.
@@ -36,7 +37,7 @@ class OnnxInput:
         if self.input_size is not None and tuple(self.input_size) != tuple(onnx_size):
             raise ConvertError(f"--input-size {self.input_size[0]}x{self.input_size[1]} does not match the "
                                f"ONNX input {onnx_size[0]}x{onnx_size[1]}")
-        pp = at_input_size(ONNX_DEFAULTS, tuple(onnx_size))
+        pp = base or at_input_size(ONNX_DEFAULTS, tuple(onnx_size))
         given = {"channel_order": self.channel_order, "mean": self.mean, "std": self.std,
                  "resize": tuple(self.resize) if self.resize else None}
         return dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
@@ -88,13 +89,74 @@ def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, na
         raise ConvertError(f"{path}: ONNX file not found")
     _, size, classes = classifier_signature(path)
     check_onnx_runs(path, size, classes)
-    pp = onnx_input.preprocessing(size)
-    wnids = list(imagenet_classes()[0]) if classes == 1000 and labels is None else []
+    own = onnx_record(path, size, classes)  # the converter's own float ONNX describes itself
+    pp = onnx_input.preprocessing(size, own.preprocessing if own else None)
+    if labels is None and own is not None:
+        labels, wnids = own.labels, own.wnids
+    else:
+        wnids = list(imagenet_classes()[0]) if classes == 1000 and labels is None else []
     if labels is None:  # an empty --labels file is not "no --labels": it is refused below
         labels = list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)]
     if len(labels) != classes:
         raise ConvertError(f"{len(labels)} labels given for a model with {classes} outputs")
-    return Source(name or path.stem, pp, labels, wnids, sha256_file(path), onnx_path=path)
+    return Source(name or (own.model_name if own else path.stem), pp, labels, wnids, sha256_file(path),
+                  onnx_path=path, check_reference=own.check_reference if own else (),
+                  extra=own.extra if own else {})
+
+
+@dataclass(frozen=True)
+class OnnxRecord:
+    """What a float ONNX the converter wrote says about itself (:func:`convert.artifact.float_onnx_sibling`)."""
+
+    preprocessing: Preprocessing  # for its input: BGR pixels 0..255, no mean or std (they are in the graph)
+    labels: list[str]
+    wnids: list[str]
+    model_name: str
+    check_reference: tuple[int, ...]
+    extra: dict  # arch, weights, license as recorded
+
+
+def onnx_record(path: Path, size: tuple[int, int], classes: int) -> OnnxRecord | None:
+    """The converter's record in an ONNX file's metadata (``metadata_props`` key
+    :data:`edge_runtime.metadata.METADATA_NAME`), or None for an ONNX model without one. Read as
+    untrusted: bounded, its schema checked, and refused when it does not fit the graph.
+
+    Raises:
+        ConvertError: a record that is malformed or does not describe this graph.
+    """
+    import onnx
+
+    from edge_runtime.metadata import METADATA_NAME, MetadataError, ModelInfo, clean_text
+
+    from .fidelity import MARGIN_EDGES
+
+    props = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+             if p.key == METADATA_NAME]
+    if not props:
+        return None
+    try:
+        info = ModelInfo.from_json_bytes(props[-1].encode("utf-8", "replace"))
+    except MetadataError as e:
+        raise ConvertError(f"{path}: its {METADATA_NAME} record is unreadable ({e})") from None
+    pp = info.preprocessing
+    problem = ("it does not say float32 pixels in" if info.input_dtype != "float32"
+               else f"it says input {pp.input_size[0]}x{pp.input_size[1]}, the graph takes {size[0]}x{size[1]}"
+               if tuple(pp.input_size) != tuple(size)
+               else f"it names {len(info.labels)} labels, the graph has {classes} outputs"
+               if len(info.labels) != classes else None)
+    if problem:
+        raise ConvertError(f"{path}: its {METADATA_NAME} record does not fit the model: {problem}")
+    reference = info.extra.get("check_reference", [])
+    if reference and not (isinstance(reference, list) and len(reference) == len(MARGIN_EDGES) + 1
+                          and all(type(c) is int and 0 <= c <= 10**9 for c in reference) and sum(reference) > 0):
+        raise ConvertError(f"{path}: its {METADATA_NAME} record's check_reference is not "
+                           f"{len(MARGIN_EDGES) + 1} counts of images")
+    extra = {k: clean_text(info.extra[k]) for k in ("arch", "weights", "license")
+             if isinstance(info.extra.get(k), str)}
+    return OnnxRecord(dataclasses.replace(pp, channel_order=info.input_channel_order, mean=(0.0, 0.0, 0.0),
+                                          std=(1.0, 1.0, 1.0)),
+                      info.labels, info.wnids if len(info.wnids) == classes else [], info.model_name,
+                      tuple(reference), extra)
 
 
 def check_onnx_runs(path: Path, size: tuple[int, int], classes: int) -> None:

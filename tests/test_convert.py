@@ -320,12 +320,33 @@ def test_users_onnx_whose_input_is_named_pixels(tmp_path):
     decided = top2[:, 1] - top2[:, 0] > 0.3  # photos whose class a few int8 steps cannot change
     assert decided.sum() >= 5 and (got.argmax(1) == expected.argmax(1))[decided].all(), (got, expected)
 
-    # the float sibling (its input named pixels_1, its normalization pixels_normalize) fed back in: fresh names again
+    # the float sibling (BGR pixels in, its normalization inside, its input named pixels_1) fed back in with
+    # no flags: its own record says so, so no second normalization goes in front (fresh names all the same)
+    sibling, again = sibling_paths(out)[0], tmp_path / "again_int8.tflite"
+    proc = _in_process(["--onnx", sibling, "--out", again, "--check", check, "--no-gates", *QUICK])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info, first = read_model_info(again), read_model_info(out)
+    assert info.labels == first.labels and info.model_name == first.model_name == "colour"
+    assert (info.preprocessing.input_size, info.preprocessing.resize) == (pp.input_size, pp.resize)
+    assert (info.preprocessing.mean, info.preprocessing.std) == ((0, 0, 0), (1, 1, 1))
+    # (the int8 normalization conv in front and the user's conv then have equal int8 filters, which the TFLite
+    # converter stores in one buffer: reordering the first one's input channels must not reorder the other's)
+    assert (Classifier(again).predict_batch(crops).argmax(1) == expected.argmax(1))[decided].all()
+    # a record that is not the converter's, or does not fit the graph: one line, before any work
+    from edge_runtime.metadata import METADATA_NAME
+    own = {p.key: p.value for p in onnx.load(str(sibling)).metadata_props}[METADATA_NAME]
+    assert '"labels":["0","1","2"]' in own and '"dtype":"float32"' in own
+    for record, why in (("{not json", "unreadable"), (own.replace('"labels":["0","1","2"]', '"labels":["0"]'),
+                                                      "names 1 labels, the graph has 3 outputs")):
+        forged, model = tmp_path / "forged.onnx", onnx.load(str(sibling))
+        onnx.helper.set_model_props(model, {METADATA_NAME: record})
+        onnx.save(model, str(forged))
+        line = one_error_line(_in_process(["--onnx", forged, "--out", tmp_path / "f_int8.tflite"]))
+        assert f"forged.onnx: its {METADATA_NAME} record" in line and why in line, line
     twice = tmp_path / "twice.onnx"
-    prepend_normalization(sibling_paths(out)[0], pp, twice)
+    prepend_normalization(sibling, pp, twice)
     graph = onnx.load(str(twice)).graph
     assert [i.name for i in graph.input] == ["pixels_2"] and graph.node[0].name == "pixels_normalize_1"
-    ort.InferenceSession(str(twice), providers=["CPUExecutionProvider"])
 
 
 def test_a_model_onnx2tf_converts_wrongly_gives_one_line(tmp_path):
