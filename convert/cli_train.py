@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .outputs import check_output_path
-    from .pipeline import check_int8_out, to_int8
+    from .pipeline import check_int8_out, check_space, to_int8
     from .train import TrainOptions, train
 
     if args.report:
@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         finetune_lr=args.finetune_lr, freeze_epochs=args.freeze_epochs, input_size=args.input_size,
         resize=args.resize, min_scale=args.min_scale, dsd=args.dsd, dsd_epochs=args.dsd_epochs,
         frame_stride=args.frame_stride, seed=args.seed, resume=args.resume, workers=args.workers,
-        threads=args.threads, device=args.device, quiet=args.quiet, argv=sys.argv[:]))
+        threads=args.threads, device=args.device, quiet=args.quiet, argv=sys.argv[:]),
+        # the conversion's free space, before the training rather than after it
+        preflight=(lambda weight_bytes: check_space(Path(args.tflite).parent, weight_bytes)) if args.tflite else None)
     if summary.get("rank", 0):
         return 0
     if args.tflite:  # after the run's reports: a missed gate leaves the run whole and says so

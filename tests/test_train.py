@@ -224,6 +224,15 @@ def test_full_storage_names_the_file_being_written(fmnist, weights_env, tmp_path
         assert not list((sd / "run").glob(".*.tmp"))
 
 
+def test_too_little_space_for_tflite_fails_before_training(fmnist, weights_env, tmp_path, capsys):
+    """`train --tflite` on a disk too small for the conversion said so only after the whole training run: the
+    conversion's free space is checked once the model's size is known, before the first epoch."""
+    with small_filesystem(tmp_path / "sd", "2m") as sd:
+        err = _fails(["--data", str(_tiny(fmnist, tmp_path)), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                      "--tflite", str(sd / "m_int8.tflite")], capsys, "MB free, about")
+        assert err.startswith(f"error: {sd}: ") and not list(sd.iterdir()) and not (tmp_path / "run").exists(), err
+
+
 def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
     """/proc takes no new file though os.access says root may write there: --tflite and --report into it
     failed only when training had ended. Creating a file is tried up front (no data needed to get there)."""

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -112,12 +113,18 @@ def _calibration_sample(items, classes: list[str]):
     return out
 
 
-def prepare(o: TrainOptions) -> dict:
+def prepare(o: TrainOptions, preflight: Callable[[int], None] | None = None) -> dict:
     """Everything rank 0 decides before training: options, data, split, model, resume state. A run folder
-    this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C)."""
+    this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C, or
+    ``preflight``, called with the model's float32 weight bytes, raising: what comes after training
+    checks what it needs before the training starts)."""
     new = _first_missing(Path(o.out))
     try:
-        return _prepare(o)
+        setup = _prepare(o)
+        if preflight is not None:
+            preflight(sum(t.numel() * 4 for t in setup["state"].values()
+                          if isinstance(t, torch.Tensor) and t.is_floating_point()))
+        return setup
     except BaseException:
         if new is not None:
             release_run(Path(o.out))

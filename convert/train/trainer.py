@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -39,8 +40,11 @@ def _say(ctx, quiet: bool, msg: str) -> None:
 
 # ---------------------------------------------------------------- the run
 
-def train(opts: TrainOptions) -> dict:
+def train(opts: TrainOptions, preflight: Callable[[int], None] | None = None) -> dict:
     """Train as the options say; writes the run folder (rank 0) and returns the summary.
+
+    ``preflight`` (rank 0, before the first epoch) is given the model's float32 weight bytes and raises a
+    ConvertError when what follows the run cannot be done (``train --tflite``: too little free space).
 
     Raises:
         TrainError (a ConvertError): bad data, options, output folder, or a run that does not match.
@@ -51,7 +55,7 @@ def train(opts: TrainOptions) -> dict:
         setup = None
         if ctx.is_main:
             try:
-                setup = ("ok", prepare(opts))
+                setup = ("ok", prepare(opts, preflight))
             except (ConvertError, PreprocessingError) as e:
                 setup = ("error", str(e))
         status, setup = ctx.broadcast_object(setup)
