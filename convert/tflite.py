@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -50,8 +51,17 @@ def onnx_to_saved_model(onnx_path: Path, workdir: Path, crops: np.ndarray) -> tu
         ConvertError: onnx2tf failed (the last line of its log is quoted).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import onnx2tf
+    limit = sys.getrecursionlimit()
+    import onnx2tf  # sets the recursion limit to 2**31 - 1 for the whole process (its graph walks recurse)
 
+    sys.setrecursionlimit(2**31 - 1)
+    try:
+        return _onnx2tf(onnx2tf, onnx_path, workdir, crops)
+    finally:  # for its conversion only: beyond it a deep recursion should be a RecursionError, not a crash
+        sys.setrecursionlimit(limit)
+
+
+def _onnx2tf(onnx2tf, onnx_path: Path, workdir: Path, crops: np.ndarray) -> tuple[Path, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     write_onnx2tf_sample(workdir, crops)
     out_dir = workdir / "saved_model"

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .fileio import FileTooLarge, read_bounded
 from .preprocess import Preprocessing, PreprocessingError
@@ -99,14 +102,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth(value: Any, limit: int) -> int:
-    """How deeply lists and objects nest in a parsed JSON value, counting no further than ``limit + 1``."""
-    deepest, level = 0, [value]
-    while level and deepest <= limit:
-        deepest += 1
-        level = [v for x in level if isinstance(x, (list, dict)) for v in (x.values() if isinstance(x, dict) else x)
-                 if isinstance(v, (list, dict))]
-    return deepest if isinstance(value, (list, dict)) else 0
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply lists and objects nest in JSON text, counted without parsing it (so without recursion:
+    the parser's own bound is the interpreter's recursion limit, which a library can lift far past what
+    the stack holds; onnx2tf sets it to 2**31 - 1 on import)."""
+    brackets = np.frombuffer(_NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data)), np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return int(steps.cumsum().max(initial=0))
 
 
 def parse_json(data: bytes) -> Any:
@@ -117,17 +123,14 @@ def parse_json(data: bytes) -> Any:
     """
     if len(data) > MAX_JSON_BYTES:
         raise MetadataError(f"metadata record is {len(data)} bytes: at most {MAX_JSON_BYTES} expected")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise MetadataError(f"metadata record nests more than {MAX_JSON_DEPTH} levels deep")
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except MetadataError:
         raise
-    except RecursionError:  # the parser's own bound, far above ours
-        raise MetadataError(f"metadata record nests too deeply: at most {MAX_JSON_DEPTH} levels expected") from None
     except (UnicodeDecodeError, ValueError) as e:  # also integers over Python's 4300 digits
         raise MetadataError(f"metadata record is not readable JSON ({str(e)[:120]})") from None
-    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise MetadataError(f"metadata record nests more than {MAX_JSON_DEPTH} levels deep")
-    return value
 
 
 def clean_text(value: Any, limit: int = MAX_LABEL_CHARS) -> str:

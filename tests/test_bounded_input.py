@@ -140,7 +140,7 @@ def _record(model: bytes) -> dict:
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("deep", "nests too deeply"), ("deep_list", "nests more than 32 levels"), ("infinite_resize", "finite numbers"),
+    ("deep", "nests more than 32 levels"), ("deep_list", "nests more than 32 levels"), ("infinite_resize", "finite numbers"),
     ("nan_mean", "finite numbers"), ("huge_int", "not readable JSON"), ("float_size", "whole number"),
     ("negative_size", "8..4096 expected"), ("labels_not_strings", "every entry must be a string")])
 def test_hostile_metadata_gives_one_line(int8_model, sample_clip, tmp_path, case, expected):

@@ -153,11 +153,15 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     reference = None
     if args.reference:
+        from edge_runtime.metadata import MAX_JSON_DEPTH, json_depth
+
         try:
-            reference = bench_report.check_reference(json.loads(read_bounded(args.reference, MAX_REFERENCE_BYTES)))
-        except RecursionError:
-            print(f"error: --reference {args.reference}: nested too deeply (a --report file expected)", file=sys.stderr)
-            return 2
+            text = read_bounded(args.reference, MAX_REFERENCE_BYTES)
+            if json_depth(text) > MAX_JSON_DEPTH:  # before the parser, whose bound a library may have lifted
+                print(f"error: --reference {args.reference}: nested too deeply (a --report file expected)",
+                      file=sys.stderr)
+                return 2
+            reference = bench_report.check_reference(json.loads(text))
         except (OSError, ValueError) as e:
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2
