@@ -99,7 +99,7 @@ def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, na
         labels = list(imagenet_classes()[1]) if classes == 1000 else [str(i) for i in range(classes)]
     if len(labels) != classes:
         raise ConvertError(f"{len(labels)} labels given for a model with {classes} outputs")
-    return Source(name or (own.model_name if own else path.stem), pp, labels, wnids, sha256_file(path),
+    return Source(name or (own and own.model_name) or path.stem, pp, labels, wnids, sha256_file(path),
                   onnx_path=path, check_reference=own.check_reference if own else (),
                   extra=own.extra if own else {})
 
@@ -134,12 +134,15 @@ def onnx_record(path: Path, size: tuple[int, int], classes: int) -> OnnxRecord |
              if p.key == METADATA_NAME]
     if not props:
         return None
+    raw = props[-1]  # protobuf gives bytes for a string field that is not UTF-8
     try:
-        info = ModelInfo.from_json_bytes(props[-1].encode("utf-8", "replace"))
+        info = ModelInfo.from_json_bytes(raw if isinstance(raw, bytes) else raw.encode("utf-8"))
     except MetadataError as e:
         raise ConvertError(f"{path}: its {METADATA_NAME} record is unreadable ({e})") from None
     pp = info.preprocessing
-    problem = ("it does not say float32 pixels in" if info.input_dtype != "float32"
+    problem = ("it is not the record of a float model the converter wrote (no float_sibling_of)"
+               if not isinstance(info.extra.get("float_sibling_of"), str)
+               else "it does not say float32 pixels in" if info.input_dtype != "float32"
                else f"it says input {pp.input_size[0]}x{pp.input_size[1]}, the graph takes {size[0]}x{size[1]}"
                if tuple(pp.input_size) != tuple(size)
                else f"it names {len(info.labels)} labels, the graph has {classes} outputs"
@@ -147,7 +150,7 @@ def onnx_record(path: Path, size: tuple[int, int], classes: int) -> OnnxRecord |
     if problem:
         raise ConvertError(f"{path}: its {METADATA_NAME} record does not fit the model: {problem}")
     reference = info.extra.get("check_reference", [])
-    if reference and not (isinstance(reference, list) and len(reference) == len(MARGIN_EDGES) + 1
+    if reference != [] and not (isinstance(reference, list) and len(reference) == len(MARGIN_EDGES) + 1
                           and all(type(c) is int and 0 <= c <= 10**9 for c in reference) and sum(reference) > 0):
         raise ConvertError(f"{path}: its {METADATA_NAME} record's check_reference is not "
                            f"{len(MARGIN_EDGES) + 1} counts of images")

@@ -102,14 +102,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# a string, or an unterminated one to the end (every match succeeds: no rescans, linear in the length)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 
 
 def json_depth(data: bytes) -> int:
-    """How deeply lists and objects nest in JSON text, counted without parsing it (so without recursion:
-    the parser's own bound is the interpreter's recursion limit, which a library can lift far past what
-    the stack holds; onnx2tf sets it to 2**31 - 1 on import)."""
+    """How deeply lists and objects nest in UTF-8 JSON text, counted without parsing it (so without
+    recursion: the parser's own bound is the interpreter's recursion limit, which a library can lift far
+    past what the stack holds; onnx2tf sets it to 2**31 - 1 on import). Parse the text as UTF-8 only
+    (``json.loads`` of bytes also reads UTF-16, whose bytes this count does not see as brackets)."""
     brackets = np.frombuffer(_NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data)), np.uint8)
     steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
     return int(steps.cumsum().max(initial=0))

@@ -160,6 +160,14 @@ def test_a_malformed_reference_is_one_line_before_measuring(tmp_path, capsys):
         assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(ref)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --reference {ref}: {line}") and len(err.splitlines()) == 1, err
+    # UTF-16 (which json.loads of bytes reads) hid brackets from the nesting count (its U+2200 is the bytes of a
+    # quote): a RecursionError, or a crash after onnx2tf's import. Read as UTF-8 text, it is not JSON
+    for text, line in ((('["\u2200",' + "[" * 100_000 + "]" * 100_000 + "]").encode("utf-16-le"), "Expecting value"),
+                       (b'{"results": "\xff"}', "not UTF-8 text")):
+        ref.write_bytes(text)
+        assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(ref)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --reference {ref}: {line}") and len(err.splitlines()) == 1, err
     stored = ROOT / "benchmarks" / "reference-x86_64-2core.json"
     assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(stored)]) == 2  # no model: its case fails
     assert "error: --reference" not in capsys.readouterr().err  # the stored reference passes

@@ -139,9 +139,23 @@ def _record(model: bytes) -> dict:
     return json.loads(read_metadata_bytes(model, METADATA_NAME))
 
 
+def test_json_nesting_is_counted_without_parsing():
+    """The nesting bound is checked before the parser (whose own bound is the recursion limit, which onnx2tf
+    lifts to 2**31 - 1: a deep record then crashed the process): strings and escapes do not count, and
+    text that never closes a string is counted in one pass (a rescan per quote took hours on 4 MB)."""
+    from edge_runtime.metadata import MetadataError, json_depth, parse_json
+
+    cases = {b"3": 0, b"{}": 1, rb'{"a":[1,{"b":"[[[["}]}': 3, rb'[{"a":"[[[\"]]"}]': 2, rb'["\\",[[1]]]': 3,
+             b'["abc': 1, b"[" * 100_000 + b"]" * 100_000: 100_000}
+    assert {text: json_depth(text) for text in cases} == cases
+    assert json_depth(b'"' + b'\"' * 2_000_000) == 0  # an unterminated string of escaped quotes, 4 MB
+    with pytest.raises(MetadataError, match="nests more than 32 levels"):
+        parse_json(b"[" * 100_000 + b"]" * 100_000)
+
+
 @pytest.mark.parametrize("case,expected", [
-    ("deep", "nests more than 32 levels"), ("deep_list", "nests more than 32 levels"), ("infinite_resize", "finite numbers"),
-    ("nan_mean", "finite numbers"), ("huge_int", "not readable JSON"), ("float_size", "whole number"),
+    ("deep", "nests more than 32 levels"), ("deep_list", "nests more than 32 levels"),
+    ("infinite_resize", "finite numbers"), ("nan_mean", "finite numbers"), ("huge_int", "not readable JSON"), ("float_size", "whole number"),
     ("negative_size", "8..4096 expected"), ("labels_not_strings", "every entry must be a string")])
 def test_hostile_metadata_gives_one_line(int8_model, sample_clip, tmp_path, case, expected):
     model = int8_model.read_bytes()

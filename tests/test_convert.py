@@ -337,10 +337,15 @@ def test_users_onnx_whose_input_is_named_pixels(tmp_path):
     own = {p.key: p.value for p in onnx.load(str(sibling)).metadata_props}[METADATA_NAME]
     assert '"labels":["0","1","2"]' in own and '"dtype":"float32"' in own
     for record, why in (("{not json", "unreadable"), (own.replace('"labels":["0","1","2"]', '"labels":["0"]'),
-                                                      "names 1 labels, the graph has 3 outputs")):
+                                                      "names 1 labels, the graph has 3 outputs"),
+                        (own.replace('"float_sibling_of"', '"other"'), "not the record of a float model"),
+                        (own.replace('{', '{"check_reference":null,', 1), "check_reference is not"),
+                        (own, "'utf-8' codec can't decode")):
         forged, model = tmp_path / "forged.onnx", onnx.load(str(sibling))
         onnx.helper.set_model_props(model, {METADATA_NAME: record})
         onnx.save(model, str(forged))
+        if "utf-8" in why:  # a byte of the record that is not UTF-8 (protobuf then gives bytes, not text)
+            forged.write_bytes(forged.read_bytes().replace(b'"model_name":"colour"', b'"model_name":"colou\xff"'))
         line = one_error_line(_in_process(["--onnx", forged, "--out", tmp_path / "f_int8.tflite"]))
         assert f"forged.onnx: its {METADATA_NAME} record" in line and why in line, line
     twice = tmp_path / "twice.onnx"
