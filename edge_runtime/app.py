@@ -95,7 +95,8 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     :data:`Observer`, e.g. the web service's ``publish``) are called once per classified frame."""
     stop = stop or threading.Event()
     stats, fps_meter = RunStats(), FpsMeter()
-    t_start = last_log = time.perf_counter()
+    t_start = time.perf_counter()
+    last_log: float | None = None  # the first result is shown at once, then one every log_interval
     recorder = None
     try:
         if opts.record:
@@ -128,7 +129,8 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
             if opts.json_lines:
                 opts.out.write(json.dumps(record) + "\n")
                 opts.out.flush()
-            elif not opts.display and (name or t1 - last_log >= opts.log_interval):  # a folder: every file
+            elif not opts.display and (name or last_log is None or t1 - last_log >= opts.log_interval):
+                # (a folder's frames: every file)
                 opts.out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: "
                                f"{summary_line(preds, infer_ms, fps)}\n")
                 opts.out.flush()

@@ -33,7 +33,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """--camera | --source, and --picamera: the frame sources (shared with ``capture``)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
-    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, or RTSP/HTTP stream")
+    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, photo, image folder, or RTSP/HTTP stream")
     p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
 
 
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = f"corrupt frames skipped: {s.corrupt}" + (f"; images over the pixel budget skipped: {too_large}"
                                                         if too_large else "")
     files = stats.recorded
-    recorded = "" if not files else f"; recorded {', '.join(p.name for p in files)}" if len(files) <= 3 else \
-        f"; recorded {len(files)} files ({files[0].name} .. {files[-1].name})"
+    recorded = "" if not files else f"; recorded {', '.join(map(str, files))}" if len(files) <= 3 else \
+        f"; recorded {len(files)} files in {files[0].parent} ({files[0].name} .. {files[-1].name})"
     kernels = "XNNPACK" if clf.xnnpack else "builtin kernels"
     print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
           f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); {skipped}; "
@@ -224,9 +224,10 @@ def _start(args: argparse.Namespace, stop: threading.Event):
 
 def _flags_without_effect(args: argparse.Namespace) -> str | None:
     """A flag that would be silently ignored with the others given, said as one line (else None)."""
-    from .sources import is_stream
+    from .sources import is_image_file, is_stream
 
-    video_file = args.source is not None and not is_stream(args.source) and not Path(args.source).is_dir()
+    video_file = args.source is not None and not is_stream(args.source) and not Path(args.source).is_dir() \
+        and not is_image_file(args.source)
     rules = (("--record-segment", args.record_segment, "--record", args.record is not None),
              ("--record-keep", args.record_keep, "--record-segment", bool(args.record_segment)),
              ("--picamera", args.picamera, "--camera N", args.camera is not None),

@@ -304,15 +304,19 @@ class CaptureSource:
 
 
 class FolderSource:
-    """Every image of a folder in name order; unreadable files and images over the pixel budget
-    are skipped and counted. ``current_path`` names the file of the frame last yielded."""
+    """Every image of a folder in name order, or one image file; unreadable files and images over the
+    pixel budget are skipped and counted. ``current_path`` names the file of the frame last yielded.
+    Images are decoded as everywhere else (:func:`edge_runtime.preprocess.read_image`)."""
 
     def __init__(self, folder: Path, stop: threading.Event | None = None) -> None:
         self.name = str(folder)
-        self.paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise SourceError(f"{folder}: no images in this folder")
-        self.root = folder
+        if folder.is_file():
+            self.paths, self.root = [folder], folder.parent
+        else:
+            self.paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.paths:
+                raise SourceError(f"{folder}: no images in this folder")
+            self.root = folder
         self.stats = SourceStats()
         self.current_path: Path | None = None
         self._stop = stop or threading.Event()
@@ -419,6 +423,11 @@ class SimulatedCamera:
         return DisconnectingCapture(cv2.VideoCapture(self.path), self.every, on_unplug=self._unplugged)
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether a --source path names one image file (by its suffix, as a folder's images are found)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and Path(path).is_file()
+
+
 def is_stream(spec: str) -> bool:
     """Whether a --source names a network stream (a URL) rather than a file, folder or camera."""
     return "://" in str(spec)
@@ -496,6 +505,12 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         return FolderSource(path, stop=stop)
     if not path.is_file():
         raise SourceError(f"{spec}: no such file, folder or stream URL")
+    if is_image_file(path):  # one photo, decoded as a folder's photos, the evaluator's and the converter's are
+        try:  # (FFmpeg's JPEG decoding, through VideoCapture, gives other pixels: another top-1 for some photos)
+            read_image(str(path))
+        except PreprocessingError as e:
+            raise SourceError(str(e)) from None
+        return FolderSource(path, stop=stop)
     if disconnect_every:
         return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,

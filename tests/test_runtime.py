@@ -84,6 +84,36 @@ def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
         "frame 1 (opencv_orange.jpg)", "frame 2 (skimage_chelsea.jpg)", "frame 3 (skimage_coffee.jpg)"]
 
 
+def test_one_photo_as_source_is_decoded_as_a_folders_photos(int8_model, sample_clip, tmp_path):
+    """A photo given as --source was read by VideoCapture (FFmpeg's JPEG decoder: 66% of this photo's pixels
+    differ from OpenCV's imread, by up to 41 levels), so it could get another answer than the same photo in a
+    folder, the evaluator and the converter (opencv-doc's fruits.jpg: lemon alone, orange in a folder). One
+    decoding for both now; a photo that is not one is one line, exit 2, and --loop with a photo is refused.
+    A short headless run shows its first result at once (a clip of 3 frames printed no label at all)."""
+    from edge_runtime.cli import _flags_without_effect, build_parser
+
+    photo = tmp_path / "one" / "matplotlib_grace_hopper.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes((ROOT / "calib_data" / photo.name).read_bytes())
+
+    def records(source):
+        proc = _runtime("--source", source, "--model", int8_model, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return [{k: v for k, v in json.loads(line).items() if k in ("file", "top")}
+                for line in proc.stdout.splitlines()]
+
+    alone = records(photo)
+    assert alone == records(photo.parent) and len(alone) == 1 and alone[0]["file"] == photo.name
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    proc = _runtime("--source", bad, "--model", int8_model, "--headless")
+    assert proc.returncode == 2 and "bad.png: " in one_error_line(proc)
+    assert "--loop: only with a video file" in _flags_without_effect(build_parser().parse_args(
+        ["--source", str(photo), "--loop"]))
+    proc = _runtime("--source", sample_clip, "--model", int8_model, "--headless", "--max-frames", "3")
+    assert proc.returncode == 0 and proc.stdout.startswith("frame 1: "), (proc.stdout, proc.stderr)
+
+
 def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp_path):
     data = sample_clip.read_bytes()
     cut = tmp_path / "cut.mp4"
