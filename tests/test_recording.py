@@ -49,7 +49,7 @@ def test_a_restarted_run_never_replaces_the_earlier_recording(int8_model, sample
         assert r.returncode == 0, r.stderr
     again = list(tmp_path.glob("cam.*.mkv"))
     assert video_frames(rec) == 12 and len(again) == 1 and video_frames(again[0]) == 7
-    assert re.fullmatch(r"cam\.\d{8}-\d{6}\.mkv", again[0].name) and f"recorded {again[0].name}" in r.stderr
+    assert re.fullmatch(r"cam\.\d{8}-\d{6}\.mkv", again[0].name) and f"recorded {again[0]}" in r.stderr
 
 
 def test_record_keep_is_a_loop_recording(int8_model, sample_clip, tmp_path):
