@@ -50,8 +50,8 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
             grid (convert/split_squeeze.py; SqueezeNet sources only), 0 = none.
     """
     reference = work / "float.onnx"
-    progress("exporting ONNX")
     if src.torch_model is None:
+        progress("putting the normalization in front of the ONNX model")
         prepend_normalization(src.onnx_path, src.preprocessing, reference)
         return FloatGraphs(reference, reference, None, {"equalization_strength": 0.0, **NEAREST})
     import torch
@@ -61,6 +61,7 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     from .split_squeeze import split_squeezes, thresholds
     from .statistics import rescale_moments, shared_statistics
 
+    progress("exporting ONNX")
     pp = src.preprocessing
     folded = src.torch_model.folded()
     export_onnx(folded, pp.input_size, reference)
