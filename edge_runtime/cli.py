@@ -39,6 +39,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edge_runtime", epilog=EXAMPLES,
+                                usage="%(prog)s (--camera N | --source PATH_OR_URL) [options]\n"
+                                      "       %(prog)s capture ...  (labelled photos for training: capture -h)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Classify camera frames with an int8 TFLite model: top-k labels, "
                                             "overlay, FPS; headless and JSON modes; reconnects cameras.")

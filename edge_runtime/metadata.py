@@ -209,6 +209,8 @@ def _check_identifier(model: bytes) -> None:
     hint = ""
     if model[:4] == b"PK\x03\x04":  # a zip archive: what torch.save writes
         hint = ": a PyTorch checkpoint? convert it first: python -m convert tflite --weights FILE --out X.tflite"
+    elif model[:1] == b"\x08" and any(k in model[:256] for k in (b"pytorch", b"onnx", b"tf2onnx", b"skl2onnx")):
+        hint = ": an ONNX model? convert it first: python -m convert tflite --onnx FILE --out X.tflite"
     raise MetadataError(f"not a TFLite model (file identifier 'TFL3' expected at byte 4){hint}")
 
 

@@ -87,7 +87,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         handler = self.ROUTES.get(url.path)
         if handler is None:
-            self._error(404, "no such route: /, /stream.mjpg, /events, /predictions, /model, /metrics, /healthz")
+            self._error(404, "no such route; the routes are /, /stream.mjpg, /events, /predictions, /model, "
+                             "/metrics and /healthz")
             return
         svc = self.server.service
         if not svc.host_allowed(self.headers.get("Host")):

@@ -216,13 +216,17 @@ def test_bad_model_and_missing_camera_give_one_line(tmp_path, sample_clip):
 
     checkpoint = tmp_path / "best.pt"  # what `convert train` writes: the runtime says to convert it
     torch.save({"model": {}}, checkpoint)
+    onnx_model = tmp_path / "model.onnx"  # what `convert tflite --onnx` takes
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1).eval(), torch.zeros(1, 3, 8, 8), str(onnx_model), dynamo=False)
     for args, expected in ((["--source", sample_clip, "--model", tmp_path / "none.tflite"], "model file not found"),
                            (["--source", sample_clip, "--model", bad], f"{bad}: model file is truncated or corrupt"),
                            (["--camera", "7", "--model", bad], "model file is truncated or corrupt"),
                            (["--source", tmp_path / "missing.mp4", "--model", bad], "truncated or corrupt"),
                            (["--source", sample_clip, "--model", checkpoint],
                             f"{checkpoint}: not a TFLite model (file identifier 'TFL3' expected at byte 4): a "
-                            "PyTorch checkpoint? convert it first: python -m convert tflite --weights")):
+                            "PyTorch checkpoint? convert it first: python -m convert tflite --weights"),
+                           (["--source", sample_clip, "--model", onnx_model],
+                            "an ONNX model? convert it first: python -m convert tflite --onnx FILE")):
         proc = _runtime(*args)
         assert proc.returncode == 2, proc.stderr
         assert expected in one_error_line(proc), (args, proc.stderr)
