@@ -103,6 +103,8 @@ def test_a_val_folder_with_no_image_of_the_models_classes_is_refused_before_cali
         proc = _main("tflite", "--weights", "deep-compression", "--out", tmp_path / "m_int8.tflite",
                      "--val", tmp_path / val)
         assert f"--val: {tmp_path / val}: " in one_error_line(proc)
+        if val == "other":
+            assert "none of its 2 class folders is a class of the model (its labels: tench, goldfish" in proc.stderr
         assert "calibration:" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other"]
 

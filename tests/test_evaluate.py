@@ -53,6 +53,22 @@ def test_empty_folder(tmp_path):
         find_labelled_images(tmp_path, ["n01440764"], ["tench"])
 
 
+def test_class_folders_named_by_no_class_of_the_model_are_named_in_one_line(val500_dir, tmp_path):
+    """Class sub-folders with real photos, none named by a class of the model: the message says so, naming a few
+    of the model's labels and of the folders, in one bounded line (not "no labelled images found")."""
+    photo = next(val500_dir.iterdir()).read_bytes()
+    for name in ("many/cat", "many/dog", "many/horse\nbird", "one/cat"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "a.jpg").write_bytes(photo)
+    with pytest.raises(DatasetError) as e:
+        find_labelled_images(tmp_path / "many", [], [f"label{i}" for i in range(1000)])
+    assert str(e.value) == (f"{tmp_path / 'many'}: none of its 3 class folders is a class of the model (its labels: "
+                            "label0, label1, label2, label3, label4, ... (1000 in all); folders: cat, dog, horse?bird)")
+    with pytest.raises(DatasetError, match=r"its class folder is not a class of the model \(its labels: tench; "
+                                           r"folders: cat\)$"):
+        find_labelled_images(tmp_path / "one", ["n01440764"], ["tench"])
+
+
 def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     cmd = [sys.executable, "-m", "convert", "evaluate", "--weights", "deep-compression",
            "--val", str(val500_dir), "--limit", "20", "--json"]
