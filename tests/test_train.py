@@ -210,6 +210,17 @@ def _tiny(fmnist: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_an_input_size_too_small_for_the_architecture_says_the_smallest(fmnist, weights_env, tmp_path, capsys):
+    """--input-size 16 leaked PyTorch's "Given input size: (512x1x1)..." as its reason: the line says the smallest
+    size the architecture takes (21 for v1.0, 17 for v1.1), before any training."""
+    data = _tiny(fmnist, tmp_path)
+    for arch, low in (("squeezenet1_0", 21), ("squeezenet1_1", 17)):
+        err = _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--input-size", "16", "--epochs",
+                      "1", "--arch", arch, "--weights", "none"], capsys, f"--input-size 16: at least {low} expected")
+        assert "Given input size" not in err and arch in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_full_storage_names_the_file_being_written(fmnist, weights_env, tmp_path, capsys):
     """A full disk named the source image of a copy ("DATA/Bag/x.png: No space left on device"), or no file
     at all for a checkpoint: the line names the file being written."""
