@@ -221,6 +221,18 @@ def test_an_input_size_too_small_for_the_architecture_says_the_smallest(fmnist, 
     assert not (tmp_path / "run").exists()
 
 
+def test_epochs_0_is_about_epochs_not_a_freeze_epochs_never_given(fmnist, weights_env, tmp_path, capsys):
+    """--epochs 0 was refused as "--freeze-epochs 1: between 0 and --epochs 0 expected", a flag the user never
+    passed (its default with a new classifier): the line is about --epochs; a --freeze-epochs given still is."""
+    data = _tiny(fmnist, tmp_path)
+    err = _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--epochs", "0"], capsys,
+                 "error: --epochs 0: at least 1 expected (or 0 with --dsd)")
+    assert "--freeze-epochs" not in err
+    _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1", "--freeze-epochs", "2"],
+           capsys, "error: --freeze-epochs 2: between 0 and --epochs 1 expected")
+    assert not (tmp_path / "run").exists()
+
+
 def test_full_storage_names_the_file_being_written(fmnist, weights_env, tmp_path, capsys):
     """A full disk named the source image of a copy ("DATA/Bag/x.png: No space left on device"), or no file
     at all for a checkpoint: the line names the file being written."""
