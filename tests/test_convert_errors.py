@@ -109,6 +109,16 @@ def test_a_val_folder_with_no_image_of_the_models_classes_is_refused_before_cali
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other"]
 
 
+def test_an_empty_check_or_calib_folder_is_named_by_its_role(weights_env, tmp_path):
+    """An empty --check said "no images found for calibration", as if it were the calibration folder."""
+    (tmp_path / "empty").mkdir()
+    for flag, role in (("--check", "--check"), ("--calib", "calibration folder")):
+        err = one_error_line(_main("tflite", "--weights", "deep-compression", "--out", tmp_path / "m_int8.tflite",
+                                   flag, tmp_path / "empty"))
+        assert err == f"error: {role} {tmp_path / 'empty'}: no images found (0 other files)", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
 def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
     liar = _tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
     err = one_error_line(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))
