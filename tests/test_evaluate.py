@@ -7,7 +7,7 @@ import pytest
 
 from convert.torch_eval import evaluate_torch, torch_predict
 from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
-from realworld import convert_main
+from realworld import convert_main, one_error_line
 
 
 def test_deep_compression_accuracy_on_val500(release_on_val500):
@@ -80,3 +80,13 @@ def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     empty = convert_main("evaluate", "--weights", "deep-compression", "--val", tmp_path)
     assert empty.returncode == 2 and "no labelled images" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_help_says_it_takes_a_tflite_and_that_val_is_required(tmp_path):
+    """The help said "accuracy of a float model" (it also runs a .tflite) and showed [--val VAL] as optional."""
+    help_text = convert_main("evaluate", "--help").stdout
+    usage = help_text.split("\n\n")[0]
+    assert " --val VAL " in usage and "[--val" not in usage, usage
+    assert "converted .tflite" in help_text.split("\n\n")[1], help_text
+    err = one_error_line(convert_main("evaluate", "--model", tmp_path / "m.tflite"))
+    assert "--val" in err and "required" in err, err
