@@ -256,6 +256,35 @@ def test_too_little_space_for_tflite_fails_before_training(fmnist, weights_env, 
         assert err.startswith(f"error: {sd}: ") and not list(sd.iterdir()) and not (tmp_path / "run").exists(), err
 
 
+def test_too_few_calibration_photos_for_tflite_fails_before_training(fmnist, weights_env, tmp_path, capsys):
+    """`train --tflite` on data too small for the conversion's calibration ("8 usable calibration images ... at
+    least 20 expected") failed only after the whole run: the run's calibration sample is counted up front."""
+    err = _fails(["--data", str(_tiny(fmnist, tmp_path)), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                  "--tflite", str(tmp_path / "m_int8.tflite")], capsys,
+                 "error: --tflite: the run's calibration sample (up to 20 training images per class): 8 usable "
+                 "calibration images after holding out every 5th")
+    assert "--weights RUN/best.pt --calib DIR" in err and not (tmp_path / "run").exists(), err
+
+
+def test_a_conversion_failing_after_training_says_the_run_is_kept(fmnist, weights_env, sample_clip, tmp_path,
+                                                                  capsys):
+    """When --tflite's conversion fails after the run (here: a --val of clips, whose frames the trainer reads but
+    the converter does not), the line says the run was kept and how to convert it."""
+    data, val = tmp_path / "data", tmp_path / "val"
+    for c in ("Bag", "Coat"):  # 2 x 15 photos: 24 calibration photos after the held-out ones
+        (data / c).mkdir(parents=True)
+        for p in sorted((fmnist / "train" / c).glob("train_*.png"))[:15]:
+            shutil.copy(p, data / c / p.name)
+        (val / c).mkdir(parents=True)
+        shutil.copy(sample_clip, val / c / "clip.mp4")
+    out, int8 = tmp_path / "run", tmp_path / "m_int8.tflite"
+    err = _fails(["--data", str(data), "--val", str(val), "--out", str(out), *TINY, "--epochs", "1",
+                  "--tflite", str(int8)], capsys, f"; the run in {out} is kept: convert it "
+                 f"with `python -m convert tflite --weights {out / 'best.pt'} --calib DIR --out {int8}`")
+    assert err.startswith(f"error: --val: {val}: "), err
+    assert (out / "best.pt").is_file() and not int8.exists()
+
+
 def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
     """/proc takes no new file though os.access says root may write there: --tflite and --report into it
     failed only when training had ended. Creating a file is tried up front (no data needed to get there)."""

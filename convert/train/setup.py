@@ -113,17 +113,17 @@ def _calibration_sample(items, classes: list[str]):
     return out
 
 
-def prepare(o: TrainOptions, preflight: Callable[[int], None] | None = None) -> dict:
+def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = None) -> dict:
     """Everything rank 0 decides before training: options, data, split, model, resume state. A run folder
     this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C, or
-    ``preflight``, called with the model's float32 weight bytes, raising: what comes after training
-    checks what it needs before the training starts)."""
+    ``preflight``, called with the model's float32 weight bytes and the run's calibration folder, raising:
+    what comes after training checks what it needs before the training starts)."""
     new = _first_missing(Path(o.out))
     try:
         setup = _prepare(o)
         if preflight is not None:
             preflight(sum(t.numel() * 4 for t in setup["state"].values()
-                          if isinstance(t, torch.Tensor) and t.is_floating_point()))
+                          if isinstance(t, torch.Tensor) and t.is_floating_point()), Path(setup["calib_dir"]))
         return setup
     except BaseException:
         if new is not None:
