@@ -72,6 +72,19 @@ def calibration_set(folder: Path, pp: Preprocessing, scales: tuple[float, ...] =
     Raises:
         ConvertError: no folder, or fewer than MIN_CALIB_IMAGES usable photos.
     """
+    used, held, skipped = calibration_photos(folder)
+    views, _ = load_views(used, pp, scales=scales)
+    return CalibrationSet(Path(folder), used, held, skipped, views)
+
+
+def calibration_photos(folder: Path, name: str | None = None) -> tuple[list[Path], list[Path], list[str]]:
+    """(calibration photos, held-out photos, skipped files) of ``folder``: its readable images, every
+    HOLDOUT_EVERY-th held out (also what ``train --tflite`` checks before training; ``name``: the folder
+    as the message names it, default its path).
+
+    Raises:
+        ConvertError: no folder, or fewer than MIN_CALIB_IMAGES usable photos.
+    """
     from .calibration_data import list_calibration_images
     from .errors import ConvertError
 
@@ -86,8 +99,7 @@ def calibration_set(folder: Path, pp: Preprocessing, scales: tuple[float, ...] =
     held = readable[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
     used = [p for p in readable if p not in held]
     if len(used) < MIN_CALIB_IMAGES:
-        raise ConvertError(f"{folder}: {len(used)} usable calibration images after holding out every "
+        raise ConvertError(f"{name or folder}: {len(used)} usable calibration images after holding out every "
                            f"{HOLDOUT_EVERY}th ({len(skipped)} files skipped); at least {MIN_CALIB_IMAGES} "
                            "expected (real photos of the scenes the camera will see)")
-    views, _ = load_views(used, pp, scales=scales)
-    return CalibrationSet(Path(folder), used, held, skipped, views)
+    return used, held, skipped

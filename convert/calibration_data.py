@@ -40,7 +40,7 @@ def list_calibration_images(folder: str | Path, what: str = "calibration folder"
             continue
         (paths if p.suffix.lower() in IMAGE_SUFFIXES else skipped).append(p)
         if len(paths) > MAX_CALIB_FILES:
-            raise ConvertError(f"{folder}: more than {MAX_CALIB_FILES} images; pick a subset")
+            raise ConvertError(f"{what} {folder}: more than {MAX_CALIB_FILES} images; pick a subset")
     if not paths:
-        raise ConvertError(f"{folder}: no images found for calibration ({len(skipped)} other files)")
+        raise ConvertError(f"{what} {folder}: no images found ({len(skipped)} other files)")
     return paths, [f"{p.name} (not an image file)" for p in skipped]

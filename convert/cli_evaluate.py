@@ -20,9 +20,10 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="top-1/top-5 of weights on labelled images",
-                       description="Measure top-1 and top-5 accuracy of a float model on a folder of "
-                                   "labelled images, with the weights' own preprocessing.",
+    p = sub.add_parser("evaluate", help="top-1/top-5 of weights or a converted .tflite on labelled images",
+                       description="Measure top-1 and top-5 accuracy of a float model (named weights or a weights\n"
+                                   "file) or of a converted .tflite (run by the device runtime) on a folder of\n"
+                                   "labelled images, with the model's own preprocessing.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", type=Path, metavar="MODEL.tflite",
@@ -33,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(.net, .pth state dict, or a compressed container), or a converted .tflite artifact "
                             "(run by the device runtime, with the preprocessing and labels it carries)")
     p.add_argument("--arch", help="architecture for a plain checkpoint (default: the weights' own)")
-    p.add_argument("--val", help="labelled images: files named by WordNet id, or one sub-folder per class "
-                                 "(required)")
-    deprecated(p, "--images", "--val", "val")
+    images = p.add_mutually_exclusive_group(required=True)  # a group: the hidden old spelling counts too
+    images.add_argument("--val", help="labelled images: files named by WordNet id, or one sub-folder per class")
+    deprecated(images, "--images", "--val", "val")
     p.add_argument("--limit", type=positive_int, help="use only the first N labelled images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

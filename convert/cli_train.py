@@ -9,6 +9,8 @@ from pathlib import Path
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
+from .errors import ConvertError
+
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
   python -m convert train --data build/fashion-mnist/train --val-split 0.1 --input-size 64 \\
@@ -76,6 +78,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _conversion_preflight(tflite: Path):
+    """What ``--tflite``'s conversion needs, checked before the first epoch rather than after the run: free
+    space for it, and enough photos in the run's calibration sample."""
+    from .calibration import calibration_photos
+    from .pipeline import check_space
+    from .train.setup import CALIB_PER_CLASS
+
+    def check(weight_bytes: int, calib_dir: Path) -> None:
+        check_space(Path(tflite).parent, weight_bytes)
+        try:
+            calibration_photos(calib_dir, f"--tflite: the run's calibration sample (up to {CALIB_PER_CLASS[1]} "
+                                          "training images per class)")
+        except ConvertError as e:
+            raise ConvertError(f"{e}: add training images, or train without --tflite and convert with "
+                               "`python -m convert tflite --weights RUN/best.pt --calib DIR`") from None
+    return check
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -84,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .outputs import check_output_path
-    from .pipeline import check_int8_out, check_space, to_int8
+    from .pipeline import check_int8_out, to_int8
     from .train import TrainOptions, train
 
     if args.report:
@@ -99,12 +119,16 @@ def run(args: argparse.Namespace) -> int:
         resize=args.resize, min_scale=args.min_scale, dsd=args.dsd, dsd_epochs=args.dsd_epochs,
         frame_stride=args.frame_stride, seed=args.seed, resume=args.resume, workers=args.workers,
         threads=args.threads, device=args.device, quiet=args.quiet, argv=sys.argv[:]),
-        # the conversion's free space, before the training rather than after it
-        preflight=(lambda weight_bytes: check_space(Path(args.tflite).parent, weight_bytes)) if args.tflite else None)
+        preflight=_conversion_preflight(args.tflite) if args.tflite else None)
     if summary.get("rank", 0):
         return 0
-    if args.tflite:  # after the run's reports: a missed gate leaves the run whole and says so
-        summary["int8"] = to_int8(Path(args.out) / "best.pt", args.tflite, None, args.quiet)
+    if args.tflite:  # after the run's reports: a failed conversion leaves the run whole and says so
+        best = Path(args.out) / "best.pt"
+        try:
+            summary["int8"] = to_int8(best, args.tflite, None, args.quiet)
+        except ConvertError as e:
+            raise ConvertError(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
+                               f"--weights {best} --calib DIR --out {args.tflite}`") from None
     if args.report:
         from edge_runtime.fileio import atomic_write
 

@@ -38,7 +38,7 @@ from .outputs import check_output_path
 from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
-from .validate import Gates, unlabelled_views, validate
+from .validate import Gates, labelled_images, unlabelled_views, validate
 
 WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
 _WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
@@ -112,6 +112,8 @@ def convert(opts: ConvertOptions) -> dict:
     progress("loading model")
     src = load_source(opts.weights, opts.arch, opts.onnx, opts.onnx_input, opts.labels, opts.model_name)
     check_space(out.parent, float_bytes(src))
+    val = opts.val or src.val_dir
+    val_images = labelled_images(Path(val), src, opts.val_half) if val else None  # refused before the work
     calib = calibration_set(Path(opts.calib or src.calib_dir or default_calib_dir()), src.preprocessing,
                             opts.calib_scales)
     check = unlabelled_views(calib, Path(opts.check or default_check_dir()), src.preprocessing)
@@ -138,8 +140,8 @@ def convert(opts: ConvertOptions) -> dict:
             candidate = work / "candidate.tflite"
             candidate.write_bytes(finish_artifact(graph.tflite, record()))
             progress("validating int8 against float")
-            validation = validate(graphs.reference, candidate, src, check, opts.val or src.val_dir, opts.val_half,
-                                  opts.quiet)
+            validation = validate(graphs.reference, candidate, src, check, val, opts.val_half, opts.quiet,
+                                  val_images)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
         float_onnx = float_onnx_sibling(graphs.reference, src, out.name)

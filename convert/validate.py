@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images, split_by_class
+from edge_runtime.evaluation import DatasetError, LabelledImages, evaluate, find_labelled_images, split_by_class
 from edge_runtime.preprocess import Preprocessing
 
 from .calibration import HOLDOUT_EVERY, CalibrationSet
@@ -82,10 +82,25 @@ class Gates:
                 "passed": not failed}
 
 
+def labelled_images(val: Path, src: Source, val_half: str | None = None) -> LabelledImages:
+    """The images of ``val`` whose class is one of the model's (only ``val_half``'s classes when given):
+    listed before the long work, so a folder with none of them is refused at once.
+
+    Raises:
+        ConvertError: ``val`` is not a folder, or holds no image of the model's classes (in that half).
+    """
+    try:
+        images = find_labelled_images(val, src.wnids, src.labels)
+        return split_by_class(images, val_half) if val_half else images
+    except DatasetError as e:
+        raise ConvertError(f"--val: {e}") from None
+
+
 def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews, val: Path | None = None,
-             val_half: str | None = None, quiet: bool = False) -> dict:
+             val_half: str | None = None, quiet: bool = False, images: LabelledImages | None = None) -> dict:
     """Compare the int8 artifact with the float ONNX model on ``check``'s views and, with ``val``, on
-    labelled images (``val_half``: only that half by class; else the whole folder and each half).
+    labelled images (``val_half``: only that half by class; else the whole folder and each half;
+    ``images``: ``val``'s, when :func:`labelled_images` already listed them).
 
     Raises:
         ConvertError: ``val`` is not a usable labelled folder.
@@ -99,10 +114,8 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
         validation["calibration_holdout"] = {"images": check.held_images,
                                              **unlabelled_figures(f_check[:k], q_check[:k], check.groups[:k])}
     if val:
+        images = images or labelled_images(val, src, val_half)
         try:
-            images = find_labelled_images(val, src.wnids, src.labels)
-            if val_half:
-                images = split_by_class(images, val_half)
             float_result = evaluate(images, float_predict, src.preprocessing, keep_scores=True, progress=not quiet)
             int8_result = evaluate(images, int8_predict, src.preprocessing, keep_scores=True, progress=not quiet)
         except DatasetError as e:

@@ -78,6 +78,7 @@ def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequenc
         by_key[w.lower()] = i
     wnid_index = {w: i for i, w in enumerate(wnids)}
     out = LabelledImages([], [])
+    unknown_folders: set[str] = set()  # class folders holding images, named by no class of the model
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -93,15 +94,32 @@ def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequenc
             m = _WNID.match(path.name)
             target = wnid_index.get(m.group(1)) if m else None
         if target is None:
+            if len(rel.parts) > 1:
+                unknown_folders.add(rel.parts[0])
             out.skipped.append(f"{rel} (no known class in its name)")
             continue
         out.paths.append(path)
         out.targets.append(target)
+    if not out.paths and unknown_folders:
+        n = len(unknown_folders)
+        which = "its class folder is not" if n == 1 else f"none of its {n} class folders is"
+        raise DatasetError(f"{root}: {which} a class of the model (its labels: {_some(labels)}; "
+                           f"folders: {_some(sorted(unknown_folders))})")
     if not out.paths:
         raise DatasetError(f"{root}: no labelled images found (expected files named by WordNet id, "
                            f"e.g. n01443537_goldfish.JPEG, or one sub-folder per class); "
                            f"{len(out.skipped)} files skipped")
     return out
+
+
+def _some(names: Sequence[str], k: int = 5, width: int = 32) -> str:
+    """The first ``k`` of ``names`` for a one-line message: each printable and at most ``width`` characters."""
+    def clip(name: str) -> str:
+        name = "".join(c if c.isprintable() else "?" for c in name)
+        return name if len(name) <= width else name[:width - 3] + "..."
+
+    shown = ", ".join(clip(n) for n in names[:k])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
 HALVES = ("tune", "report")

@@ -90,6 +90,35 @@ def test_compress_with_a_missing_val_folder_writes_nothing(weights_env, tmp_path
     assert not (tmp_path / "c.sqz").exists()
 
 
+def test_a_val_folder_with_no_image_of_the_models_classes_is_refused_before_calibration(weights_env, val500_dir,
+                                                                                          tmp_path):
+    """An empty --val, or one whose class folders are not the model's classes, is refused once the classes are
+    known: before calibration, not after the whole conversion."""
+    (tmp_path / "empty").mkdir()
+    for name in ("cat", "dog"):  # real photos, in folders named by classes the model does not have
+        (tmp_path / "other" / name).mkdir(parents=True)
+        for photo in sorted(val500_dir.iterdir())[:2]:
+            (tmp_path / "other" / name / photo.name).write_bytes(photo.read_bytes())
+    for val in ("empty", "other"):
+        proc = _main("tflite", "--weights", "deep-compression", "--out", tmp_path / "m_int8.tflite",
+                     "--val", tmp_path / val)
+        assert f"--val: {tmp_path / val}: " in one_error_line(proc)
+        if val == "other":
+            assert "none of its 2 class folders is a class of the model (its labels: tench, goldfish" in proc.stderr
+        assert "calibration:" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other"]
+
+
+def test_an_empty_check_or_calib_folder_is_named_by_its_role(weights_env, tmp_path):
+    """An empty --check said "no images found for calibration", as if it were the calibration folder."""
+    (tmp_path / "empty").mkdir()
+    for flag, role in (("--check", "--check"), ("--calib", "calibration folder")):
+        err = one_error_line(_main("tflite", "--weights", "deep-compression", "--out", tmp_path / "m_int8.tflite",
+                                   flag, tmp_path / "empty"))
+        assert err == f"error: {role} {tmp_path / 'empty'}: no images found (0 other files)", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
 def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
     liar = _tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
     err = one_error_line(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))

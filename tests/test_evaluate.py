@@ -7,7 +7,7 @@ import pytest
 
 from convert.torch_eval import evaluate_torch, torch_predict
 from edge_runtime.evaluation import DatasetError, evaluate, find_labelled_images
-from realworld import convert_main
+from realworld import convert_main, one_error_line
 
 
 def test_deep_compression_accuracy_on_val500(release_on_val500):
@@ -53,6 +53,22 @@ def test_empty_folder(tmp_path):
         find_labelled_images(tmp_path, ["n01440764"], ["tench"])
 
 
+def test_class_folders_named_by_no_class_of_the_model_are_named_in_one_line(val500_dir, tmp_path):
+    """Class sub-folders with real photos, none named by a class of the model: the message says so, naming a few
+    of the model's labels and of the folders, in one bounded line (not "no labelled images found")."""
+    photo = next(val500_dir.iterdir()).read_bytes()
+    for name in ("many/cat", "many/dog", "many/horse\nbird", "one/cat"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "a.jpg").write_bytes(photo)
+    with pytest.raises(DatasetError) as e:
+        find_labelled_images(tmp_path / "many", [], [f"label{i}" for i in range(1000)])
+    assert str(e.value) == (f"{tmp_path / 'many'}: none of its 3 class folders is a class of the model (its labels: "
+                            "label0, label1, label2, label3, label4, ... (1000 in all); folders: cat, dog, horse?bird)")
+    with pytest.raises(DatasetError, match=r"its class folder is not a class of the model \(its labels: tench; "
+                                           r"folders: cat\)$"):
+        find_labelled_images(tmp_path / "one", ["n01440764"], ["tench"])
+
+
 def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     cmd = [sys.executable, "-m", "convert", "evaluate", "--weights", "deep-compression",
            "--val", str(val500_dir), "--limit", "20", "--json"]
@@ -64,3 +80,13 @@ def test_cli_json_and_errors(weights_env, val500_dir, tmp_path):
     assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     empty = convert_main("evaluate", "--weights", "deep-compression", "--val", tmp_path)
     assert empty.returncode == 2 and "no labelled images" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_help_says_it_takes_a_tflite_and_that_val_is_required(tmp_path):
+    """The help said "accuracy of a float model" (it also runs a .tflite) and showed [--val VAL] as optional."""
+    help_text = convert_main("evaluate", "--help").stdout
+    usage = help_text.split("\n\n")[0]
+    assert " --val VAL " in usage and "[--val" not in usage, usage
+    assert "converted .tflite" in help_text.split("\n\n")[1], help_text
+    err = one_error_line(convert_main("evaluate", "--model", tmp_path / "m.tflite"))
+    assert "--val" in err and "required" in err, err

@@ -210,6 +210,29 @@ def _tiny(fmnist: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_an_input_size_too_small_for_the_architecture_says_the_smallest(fmnist, weights_env, tmp_path, capsys):
+    """--input-size 16 leaked PyTorch's "Given input size: (512x1x1)..." as its reason: the line says the smallest
+    size the architecture takes (21 for v1.0, 17 for v1.1), before any training."""
+    data = _tiny(fmnist, tmp_path)
+    for arch, low in (("squeezenet1_0", 21), ("squeezenet1_1", 17)):
+        err = _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--input-size", "16", "--epochs",
+                      "1", "--arch", arch, "--weights", "none"], capsys, f"--input-size 16: at least {low} expected")
+        assert "Given input size" not in err and arch in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_0_is_about_epochs_not_a_freeze_epochs_never_given(fmnist, weights_env, tmp_path, capsys):
+    """--epochs 0 was refused as "--freeze-epochs 1: between 0 and --epochs 0 expected", a flag the user never
+    passed (its default with a new classifier): the line is about --epochs; a --freeze-epochs given still is."""
+    data = _tiny(fmnist, tmp_path)
+    err = _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--epochs", "0"], capsys,
+                 "error: --epochs 0: at least 1 expected (or 0 with --dsd)")
+    assert "--freeze-epochs" not in err
+    _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1", "--freeze-epochs", "2"],
+           capsys, "error: --freeze-epochs 2: between 0 and --epochs 1 expected")
+    assert not (tmp_path / "run").exists()
+
+
 def test_full_storage_names_the_file_being_written(fmnist, weights_env, tmp_path, capsys):
     """A full disk named the source image of a copy ("DATA/Bag/x.png: No space left on device"), or no file
     at all for a checkpoint: the line names the file being written."""
@@ -231,6 +254,35 @@ def test_too_little_space_for_tflite_fails_before_training(fmnist, weights_env, 
         err = _fails(["--data", str(_tiny(fmnist, tmp_path)), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
                       "--tflite", str(sd / "m_int8.tflite")], capsys, "MB free, about")
         assert err.startswith(f"error: {sd}: ") and not list(sd.iterdir()) and not (tmp_path / "run").exists(), err
+
+
+def test_too_few_calibration_photos_for_tflite_fails_before_training(fmnist, weights_env, tmp_path, capsys):
+    """`train --tflite` on data too small for the conversion's calibration ("8 usable calibration images ... at
+    least 20 expected") failed only after the whole run: the run's calibration sample is counted up front."""
+    err = _fails(["--data", str(_tiny(fmnist, tmp_path)), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                  "--tflite", str(tmp_path / "m_int8.tflite")], capsys,
+                 "error: --tflite: the run's calibration sample (up to 20 training images per class): 8 usable "
+                 "calibration images after holding out every 5th")
+    assert "--weights RUN/best.pt --calib DIR" in err and not (tmp_path / "run").exists(), err
+
+
+def test_a_conversion_failing_after_training_says_the_run_is_kept(fmnist, weights_env, sample_clip, tmp_path,
+                                                                  capsys):
+    """When --tflite's conversion fails after the run (here: a --val of clips, whose frames the trainer reads but
+    the converter does not), the line says the run was kept and how to convert it."""
+    data, val = tmp_path / "data", tmp_path / "val"
+    for c in ("Bag", "Coat"):  # 2 x 15 photos: 24 calibration photos after the held-out ones
+        (data / c).mkdir(parents=True)
+        for p in sorted((fmnist / "train" / c).glob("train_*.png"))[:15]:
+            shutil.copy(p, data / c / p.name)
+        (val / c).mkdir(parents=True)
+        shutil.copy(sample_clip, val / c / "clip.mp4")
+    out, int8 = tmp_path / "run", tmp_path / "m_int8.tflite"
+    err = _fails(["--data", str(data), "--val", str(val), "--out", str(out), *TINY, "--epochs", "1",
+                  "--tflite", str(int8)], capsys, f"; the run in {out} is kept: convert it "
+                 f"with `python -m convert tflite --weights {out / 'best.pt'} --calib DIR --out {int8}`")
+    assert err.startswith(f"error: --val: {val}: "), err
+    assert (out / "best.pt").is_file() and not int8.exists()
 
 
 def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):

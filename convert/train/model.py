@@ -99,7 +99,13 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
 
 
 def _check_input_size(model: nn.Module, arch: str, size: int) -> None:
-    """One forward pass at ``size``: an input too small for the network's strides is one line here."""
+    """An input too small for the network's strides is one line here: a SqueezeNet's smallest size said
+    (:func:`convert.models.min_input_size`), else what one forward pass at ``size`` raised."""
+    from ..models import SqueezeNet, min_input_size
+
+    if isinstance(model, SqueezeNet) and size < min_input_size(model.version):
+        raise TrainError(f"--input-size {size}: at least {min_input_size(model.version)} expected for {arch} "
+                         f"(SqueezeNet v{model.version.replace('_', '.')}'s pools leave no pixel of a smaller input)")
     training = model.training
     try:
         with torch.no_grad():

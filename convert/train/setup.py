@@ -113,17 +113,17 @@ def _calibration_sample(items, classes: list[str]):
     return out
 
 
-def prepare(o: TrainOptions, preflight: Callable[[int], None] | None = None) -> dict:
+def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = None) -> dict:
     """Everything rank 0 decides before training: options, data, split, model, resume state. A run folder
     this call creates is removed again when it fails (bad data, options, a full disk, Ctrl-C, or
-    ``preflight``, called with the model's float32 weight bytes, raising: what comes after training
-    checks what it needs before the training starts)."""
+    ``preflight``, called with the model's float32 weight bytes and the run's calibration folder, raising:
+    what comes after training checks what it needs before the training starts)."""
     new = _first_missing(Path(o.out))
     try:
         setup = _prepare(o)
         if preflight is not None:
             preflight(sum(t.numel() * 4 for t in setup["state"].values()
-                          if isinstance(t, torch.Tensor) and t.is_floating_point()))
+                          if isinstance(t, torch.Tensor) and t.is_floating_point()), Path(setup["calib_dir"]))
         return setup
     except BaseException:
         if new is not None:
@@ -184,8 +184,10 @@ def _prepare(o: TrainOptions) -> dict:
     if o.arch is None:
         o.arch = arch
     o.arch_kwargs = kwargs
-    if o.freeze_epochs is None:
-        o.freeze_epochs = 1 if new_head and o.weights != "none" else 0
+    if o.epochs < 0 or (o.epochs == 0 and o.dsd is None):
+        raise TrainError(f"--epochs {o.epochs}: at least 1 expected (or 0 with --dsd)")
+    if o.freeze_epochs is None:  # a default never exceeds --epochs (--epochs 0 --dsd: no head phase)
+        o.freeze_epochs = min(1, o.epochs) if new_head and o.weights != "none" else 0
     if o.lr is None:
         o.lr = 0.04 * o.batch_size / 512
     if o.input_size is None:
@@ -194,8 +196,6 @@ def _prepare(o: TrainOptions) -> dict:
         raise TrainError(f"--freeze-epochs {o.freeze_epochs}: between 0 and --epochs {o.epochs} expected")
     if o.dsd is not None and not 0.0 < o.dsd < 1.0:
         raise TrainError(f"--dsd {o.dsd}: a sparsity between 0 and 1 expected (e.g. 0.5)")
-    if o.epochs < 0 or (o.epochs == 0 and o.dsd is None):
-        raise TrainError(f"--epochs {o.epochs}: at least 1 expected (or 0 with --dsd)")
     if not (0 < o.lr <= MAX_LR and 0 < o.finetune_lr and o.lr * o.finetune_lr <= MAX_LR) or o.min_scale <= 0 \
             or o.min_scale > 1:  # --finetune-lr is a factor of --lr: the full phase's rate is their product
         raise TrainError(f"--lr {o.lr:g} / --finetune-lr {o.finetune_lr:g} / min scale {o.min_scale:g}: rates (--lr "

@@ -40,11 +40,12 @@ def _say(ctx, quiet: bool, msg: str) -> None:
 
 # ---------------------------------------------------------------- the run
 
-def train(opts: TrainOptions, preflight: Callable[[int], None] | None = None) -> dict:
+def train(opts: TrainOptions, preflight: Callable[[int, Path], None] | None = None) -> dict:
     """Train as the options say; writes the run folder (rank 0) and returns the summary.
 
-    ``preflight`` (rank 0, before the first epoch) is given the model's float32 weight bytes and raises a
-    ConvertError when what follows the run cannot be done (``train --tflite``: too little free space).
+    ``preflight`` (rank 0, before the first epoch) is given the model's float32 weight bytes and the run's
+    calibration folder, and raises a ConvertError when what follows the run cannot be done (``train
+    --tflite``: too little free space, too few calibration photos).
 
     Raises:
         TrainError (a ConvertError): bad data, options, output folder, or a run that does not match.
