@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             summary["int8"] = to_int8(best, args.tflite, None, args.quiet)
         except ConvertError as e:
             raise ConvertError(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
-                               f"--weights {best} --calib DIR --out {args.tflite}`") from None
+                               f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, "
+                               "--val DIR)") from None
     if args.report:
         from edge_runtime.fileio import atomic_write
 

@@ -280,7 +280,7 @@ def test_a_conversion_failing_after_training_says_the_run_is_kept(fmnist, weight
     out, int8 = tmp_path / "run", tmp_path / "m_int8.tflite"
     err = _fails(["--data", str(data), "--val", str(val), "--out", str(out), *TINY, "--epochs", "1",
                   "--tflite", str(int8)], capsys, f"; the run in {out} is kept: convert it "
-                 f"with `python -m convert tflite --weights {out / 'best.pt'} --calib DIR --out {int8}`")
+                 f"with `python -m convert tflite --weights {out / 'best.pt'} --out {int8}` once that is mended")
     assert err.startswith(f"error: --val: {val}: "), err
     assert (out / "best.pt").is_file() and not int8.exists()
 
