@@ -104,8 +104,9 @@ def _check_input_size(model: nn.Module, arch: str, size: int) -> None:
     from ..models import SqueezeNet, min_input_size
 
     if isinstance(model, SqueezeNet) and size < min_input_size(model.version):
-        raise TrainError(f"--input-size {size}: at least {min_input_size(model.version)} expected for {arch} "
-                         f"(SqueezeNet v{model.version.replace('_', '.')}'s pools leave no pixel of a smaller input)")
+        raise TrainError(f"--input-size {size}: too small for {arch}: at least {min_input_size(model.version)} "
+                         f"expected (SqueezeNet v{model.version.replace('_', '.')}'s pools leave no pixel of a "
+                         "smaller input)")
     training = model.training
     try:
         with torch.no_grad():
