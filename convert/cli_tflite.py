@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="named weights (deep-compression, squeezenet1_0, squeezenet1_1) or a "
-                                       "file (.net, .pth, compressed container); default deep-compression")
+                                       "file (.net, .pth, a training run's best.pt, compressed container); "
+                                       "default deep-compression")
     src.add_argument("--onnx", type=Path, help="your own ONNX image classifier (1x3xHxW in, 1xN out)")
     p.add_argument("--arch", help="architecture for a plain checkpoint (see list_models())")
     p.add_argument("--out", type=Path, default=Path("build/squeezenet1_0_int8.tflite"),

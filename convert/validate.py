@@ -8,6 +8,7 @@ and per half by class (:mod:`convert.fidelity`).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,8 +117,12 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
     if val:
         images = images or labelled_images(val, src, val_half)
         try:
-            float_result = evaluate(images, float_predict, src.preprocessing, keep_scores=True, progress=not quiet)
-            int8_result = evaluate(images, int8_predict, src.preprocessing, keep_scores=True, progress=not quiet)
+            results = []
+            for which, predict in (("float model (ONNX Runtime)", float_predict), ("int8 artifact", int8_predict)):
+                if not quiet:
+                    print(f"  {which} on {len(images.paths)} labelled images of {val}", file=sys.stderr, flush=True)
+                results.append(evaluate(images, predict, src.preprocessing, keep_scores=True, progress=not quiet))
+            float_result, int8_result = results
         except DatasetError as e:
             raise ConvertError(f"--val: {e}") from None
         validation["val"] = {"folder": Path(val).name, "half": val_half or "all", "skipped": float_result.n_skipped,
