@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="initial weights: deep-compression (default; ImageNet), none (from scratch), "
                                      "a named source, or a file (.pt from a run, .pth, .net, .sqz)")
     p.add_argument("--epochs", type=nonnegative_int, help="epochs of training, --freeze-epochs included (default 10)")
-    p.add_argument("--batch-size", type=positive_int, help="global batch, split among torchrun processes (default 64)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="global batch, split among torchrun processes (default 64, or all training images when fewer)")
     p.add_argument("--lr", type=lr_arg, help="base learning rate, decayed linearly to 0 in each phase, at most 10 "
                                         "(default 0.04 x batch / 512: the paper's rate)")
     p.add_argument("--finetune-lr", type=lr_arg,

@@ -222,6 +222,19 @@ def test_an_input_size_too_small_for_the_architecture_says_the_smallest(fmnist, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_dataset_smaller_than_the_default_batch_trains(fmnist, weights_env, tmp_path, capsys):
+    """A dozen photos (what `capture` gives in a minute) were refused: "--batch-size 64: between 1 and the 10
+    training images expected", a flag never given. The default batch takes all the training images when they are
+    fewer; a --batch-size given is still checked."""
+    data, out = _tiny(fmnist, tmp_path), tmp_path / "run"
+    assert convert_main(["train", "--data", str(data), "--out", str(out), "--input-size", "32", "--threads", "1",
+                         "--epochs", "1", "--quiet"]) == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["batch_size"] == sum(run["data"]["train"].values()) == 10, run["options"]
+    _fails(["--data", str(data), "--out", str(tmp_path / "run2"), "--input-size", "32", "--batch-size", "64"], capsys,
+           "--batch-size 64: between 1 and the 10 training images expected")
+
+
 def test_epochs_0_is_about_epochs_not_a_freeze_epochs_never_given(fmnist, weights_env, tmp_path, capsys):
     """--epochs 0 was refused as "--freeze-epochs 1: between 0 and --epochs 0 expected", a flag the user never
     passed (its default with a new classifier): the line is about --epochs; a --freeze-epochs given still is."""

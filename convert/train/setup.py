@@ -144,6 +144,7 @@ def _first_missing(out: Path) -> Path | None:
 
 def _prepare(o: TrainOptions) -> dict:
     saved = None
+    batch_given = o.resume or o.batch_size is not None
     for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
         if folder is not None:  # before the run folder is made
             D.check_folder(folder, what)
@@ -167,6 +168,9 @@ def _prepare(o: TrainOptions) -> dict:
         val_hash, val_scan = "", None
         o.val_split = o.val_split if o.val_split is not None else 0.15
         val_split = o.val_split
+    if not batch_given and o.batch_size > len(train_items):  # a small dataset: the default batch takes all of it
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun: a multiple of the processes
+        o.batch_size = max(world, len(train_items) // world * world)
     if o.batch_size < 1 or o.batch_size > len(train_items):
         raise TrainError(f"--batch-size {o.batch_size}: between 1 and the {len(train_items)} training images expected")
     if saved is not None:
