@@ -27,8 +27,8 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> No
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def classifier_signature(path: Path) -> tuple[str, tuple[int, int], int]:
-    """(input name, (H, W), classes) of an ONNX image classifier.
+def classifier_signature(path: Path):
+    """(the loaded ONNX model, (H, W), classes) of an ONNX image classifier.
 
     Raises:
         ConvertError: unreadable file, or not one 1x3xHxW input and one 1xN output.
@@ -57,4 +57,4 @@ def classifier_signature(path: Path) -> tuple[str, tuple[int, int], int]:
                            "expected for an image classifier")
     if len(outd) != 2 or outd[0] not in (1, None) or not outd[1]:
         raise ConvertError(f"{path}: output of shape {outd}: 1xN class scores expected for an image classifier")
-    return inputs[0].name, (int(ind[2]), int(ind[3])), int(outd[1])
+    return model, (int(ind[2]), int(ind[3])), int(outd[1])

@@ -87,9 +87,9 @@ def _onnx_source(path: Path, onnx_input: OnnxInput, labels: list[str] | None, na
 
     if not path.is_file():
         raise ConvertError(f"{path}: ONNX file not found")
-    _, size, classes = classifier_signature(path)
+    model, size, classes = classifier_signature(path)
     check_onnx_runs(path, size, classes)
-    own = onnx_record(path, size, classes)  # the converter's own float ONNX describes itself
+    own = onnx_record(model, path, size, classes)  # the converter's own float ONNX describes itself
     pp = onnx_input.preprocessing(size, own.preprocessing if own else None)
     if labels is None and own is not None:
         labels, wnids = own.labels, own.wnids
@@ -116,22 +116,19 @@ class OnnxRecord:
     extra: dict  # arch, weights, license as recorded
 
 
-def onnx_record(path: Path, size: tuple[int, int], classes: int) -> OnnxRecord | None:
-    """The converter's record in an ONNX file's metadata (``metadata_props`` key
-    :data:`edge_runtime.metadata.METADATA_NAME`), or None for an ONNX model without one. Read as
-    untrusted: bounded, its schema checked, and refused when it does not fit the graph.
+def onnx_record(model, path: Path, size: tuple[int, int], classes: int) -> OnnxRecord | None:
+    """The converter's record in the metadata of ``model`` (the ONNX file ``path``, loaded; its
+    ``metadata_props`` key :data:`edge_runtime.metadata.METADATA_NAME`), or None for an ONNX model without
+    one. Read as untrusted: bounded, its schema checked, and refused when it does not fit the graph.
 
     Raises:
         ConvertError: a record that is malformed or does not describe this graph.
     """
-    import onnx
-
     from edge_runtime.metadata import METADATA_NAME, MetadataError, ModelInfo, clean_text
 
     from .fidelity import MARGIN_EDGES
 
-    props = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-             if p.key == METADATA_NAME]
+    props = [p.value for p in model.metadata_props if p.key == METADATA_NAME]
     if not props:
         return None
     raw = props[-1]  # protobuf gives bytes for a string field that is not UTF-8
