@@ -155,20 +155,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.reference:
         from edge_runtime.metadata import MAX_JSON_DEPTH, json_depth
 
+        problem = None
         try:
             data = read_bounded(args.reference, MAX_REFERENCE_BYTES)
             text = data.decode("utf-8")  # a report is UTF-8 (json.loads of bytes would also take UTF-16)
             if json_depth(data) > MAX_JSON_DEPTH:  # before the parser, whose bound a library may have lifted
-                raise RecursionError
-            reference = bench_report.check_reference(json.loads(text))
-        except RecursionError:
-            print(f"error: --reference {args.reference}: nested too deeply (a --report file expected)", file=sys.stderr)
-            return 2
+                problem = "nested too deeply (a --report file expected)"
+            else:
+                reference = bench_report.check_reference(json.loads(text))
         except UnicodeDecodeError:
-            print(f"error: --reference {args.reference}: not UTF-8 text (a --report file expected)", file=sys.stderr)
-            return 2
+            problem = "not UTF-8 text (a --report file expected)"
         except (OSError, ValueError) as e:
-            print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
+            problem = str(e)
+        if problem:
+            print(f"error: --reference {args.reference}: {problem}", file=sys.stderr)
             return 2
     if not args.no_verify:
         from edge_runtime.integrity import verify_file
