@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from edge_runtime.preprocess import MAX_INPUT_SIDE
 
 from ..errors import ConvertError
-from ..models import MAX_PARAMETERS, MetaParameters, ModelArgumentError, check_model, min_input_size
+from ..models import MAX_PARAMETERS, MetaParameters, ModelArgumentError, check_model, input_too_small
 
 
 class DesignSpaceError(ConvertError):
@@ -201,10 +201,9 @@ def check_input_size(variants: list[Variant], size: int) -> None:
     if size > MAX_INPUT_SIDE:
         raise DesignSpaceError(f"--input-size {size}: at most {MAX_INPUT_SIDE} expected")
     for v in variants:
-        low = min_input_size(v.version)
-        if size < low:
-            raise DesignSpaceError(f"--input-size {size}: at least {low} expected for {v.name} (SqueezeNet "
-                                   f"v{v.version.replace('_', '.')}'s pools leave no pixel of a smaller input)")
+        problem = input_too_small(v.version, size, f" for {v.name}")
+        if problem:
+            raise DesignSpaceError(f"--input-size {size}: {problem}")
 
 
 def select(sweep: str | None = None, grid: str | None = None) -> list[Variant]:

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .squeezenet import Fire, MetaParameters, SqueezeNet, min_input_size
+from .squeezenet import Fire, MetaParameters, SqueezeNet, input_too_small, min_input_size
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -103,4 +103,4 @@ def squeezenet_custom(base_e: int = 128, incr_e: int = 128, pct_3x3: float = 0.5
 
 
 __all__ = ["MAX_PARAMETERS", "Fire", "MetaParameters", "ModelArgumentError", "SqueezeNet", "UnknownModelError",
-           "check_model", "create_model", "list_models", "min_input_size", "register_model"]
+           "check_model", "create_model", "input_too_small", "list_models", "min_input_size", "register_model"]

@@ -89,6 +89,14 @@ def min_input_size(version: str) -> int:
     return _VERSIONS[version][1] + 2 * 7
 
 
+def input_too_small(version: str, size: int, subject: str = "") -> str | None:
+    """None when a SqueezeNet of ``version`` takes a ``size`` x ``size`` input, else the one wording of why
+    not: "at least N expected{subject} (SqueezeNet vX's pools leave no pixel of a smaller input)"."""
+    low = min_input_size(version)
+    return None if size >= low else (f"at least {low} expected{subject} (SqueezeNet v{version.replace('_', '.')}'s "
+                                     "pools leave no pixel of a smaller input)")
+
+
 class SqueezeNet(nn.Module):
     """SqueezeNet with torchvision's layout: ``features`` (stem + fires + pools) and ``classifier``.
 

@@ -100,13 +100,12 @@ def init_model(o: TrainOptions, classes: list[str]) -> tuple[nn.Module, Preproce
 
 def _check_input_size(model: nn.Module, arch: str, size: int) -> None:
     """An input too small for the network's strides is one line here: a SqueezeNet's smallest size said
-    (:func:`convert.models.min_input_size`), else what one forward pass at ``size`` raised."""
-    from ..models import SqueezeNet, min_input_size
+    (:func:`convert.models.input_too_small`), else what one forward pass at ``size`` raised."""
+    from ..models import SqueezeNet, input_too_small
 
-    if isinstance(model, SqueezeNet) and size < min_input_size(model.version):
-        raise TrainError(f"--input-size {size}: too small for {arch}: at least {min_input_size(model.version)} "
-                         f"expected (SqueezeNet v{model.version.replace('_', '.')}'s pools leave no pixel of a "
-                         "smaller input)")
+    problem = input_too_small(model.version, size) if isinstance(model, SqueezeNet) else None
+    if problem:
+        raise TrainError(f"--input-size {size}: too small for {arch}: {problem}")
     training = model.training
     try:
         with torch.no_grad():
