@@ -112,6 +112,11 @@ def convert(opts: ConvertOptions) -> dict:
     progress("loading model")
     src = load_source(opts.weights, opts.arch, opts.onnx, opts.onnx_input, opts.labels, opts.model_name)
     check_space(out.parent, float_bytes(src))
+    for flag, what, given, recorded in (("--calib", "calibration", opts.calib, src.calib_dir),
+                                        ("--val", "labelled validation", opts.val, src.val_dir)):
+        if given is None and recorded is not None and not recorded.is_dir():  # a training run's, moved or gone
+            raise ConvertError(f"{opts.weights}: its {what} folder {recorded} is not found (neither beside it): "
+                               f"pass {flag} DIR, photos of the model's classes")
     val = opts.val or src.val_dir
     val_images = labelled_images(Path(val), src, opts.val_half) if val else None  # refused before the work
     calib = calibration_set(Path(opts.calib or src.calib_dir or default_calib_dir()), src.preprocessing,

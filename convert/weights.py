@@ -287,12 +287,22 @@ def training_record(obj, path: Path) -> WeightsRecord | None:
         value = rec.get(key)
         if value is not None and (not isinstance(value, str) or len(value) > 4096):
             raise bad(key, "a folder path")
-        folders[key] = Path(value) if value else None
+        folders[key] = _run_folder(Path(value), path) if value else None
     summary = rec.get("summary") if isinstance(rec.get("summary"), dict) else {}
     accuracy = {k: summary[k] for k in ("val_top1", "val_top5") if isinstance(summary.get(k), (int, float))}
     name = rec.get("name") if isinstance(rec.get("name"), str) and 0 < len(rec["name"]) <= 100 else path.stem
     return WeightsRecord(name=name, arch=arch, preprocessing=pp, arch_kwargs=dict(kwargs), labels=tuple(labels),
                          wnids=(), accuracy=accuracy, **folders)
+
+
+def _run_folder(recorded: Path, checkpoint: Path) -> Path:
+    """A folder a training record names, or, when it is gone and it was one of the run's own (``calib``,
+    ``val``), that folder beside the checkpoint: a run folder copied to another machine (the CI that
+    converts it) still converts with no other flag."""
+    here = checkpoint.parent / recorded.name
+    if not recorded.is_dir() and recorded.name in ("calib", "val") and here.is_dir():
+        return here
+    return recorded
 
 
 def load_model(source: str, arch: str | None = None) -> tuple[nn.Module, WeightsRecord]:

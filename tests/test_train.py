@@ -280,23 +280,79 @@ def test_too_few_calibration_photos_for_tflite_fails_before_training(fmnist, wei
     assert "--weights RUN/best.pt --calib DIR" in err and not (tmp_path / "run").exists(), err
 
 
-def test_a_conversion_failing_after_training_says_the_run_is_kept(fmnist, weights_env, sample_clip, tmp_path,
-                                                                  capsys):
-    """When --tflite's conversion fails after the run (here: a --val of clips, whose frames the trainer reads but
-    the converter does not), the line says the run was kept and how to convert it."""
+def _clip_val(fmnist: Path, sample_clip: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """2 x 15 training photos (24 calibration photos after the held-out ones), and a --val of one clip per class."""
     data, val = tmp_path / "data", tmp_path / "val"
-    for c in ("Bag", "Coat"):  # 2 x 15 photos: 24 calibration photos after the held-out ones
+    for c in ("Bag", "Coat"):
         (data / c).mkdir(parents=True)
         for p in sorted((fmnist / "train" / c).glob("train_*.png"))[:15]:
             shutil.copy(p, data / c / p.name)
         (val / c).mkdir(parents=True)
         shutil.copy(sample_clip, val / c / "clip.mp4")
+    return data, val
+
+
+def test_a_val_of_clips_is_what_the_conversion_validates_on(fmnist, weights_env, sample_clip, tmp_path, capsys):
+    """`train --val DIR --tflite` with clips in DIR: the trainer validated on the clips' frames, but the run
+    recorded DIR itself, where the converter reads no clips: the conversion failed after the whole run. The
+    run records the frames it validated on (its val/ folder, as for a split), which the conversion reads."""
+    data, val = _clip_val(fmnist, sample_clip, tmp_path)
     out, int8 = tmp_path / "run", tmp_path / "m_int8.tflite"
+    assert convert_main(["train", "--data", str(data), "--val", str(val), "--out", str(out), *TINY, "--epochs", "1",
+                         "--tflite", str(int8)]) == 0, capsys.readouterr().err
+    rec = torch.load(out / "best.pt", weights_only=True)["record"]
+    frames = sorted(p.relative_to(out / "val").as_posix() for p in (out / "val").rglob("*.png"))
+    assert rec["val_dir"] == str((out / "val").resolve()) and len(frames) == 24, (rec["val_dir"], frames)
+    assert frames[0] == "Bag/clip_f000000.png" and frames[-1] == "Coat/clip_f000165.png", frames  # 180 frames / 15
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"{int8}: ") and "validation top-1" in line and int8.is_file(), line
+
+
+def test_a_conversion_failing_after_training_says_the_run_is_kept(fmnist, weights_env, sample_clip, tmp_path,
+                                                                  capsys, monkeypatch):
+    """When --tflite's conversion fails after the run (here: the run's calibration folder is removed while it
+    trains, as a cleaner of temporary files might), the line says the run was kept and how to convert it."""
+    import convert.train
+
+    data, val = _clip_val(fmnist, sample_clip, tmp_path)
+    out, int8 = tmp_path / "run", tmp_path / "m_int8.tflite"
+
+    def train_then_lose_calib(opts, preflight=None, _train=convert.train.train):
+        summary = _train(opts, preflight=preflight)
+        shutil.rmtree(out / "calib")
+        return summary
+
+    monkeypatch.setattr(convert.train, "train", train_then_lose_calib)
     err = _fails(["--data", str(data), "--val", str(val), "--out", str(out), *TINY, "--epochs", "1",
                   "--tflite", str(int8)], capsys, f"; the run in {out} is kept: convert it "
                  f"with `python -m convert tflite --weights {out / 'best.pt'} --out {int8}` once that is mended")
-    assert err.startswith(f"error: --val: {val}: "), err
+    assert err.startswith(f"error: {out / 'best.pt'}: its calibration folder {(out / 'calib').resolve()} is not "
+                          "found (neither beside it): pass --calib DIR"), err
     assert (out / "best.pt").is_file() and not int8.exists()
+
+
+def test_a_run_folder_copied_elsewhere_converts_from_its_own_folders(run_dir, tmp_path, capsys):
+    """The run records absolute folders: a run folder copied to the machine that converts it (a CI) named
+    folders that are not there, and `convert tflite --weights RUN/best.pt` failed on them. Its own calib/ and
+    val/ beside best.pt are used; a best.pt copied alone names what to pass."""
+    from convert.weights import load_model
+
+    copy = tmp_path / "copied-run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copy(run_dir / "best.pt", copy / "best.pt")
+    rec = torch.load(copy / "best.pt", weights_only=True)["record"]
+    gone = {key: tmp_path / "gone" / Path(rec[key]).name for key in ("calib_dir", "val_dir")}
+    torch.save({**torch.load(copy / "best.pt", weights_only=True), "record": {**rec, **{
+        key: str(path) for key, path in gone.items()}}}, copy / "best.pt")  # as on the machine it came from
+    record = load_model(str(copy / "best.pt"))[1]
+    assert (record.calib_dir, record.val_dir) == (copy / "calib", copy / "val")
+    alone = tmp_path / "alone" / "best.pt"
+    alone.parent.mkdir()
+    shutil.copy(copy / "best.pt", alone)
+    assert convert_main(["tflite", "--weights", str(alone), "--out", str(tmp_path / "m.tflite"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {alone}: its calibration folder {gone['calib_dir']} is not "
+                                               "found (neither beside it): pass --calib DIR, photos of the model's "
+                                               "classes")
 
 
 def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):

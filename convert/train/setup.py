@@ -205,7 +205,9 @@ def _prepare(o: TrainOptions) -> dict:
         raise TrainError(f"--lr {o.lr:g} / --finetune-lr {o.finetune_lr:g} / min scale {o.min_scale:g}: rates (--lr "
                          f"and --lr x --finetune-lr) above 0 and at most {MAX_LR:g}, 0 < min scale <= 1 expected")
     calib_dir = _link_items(_calibration_sample(train_items, classes), classes, out / "calib")
-    val_dir = Path(o.val).resolve() if o.val is not None else (
+    # The folder the converter and the evaluator validate on: --val itself when it holds only photos; else
+    # (the split, or clips the converter does not read) the samples validated on, frames as photos.
+    val_dir = Path(o.val).resolve() if o.val is not None and not val_scan.clips else (
         _link_items(val_items, classes, out / "val") if val_items else None)
     test_items = None
     if o.test is not None:
