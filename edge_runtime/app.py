@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .classify import Classifier
+from .output import LineOutput, OutputError
 from .overlay import FpsMeter, draw, summary_line
 from .preprocess import ImageTooLarge
 from .record import Recorder, RecordingError
@@ -99,6 +100,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     last_log: float | None = None  # the first result is shown at once, then one every log_interval
     recorder = None
     try:
+        out = LineOutput(opts.out, stop)
         if opts.record:
             recorder = Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0),
                                 segment_seconds=opts.record_segment, keep=opts.record_keep)
@@ -127,13 +129,10 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
             name = _file_name(source)
             record = result_record(stats.frames, preds, infer_ms, fps, name) if opts.json_lines or observer else None
             if opts.json_lines:
-                opts.out.write(json.dumps(record) + "\n")
-                opts.out.flush()
+                out.write(json.dumps(record) + "\n")
             elif not opts.display and (name or last_log is None or t1 - last_log >= opts.log_interval):
                 # (a folder's frames: every file)
-                opts.out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: "
-                               f"{summary_line(preds, infer_ms, fps)}\n")
-                opts.out.flush()
+                out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: {summary_line(preds, infer_ms, fps)}\n")
                 last_log = t1
             annotated = bool(opts.display or recorder)
             if annotated:
@@ -157,6 +156,9 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
         stats.stopped_by = "interrupt"
     except RecordingError as e:
         stats.stopped_by, stats.error = "recording error", str(e)
+    except OutputError as e:  # a reader that went away is a stop; a full disk under stdout a failure
+        stats.stopped_by = "a closed output" if e.closed else "output error"
+        stats.error = None if e.closed else str(e)
     finally:
         stats.seconds = time.perf_counter() - t_start
         source.close()

@@ -162,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
                 return 2
         stats = app.run(clf, source, opts, stop, observer=service.publish if service else None)
-    except OSError as e:  # e.g. the reader of --json output went away
-        print(f"error: {e.strerror or e}", file=sys.stderr)
-        return 2
     finally:
         if service:
             service.close()

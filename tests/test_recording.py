@@ -1,9 +1,13 @@
 """Recordings survive full storage, read-only folders, kill -9 and frames of changing size, with the
 real runtime on the real clip and photos."""
+import fcntl
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import termios
 import time
 
 import cv2
@@ -182,3 +186,66 @@ def test_folder_of_mixed_sizes_records_every_frame_and_names_files(int8_model, t
     assert video_frames(rec) == len(names) - 1
     by_file = {l["file"]: l["top"][0]["label"] for l in lines}
     assert by_file["skimage_coffee.jpg"] == "espresso" and by_file["opencv_orange.jpg"] in ("orange", "lemon")
+
+
+def test_a_stop_ends_a_run_whose_json_reader_stopped_reading(int8_model, sample_clip, tmp_path):
+    """`--json | consumer` with a consumer that stalls (a logger, an MQTT client that lost its broker): the
+    loop sat in the pipe write, SIGTERM waited for the reader, and a service manager's SIGKILL lost the
+    recording. The stop ends the run with the recording finished while the pipe is still full."""
+    out = tmp_path / "rec.mkv"
+    read_end, write_end = os.pipe()  # a reader that never reads
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--loop", "--json",
+                             "--model", str(int8_model), "--threads", "1", "--record", str(out)], cwd=ROOT,
+                            stdout=write_end, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(write_end)
+    try:
+        wait_for(lambda: _queued(read_end) >= 50_000 or proc.poll() is not None, 120, "a full pipe")
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(1.0)  # well past the moment the loop blocked
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]  # before the fix: never, while nobody read
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "stopped by signal" in err and "Traceback" not in err, err
+    assert video_frames(out) > 100 and not list(tmp_path.glob(".*partial*"))
+
+
+def _queued(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
+
+def test_json_output_on_a_full_disk_or_a_closed_pipe(int8_model, sample_clip, tmp_path):
+    """`--json >> results.jsonl` on a card that fills: exit 2 (which the README's unit never restarts) with
+    'error: No space left on device', the file ending in half a line that the next run's first line joined.
+    Now: exit 1 with one line naming stdout, and the next run starts on a new line. `--json | head -1`: a
+    stop (exit 0), not an error."""
+    with small_filesystem(tmp_path / "sd", "64k") as sd:
+        results = sd / "results.jsonl"
+        with open(results, "ab") as f:
+            full = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--loop",
+                                   "--json", "--model", str(int8_model), "--threads", "1", "--max-frames", "5000"],
+                                  cwd=ROOT, stdout=f, stderr=subprocess.PIPE, text=True, timeout=300,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert full.returncode == 1, full.stderr
+        assert one_error_line(full) == "error: cannot write the results to stdout (No space left on device)"
+        lines = results.read_bytes().split(b"\n")
+        assert len(lines) > 50 and all(json.loads(line)["top"] for line in lines[:-1])
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b'{"frame": 1, "top": [{"label": "capu')  # what a full card left
+    with open(cut, "ab") as f:
+        again = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(sample_clip), "--json",
+                                "--model", str(int8_model), "--threads", "1", "--max-frames", "3"], cwd=ROOT,
+                               stdout=f, stderr=subprocess.PIPE, text=True, timeout=120,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 0, again.stderr
+    lines = cut.read_text().splitlines()
+    assert len(lines) == 4 and [json.loads(line)["frame"] for line in lines[1:]] == [1, 2, 3], lines
+    head = subprocess.run(f"'{sys.executable}' -m edge_runtime --source '{sample_clip}' --loop --json "
+                          f"--model '{int8_model}' --threads 1 | head -1", shell=True, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert json.loads(head.stdout)["frame"] == 1, head.stdout
+    assert "stopped by a closed output" in head.stderr and "error" not in head.stderr.lower(), head.stderr

@@ -1,0 +1,89 @@
+"""The runtime's result lines (``--json``, headless text) on their way out: a stop is never held up by a
+reader that stops reading, a line is written whole or not at all where the output allows it, and an
+output that cannot be written ends the run with one line instead of a traceback."""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+import threading
+from typing import TextIO
+
+POLL = 0.1  # seconds between looks at the stop event while the reader does not read
+
+
+class OutputError(RuntimeError):
+    """The output cannot be written (full storage, a file size limit, a closed reader)."""
+
+    def __init__(self, message: str, closed: bool = False) -> None:
+        super().__init__(message)
+        self.closed = closed  # the reader went away (a broken pipe): a stop, not a failure
+
+
+class LineOutput:
+    """Writes lines to ``out``. When ``out`` is a file descriptor, the bytes go straight to it: to a pipe
+    or a terminal only once it can take them, looking at ``stop`` every 0.1 s meanwhile (a line that a
+    stop cuts short is dropped: nobody was reading it), and an appended file that ends in the middle of a
+    line (a run killed on a full disk) gets a line break first, so the next line stays whole.
+
+    Raises:
+        OutputError: from :meth:`write`, when the output cannot take the line.
+    """
+
+    def __init__(self, out: TextIO, stop: threading.Event | None = None) -> None:
+        self.out, self.stop = out, stop or threading.Event()
+        self.fd: int | None = None
+        self.waits = False  # a pipe, a socket or a terminal: writes may block
+        try:
+            fd = out.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):
+            return  # a StringIO, a closed stream: written as a text stream
+        self.fd, self.waits = fd, not stat.S_ISREG(mode)
+        out.flush()  # what the text stream holds goes first
+        self._broken_line = stat.S_ISREG(mode) and _ends_mid_line(fd)
+
+    def write(self, text: str) -> None:
+        if self.fd is None:
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except OSError as e:
+                raise _output_error(e, self.fd) from None
+            return
+        data = (b"\n" if self._broken_line else b"") + text.encode()
+        self._broken_line = False
+        try:
+            while data:
+                if self.waits and not self._writable():
+                    return  # stopped while the reader did not read: the line is dropped
+                n = os.write(self.fd, data[:select.PIPE_BUF])  # a pipe that polls writable takes this much
+                data = data[n:]
+        except OSError as e:
+            raise _output_error(e, self.fd) from None
+
+    def _writable(self) -> bool:
+        while not self.stop.is_set():
+            if select.select([], [self.fd], [], POLL)[1]:
+                return True
+        return False
+
+
+def _ends_mid_line(fd: int) -> bool:
+    """A regular file whose last byte is not a line break (read through /proc: ``fd`` may be write-only)."""
+    try:
+        if os.fstat(fd).st_size == 0:
+            return False
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+def _output_error(e: OSError, fd: int | None) -> OutputError:
+    where = "stdout" if fd == 1 else "the output"
+    if e.errno == errno.EPIPE:
+        return OutputError(f"{where} was closed by its reader (broken pipe)", closed=True)
+    return OutputError(f"cannot write the results to {where} ({e.strerror or e})")
