@@ -41,7 +41,6 @@ import cv2
 import numpy as np
 
 from .classify import Prediction
-from .fileio import sha256_file
 from .overlay import draw
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class ServeOptions:
             raise ServeError(f"--client-timeout {self.write_timeout}: 0.1..600 seconds expected")
         if self.token is not None and not (8 <= len(self.token) <= 256 and self.token.isascii()
                                            and self.token.isprintable() and " " not in self.token):
-            raise ServeError(f"--token of {len(self.token)} characters: 8..256 printable ASCII characters without "
+            raise ServeError(f"--token (or EDGE_RUNTIME_TOKEN) of {len(self.token)} characters: 8..256 printable ASCII characters without "
                              "spaces expected (what a browser and an Authorization header carry)")
 
     @property
@@ -127,7 +126,9 @@ def is_loopback(host: str) -> bool:
 def model_summary(classifier) -> dict[str, Any]:
     """What the page and the model info metric show about the model (from its embedded metadata)."""
     h, w = classifier.preprocessing.input_size
-    return {"name": classifier.info.model_name, "file": classifier.path.name, "sha256": sha256_file(classifier.path),
+    # the bytes that run, read once at start: not the file, which an update may have replaced since
+    return {"name": classifier.info.model_name, "file": classifier.path.name,
+            "sha256": hashlib.sha256(classifier.model_bytes).hexdigest(),
             "input_size": [h, w], "classes": classifier.num_classes, "interpreter": classifier.backend}
 
 

@@ -207,6 +207,18 @@ def test_page_and_model_facts(server, int8_model):
     assert info["sha256"] == hashlib.sha256(int8_model.read_bytes()).hexdigest()
 
 
+def test_model_facts_describe_the_bytes_that_run(int8_model, tmp_path):
+    """/model and the model info metric hashed the file at each request: after a model update moved a new
+    (here: damaged) file into place, they named bytes the running process never loaded."""
+    from edge_runtime.classify import Classifier
+
+    live = tmp_path / "live.tflite"
+    shutil.copy(int8_model, live)
+    clf = Classifier(live, threads=1)
+    live.write_bytes(int8_model.read_bytes()[:1000])  # the update's mv: another file under the name
+    assert serve.model_summary(clf)["sha256"] == hashlib.sha256(int8_model.read_bytes()).hexdigest()
+
+
 def test_predictions_follow_the_loop(server, labels):
     status, headers, body = server.request("/predictions")
     first = json.loads(body)
