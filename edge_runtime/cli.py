@@ -134,38 +134,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
-    try:
-        serve_opts, clf, source = _start(args, stop)
-    except _Stopped as e:
-        print(f"stopped by signal while {e}", file=sys.stderr)
-        return 0
-    except SourceUnavailable as e:  # a camera or stream not there (yet): a service manager tries again
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except (RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
-            PreprocessingError, SourceError) as e:
-        hint = (" (convert one with: python -m convert tflite)" if isinstance(e, ModelError)
-                and args.model == DEFAULT_MODEL and not args.model.exists() else "")
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 2
     display = not args.headless and not args.json and has_display()
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
                           json_lines=args.json, display=display, record=args.record,
                           record_segment=args.record_segment, record_keep=args.record_keep,
                           log_interval=args.log_interval)
-    service = None
+    service = source = None
     try:
-        if serve_opts:
-            try:
-                service = serve.start(clf, source, serve_opts)
-            except OSError as e:
-                print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
-                return 2
+        try:
+            serve_opts, clf = _load(args, stop)
+            if serve_opts:  # listening before the source opens: a device whose camera is missing is reachable
+                try:
+                    service = serve.start(clf, None, serve_opts)
+                except OSError as e:
+                    print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
+                    return 2
+            source = _open(args, stop, service)
+        except _Stopped as e:
+            print(f"stopped by signal while {e}", file=sys.stderr)
+            return 0
+        except SourceUnavailable as e:  # a camera or stream not there (yet): a service manager tries again
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        except (RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
+                PreprocessingError, SourceError) as e:
+            hint = (" (convert one with: python -m convert tflite)" if isinstance(e, ModelError)
+                    and args.model == DEFAULT_MODEL and not args.model.exists() else "")
+            print(f"error: {e}{hint}", file=sys.stderr)
+            return 2
         stats = app.run(clf, source, opts, stop, observer=service.publish if service else None)
     finally:
         if service:
             service.close()
-        source.close()
+        if source:
+            source.close()
     s = source.stats
     too_large = s.too_large + stats.too_large
     skipped = f"corrupt frames skipped: {s.corrupt}" + (f"; images over the pixel budget skipped: {too_large}"
@@ -190,16 +192,15 @@ class _Stopped(Exception):
     """SIGTERM / Ctrl-C arrived while the run was starting (the message says during what)."""
 
 
-def _start(args: argparse.Namespace, stop: threading.Event):
-    """(serve options, classifier, source), checked in the order a user fixes them: the recording
-    target, the web view's options, the model, the source.
+def _load(args: argparse.Namespace, stop: threading.Event):
+    """(serve options, classifier), checked in the order a user fixes them: the recording target, the
+    web view's options, the model.
 
     Raises:
         RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
-        PreprocessingError, SourceError: one line for the user; _Stopped: a stop signal came first.
+        PreprocessingError: one line for the user; _Stopped: a stop signal came first.
     """
     from .record import check_target
-    from .sources import SourceError, open_source
 
     if args.record:
         check_target(args.record)
@@ -208,17 +209,49 @@ def _start(args: argparse.Namespace, stop: threading.Event):
                      preprocessing=_fallback_preprocessing(args), verify=not args.no_verify, xnnpack=args.xnnpack)
     if stop.is_set():
         raise _Stopped("loading the model")
-    try:
-        source = open_source(args.camera if args.camera is not None else args.source,
-                             camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
-                             disconnect_every=args.disconnect_every,
-                             disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
-                             stop=stop)
-    except SourceError:
-        if stop.is_set():
-            raise _Stopped("opening the source") from None
-        raise
-    return serve_opts, clf, source
+    return serve_opts, clf
+
+
+WAIT_FIRST, WAIT_MAX = 5.0, 60.0  # --serve: seconds before trying a missing camera or stream again
+
+
+def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Service | None):
+    """The frame source. A camera or stream that is not there raises SourceUnavailable (the service
+    manager tries again later), except with ``service``: the process is reachable and waits for it
+    itself, trying again after 5, 10, 20 ... 60 s, its health saying why it waits.
+
+    Raises:
+        SourceError (SourceUnavailable): one line for the user; _Stopped: a stop signal came first.
+    """
+    from .sources import SourceError, SourceUnavailable, open_source
+
+    delay = WAIT_FIRST
+    while True:
+        try:
+            source = open_source(args.camera if args.camera is not None else args.source,
+                                 camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
+                                 disconnect_every=args.disconnect_every,
+                                 disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
+                                 stop=stop)
+        except SourceUnavailable as e:
+            if stop.is_set():
+                raise _Stopped("opening the source") from None
+            if service is None:
+                raise
+            service.waiting = str(e)
+            print(f"warning: {e}; trying again in {delay:.0f} s (--serve keeps the process up)", file=sys.stderr,
+                  flush=True)
+            if stop.wait(delay):
+                raise _Stopped("opening the source") from None
+            delay = min(2 * delay, WAIT_MAX)
+            continue
+        except SourceError:
+            if stop.is_set():
+                raise _Stopped("opening the source") from None
+            raise
+        if service is not None:
+            service.source, service.waiting = source, None
+        return source
 
 
 def _flags_without_effect(args: argparse.Namespace) -> str | None:

@@ -347,7 +347,8 @@ class Service:
 
     Args:
         classifier: the loaded :class:`~edge_runtime.classify.Classifier` (model facts for the page).
-        source: the frame source (its ``stats`` feed reconnect/corrupt/dropped counters and health).
+        source: the frame source (its ``stats`` feed reconnect/corrupt/dropped counters and health; None
+            while it opens: set it then, and ``waiting`` to why it is not open meanwhile).
         opts: :class:`ServeOptions`.
 
     Use :meth:`publish` as the loop's observer, :meth:`start` before the loop and :meth:`close` after.
@@ -355,6 +356,7 @@ class Service:
 
     def __init__(self, classifier, source, opts: ServeOptions) -> None:
         self.opts, self.source = opts, source
+        self.waiting: str | None = None  # why the source is not open yet (the command line sets it)
         self.model = model_summary(classifier)
         self.page = resources.files(__package__).joinpath("web/index.html").read_bytes()
         self.frames, self.rejected, self.dropped = 0, 0, 0
@@ -415,7 +417,8 @@ class Service:
         with self.hub._lock:
             seq, published_at, record = self.hub.seq, self.hub.published_at, self.hub.record
         if seq == 0:
-            return 503, {"status": "down", "reason": "starting: no frame classified yet", "reconnects": reconnects}
+            reason = f"waiting for the source: {self.waiting}" if self.waiting else "starting: no frame classified yet"
+            return 503, {"status": "down", "reason": reason, "reconnects": reconnects}
         age = time.monotonic() - published_at
         if age > self.pace.stall_limit():
             return 503, {"status": "down", "reason": f"no frame classified for {age:.1f} s: the camera is down, "

@@ -53,7 +53,7 @@ class MjpegServer:
     silent, ("loop", 0) sends frames for ever. Connections after the plan loop.
     """
 
-    def __init__(self, frames: list[bytes], plan: list[tuple[str, int]], fps: float = 30.0) -> None:
+    def __init__(self, frames: list[bytes], plan: list[tuple[str, int]], fps: float = 30.0, port: int = 0) -> None:
         self.frames, self.plan, self.fps, self.connections = frames, list(plan), fps, 0
         self.sent = 0
         self.release = threading.Event()
@@ -84,7 +84,7 @@ class MjpegServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -26,7 +26,7 @@ import pytest
 from edge_runtime import serve
 from edge_runtime.interpreter import find_backend
 from edge_runtime.metadata import read_model_info
-from realworld import wait_for
+from realworld import MjpegServer, clip_jpegs, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-5f2a9c1e"
@@ -604,3 +604,26 @@ def _args(**kw):
 
     argv = ["--source", "x"] + [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", v)]
     return build_parser().parse_args(argv)
+
+
+def test_a_stream_missing_at_start_is_waited_for_while_serving(int8_model, sample_clip):
+    """A camera or stream not there at start made the runtime exit 75 before it listened: a fleet saw the
+    device unreachable, not its camera down. With --serve it listens first, /healthz says what it waits for,
+    and the source opens when it comes (without --serve: exit 75 as before, for the service manager)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/stream.mjpg"
+    rt, camera = Runtime(int8_model, url, "--stream-timeout", "1"), None
+    try:
+        wait_for(lambda: "trying again in 5 s" in rt.stderr or rt.proc.poll() is not None, 60, "a failed open")
+        status, _, body = rt.request("/healthz", token=None)
+        reason = json.loads(body)["reason"]
+        assert status == 503 and reason.startswith(f"waiting for the source: cannot open stream {url}"), reason
+        camera = MjpegServer(clip_jpegs(sample_clip, 30), [("loop", 0)], port=port)
+        wait_for(lambda: rt.request("/healthz", token=None)[0] == 200, 60, "frames of the stream that came")
+    finally:
+        if camera:
+            camera.close()
+        assert rt.stop() == 0, rt.stderr
+    assert "Traceback" not in rt.stderr, rt.stderr
