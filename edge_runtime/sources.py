@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -70,6 +71,23 @@ class SourceStats:
     reconnects: int = 0  # successful reopenings after a failure
     attempts: int = 0  # reopen attempts, successful or not
     fps_hint: float = 0.0
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?#]*)@")
+_SECRET_QUERY = re.compile(r"([?&;][^=&;#]*(?:pass|pwd|token|secret|key|auth|sig|credential)[^=&;#]*=)[^&;#]*", re.I)
+
+
+def masked(spec: str | int) -> str:
+    """A --source as shown in logs, errors and output: a stream URL's password and secret-looking query
+    values (password=, token=, key=...) as ``***`` (``rtsp://admin:***@cam/stream``); anything else as given.
+    OpenCV is given the real URL. An "@" in a stream's path may hide more than the password, never less."""
+    text = str(spec)
+    if not is_stream(text):
+        return text
+    m = _USERINFO.match(text)  # to the last "@" before any query: a password with a raw "/" stays hidden too
+    if m and ":" in m[2]:
+        text = f"{m[1]}{m[2].split(':', 1)[0]}:***@{text[m.end():]}"
+    return _SECRET_QUERY.sub(r"\1***", text)
 
 
 def _valid(frame: Any) -> bool:
@@ -490,16 +508,17 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     if is_stream(spec):
         if not 0 < stream_timeout <= 3600:
             raise SourceError(f"stream timeout {stream_timeout} s: 0 < seconds <= 3600 expected")
-        try:
-            return CaptureSource(lambda: _stream_capture(spec, stream_timeout), spec, latest=True, reconnect=True,
-                                 backoff=backoff, startup_attempts=startup_attempts, live=True, stop=stop)
+        try:  # named by masked(): a password in the URL is never logged (OpenCV gets the real URL)
+            return CaptureSource(lambda: _stream_capture(spec, stream_timeout), masked(spec), latest=True,
+                                 reconnect=True, backoff=backoff, startup_attempts=startup_attempts, live=True,
+                                 stop=stop)
         except SourceTooLarge:
             raise
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceUnavailable(f"cannot open stream {spec} ({startup_attempts} attempts, each given up to "
-                                    f"{stream_timeout:g} s for video: --stream-timeout)") from None
+            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({startup_attempts} attempts, each given up "
+                                    f"to {stream_timeout:g} s for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, stop=stop)
