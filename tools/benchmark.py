@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from edge_runtime import bench, bench_report
+from edge_runtime.classify import model_file_problem
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
 from edge_runtime.flags import (MAX_THREADS, deprecated, json_path_to_report, nonnegative_float, nonnegative_int,
                                 positive_int, seconds_arg)
@@ -186,8 +187,9 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.label} ...", file=sys.stderr, flush=True)
-        if not Path(case.path).is_file():
-            results.append({**case.__dict__, "error": f"{case.path}: model file not found"})
+        problem = model_file_problem(case.path)
+        if problem:
+            results.append({**case.__dict__, "error": f"{case.path}: {problem}"})
             continue
         results.append(bench.run_case(case, args.runs, args.warmup, args.min_seconds, args.val,
                                       args.source if case.runtime == "tflite" else None))
