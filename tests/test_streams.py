@@ -74,6 +74,27 @@ def test_silent_server_times_out_with_one_line(int8_model):
     assert len(server.accepted) == 3  # three start-up attempts, each given up after its timeout
 
 
+def test_capture_stops_while_the_stream_opens(tmp_path):
+    """capture obeys SIGTERM while its stream is still opening, as the runtime does (it died with 143 and left
+    an empty OUT/a); its --stream-timeout is the runtime's, and the password stays hidden in its lines too."""
+    server = SilentServer()
+    url, shown = _with_password(server.url)
+    try:
+        run = Process("edge_runtime", "capture", "--source", url, "--label", "a", "--out", tmp_path / "out")
+        wait_for(lambda: server.accepted, 30, "capture to connect")
+        run.stop(signal.SIGTERM)
+        timed = Process("edge_runtime", "capture", "--source", url, "--label", "a", "--out", tmp_path / "out",
+                        "--stream-timeout", 1)
+        rc = timed.wait(60)
+    finally:
+        server.close()
+    assert run.proc.returncode == 0 and run.err == ["stopped by signal while opening the source"], run.stderr
+    assert rc == 75 and timed.err[-1] == (f"error: cannot open stream {shown} (3 attempts, each given up to 1 s "
+                                          "for video: --stream-timeout)"), timed.stderr
+    assert "S3cret" not in timed.stderr and len(server.accepted) == 4  # 1 + the 3 attempts of --stream-timeout 1
+    assert not (tmp_path / "out").exists()  # nothing saved, no empty class folder left
+
+
 def test_masked_hides_a_password_and_secret_query_values():
     from edge_runtime.sources import masked
 
