@@ -3,8 +3,9 @@
 Frames come from the runtime's own sources (camera, Picamera2, video file, stream, image folder) and
 are written as JPEGs into ``OUT/LABEL/``, the folder layout ``python -m convert train`` reads.
 Every file is written to a temporary name and linked into place only if that name is free, so an
-existing photo is never overwritten and a reader never sees half a file. Headless: no window.
-numpy and OpenCV only, like the rest of the runtime.
+existing photo is never overwritten and a reader never sees half a file. A camera, a stream or a clip
+gives a photo every ``--every`` seconds (a clip by its own timeline); a folder of photos gives every
+photo. Headless: no window. numpy and OpenCV only, like the rest of the runtime.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   python -m edge_runtime capture --camera 0 --label parcel --out photos --every 2 --count 100
   python -m edge_runtime capture --camera 0 --picamera --label empty_porch --out photos --count 100
   python -m edge_runtime capture --source walkthrough.mp4 --label bench --out photos --every 0.5
+  python -m edge_runtime capture --source phone_photos/ --label parcel --out photos   # every photo
 then, on a workstation:
   python -m convert train --data photos --out runs/porch
 """
@@ -108,9 +110,12 @@ def capture(source, out: Path, label: str, every: float = 1.0, count: int | None
     """Save a frame from ``source`` every ``every`` seconds into ``out/label`` until ``count`` photos,
     the end of the source, or ``stop``.
 
-    Live sources are timed by the clock; files by their own frame rate (frame index / fps), so a
-    clip gives the same photos however fast it decodes.
+    Live sources are timed by the clock; clips by their own frame rate (frame index / fps), so a
+    clip gives the same photos however fast it decodes. A folder of photos (or one photo) has no
+    time: every photo is saved and ``every`` does not apply.
     """
+    from .sources import FolderSource
+
     try:
         folder = prepare_folder(out, label)
     except CaptureError:
@@ -118,6 +123,8 @@ def capture(source, out: Path, label: str, every: float = 1.0, count: int | None
         raise
     stop = stop or threading.Event()
     live = bool(getattr(source, "latest", False))
+    if isinstance(source, FolderSource):
+        every = 0.0
     fps = getattr(getattr(source, "stats", None), "fps_hint", 0.0) or 30.0
     stats = CaptureStats()
     stem, next_index, next_time = _safe_stem(label), 0, 0.0
@@ -165,14 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Save labelled photos for training from a camera, a video file, a "
                                             "stream or an image folder: JPEGs in OUT/LABEL/, never overwriting.")
     from .cli import add_source_arguments
-    from .flags import seconds_arg
+    from .flags import add_stream_timeout, deprecated, seconds_arg
 
     add_source_arguments(p)
     p.add_argument("--label", required=True, help="class name: photos go to OUT/LABEL/")
     p.add_argument("--out", type=Path, required=True, help="data folder (one sub-folder per class)")
-    p.add_argument("--every", type=seconds_arg, default=1.0, help="seconds between saved photos (default 1.0)")
-    p.add_argument("--count", type=int, help="stop after N photos (default: until Ctrl-C or the source ends)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--every", type=seconds_arg, metavar="SECONDS",
+                   help="seconds between saved photos: by the clock for a camera or a stream, by the clip's "
+                        "timeline for a video file (default 1; 0: every frame); a folder of photos gives "
+                        "every photo")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="stop after N saved photos (not frames read: the runtime's --max-frames counts "
+                        "frames; default: until Ctrl-C or the source ends)")
+    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",
+                   help="JPEG quality 1-100 of the saved photos (default 95)")
+    deprecated(p, "--quality", "--jpeg-quality", "jpeg_quality", type=int)
+    add_stream_timeout(p)
     p.add_argument("--quiet", action="store_true", help="no line per saved photo")
     return p
 
@@ -180,28 +195,42 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .app import install_stop_signals
-    from .sources import EXIT_UNAVAILABLE, SourceError, SourceUnavailable, open_source, quiet_opencv
+    from .sources import (EXIT_UNAVAILABLE, SourceError, SourceUnavailable, is_image_file, is_stream, open_source,
+                          quiet_opencv)
 
     quiet_opencv()
 
-    if (args.count is not None and args.count < 1) or not 1 <= args.quality <= 100:  # --every: its flag type
-        print(f"error: --count {args.count} / --quality {args.quality}: count >= 1 and quality 1-100 expected",
-              file=sys.stderr)
+    if args.count is not None and args.count < 1:
+        print(f"error: --count {args.count}: 1 or more photos expected", file=sys.stderr)
         return 2
+    if not 1 <= args.jpeg_quality <= 100:
+        print(f"error: --jpeg-quality {args.jpeg_quality}: 1..100 expected", file=sys.stderr)
+        return 2
+    photos = args.source is not None and not is_stream(args.source) and (Path(args.source).is_dir()
+                                                                         or is_image_file(args.source))
+    if photos and args.every is not None:  # refused, not silently ignored
+        print(f"error: --every: only with a camera, a video file or a stream (a folder of photos gives every "
+              f"photo: {args.source})", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    install_stop_signals(stop)  # before anything is opened: a stop while the source opens is obeyed there
     created = [p for p in (args.out, args.out / args.label) if not p.exists()]
     try:
         prepare_folder(args.out, args.label)  # before the camera is opened
         source = open_source(args.camera if args.camera is not None else args.source,
-                             camera=args.camera is not None, picamera=args.picamera)
+                             camera=args.camera is not None, picamera=args.picamera,
+                             stream_timeout=args.stream_timeout, stop=stop)
     except (CaptureError, SourceError) as e:
         _remove_empty(created)
+        if stop.is_set():  # as the runtime: a stop is no failure
+            print("stopped by signal while opening the source", file=sys.stderr)
+            return 0
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(e, SourceUnavailable) else 2  # as the runtime: try again later
-    stop = threading.Event()
-    install_stop_signals(stop, source)
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    every = 1.0 if args.every is None else args.every
     try:
-        stats = capture(source, args.out, args.label, args.every, args.count, args.quality, stop, say)
+        stats = capture(source, args.out, args.label, every, args.count, args.jpeg_quality, stop, say)
     except CaptureError as e:  # while saving (storage full): 1, as the runtime's failures while running
         print(f"error: {e}", file=sys.stderr)
         return 1

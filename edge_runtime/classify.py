@@ -24,6 +24,19 @@ class ModelError(ValueError):
     """The model is missing, unreadable or not an image classifier this runtime can drive."""
 
 
+def model_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is no model file to read, as the end of an error line after the path (None when it is a
+    file): not there, a folder, or something else (a device, a pipe: read, it may never end)."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a folder, not a model file (a .tflite file expected)"
+    if path.exists():
+        return "not a regular file (a .tflite file expected)"
+    return "model file not found"
+
+
 @dataclass(frozen=True)
 class Prediction:
     index: int
@@ -65,8 +78,9 @@ class Classifier:
                  preprocessing: Preprocessing | None = None, edgetpu: bool = False,
                  backend: str | None = None, verify: bool = True, xnnpack: bool | None = None) -> None:
         path = Path(model_path)
-        if not path.is_file():
-            raise ModelError(f"{path}: model file not found")
+        problem = model_file_problem(path)
+        if problem:
+            raise ModelError(f"{path}: {problem}")
         # one read: the bytes checked here are the bytes that run (a file replaced while the runtime is up,
         # an over-the-air update, changes nothing until the next start)
         try:

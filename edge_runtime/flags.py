@@ -14,6 +14,8 @@ The same flag means the same thing everywhere:
     --model PATH     a converted .tflite to run (the runtime, the benchmark, convert evaluate)
     --channel-order  RGB|BGR: the channel order of the model's input tensor
     --quiet          no progress lines
+    --stream-timeout SECONDS  an RTSP/HTTP stream's open and read timeout (the runtime, capture)
+    --jpeg-quality Q JPEG quality 1-100 of what is encoded (the runtime's MJPEG view, capture's photos)
 
 Old spellings keep working for one release, with a one-line deprecation warning on stderr.
 """
@@ -159,3 +161,12 @@ def seconds_arg(text: str) -> float:
 
 CHANNEL_ORDER_HELP = "the channel order of the model's input tensor"
 RESIZE_HELP = "before the center crop: N = shorter side to N (aspect kept), HxW = exactly HxW"
+
+
+def add_stream_timeout(parser: argparse.ArgumentParser) -> None:
+    """``--stream-timeout SECONDS``: one definition for every command that reads a --source."""
+    from .sources import STREAM_TIMEOUT  # (OpenCV's module: imported by the commands that read a source)
+
+    parser.add_argument("--stream-timeout", type=seconds_arg, default=STREAM_TIMEOUT, metavar="SECONDS",
+                        help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
+                             f"(default {STREAM_TIMEOUT:g})")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
+import stat
 import sys
 import threading
 import time
@@ -70,6 +72,36 @@ class SourceStats:
     reconnects: int = 0  # successful reopenings after a failure
     attempts: int = 0  # reopen attempts, successful or not
     fps_hint: float = 0.0
+    ended_at: int = 0  # a clip unreadable from this frame on, before its end (0: it was read to its end)
+    length: int = 0  # with ended_at: the frames the clip says it has
+
+    @property
+    def ended_early(self) -> str:
+        """What the early end of a clip was, as a user reads it ("" when the clip was read to its end)."""
+        return f"the clip ended at frame {self.ended_at} of {self.length} (unreadable from there)" \
+            if self.ended_at else ""
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?#]*)@")
+_SECRET_QUERY = re.compile(r"([?&;][^=&;#]*(?:pass|pwd|token|secret|key|auth|sig|credential)[^=&;#]*=)[^&;#]*", re.I)
+
+
+def masked(spec: str | int) -> str:
+    """A --source as shown in logs, errors and output: a stream URL's password and secret-looking query
+    values (password=, token=, key=...) as ``***`` (``rtsp://admin:***@cam/stream``); anything else as given.
+    OpenCV is given the real URL. An "@" in a stream's path may hide more than the password, never less."""
+    text = str(spec)
+    if not is_stream(text):
+        return text
+    m = _USERINFO.match(text)  # to the last "@" before any query: a password with a raw "/" stays hidden too
+    if m and ":" in m[2]:
+        text = f"{m[1]}{m[2].split(':', 1)[0]}:***@{text[m.end():]}"
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def _position(cap: Any) -> float:
+    """The index of the next frame a file's capture reads (0 where it cannot tell)."""
+    return float(cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) if hasattr(cap, "get") else 0.0
 
 
 def _valid(frame: Any) -> bool:
@@ -210,12 +242,17 @@ class CaptureSource:
                     continue
 
     def _run(self) -> None:
-        cap, failures = self._cap, 0
+        cap, failures, read_to = self._cap, 0, 0.0
         try:
             while not self._stop.is_set():
                 ok, frame = cap.read()
-                if ok and _valid(frame):
+                if ok and not self.reconnect:  # a file: the frames its failed reads skipped, if any
+                    if failures:
+                        self.stats.corrupt += self._skipped(cap, read_to, failures)
+                    read_to = _position(cap)
+                if ok:
                     failures = 0
+                if ok and _valid(frame):
                     self._publish(frame)
                     continue
                 if ok:  # decoded, but nothing usable: a corrupt frame
@@ -223,11 +260,14 @@ class CaptureSource:
                     continue
                 failures += 1
                 length = 0.0 if self.live else self._length(cap)
-                at_end = bool(length) and cap.get(cv2.CAP_PROP_POS_FRAMES) >= length
-                if not self.reconnect:  # a file: its end, or a frame that failed to decode
-                    if at_end or not length or failures >= self.failures_before_reopen:
+                at_end = bool(length) and _position(cap) >= length
+                if not self.reconnect:  # a file: its end, a frame that failed to decode, or the rest unreadable
+                    if at_end or not length:
                         break
-                    self.stats.corrupt += 1
+                    if failures >= self.failures_before_reopen:  # not a frame skipped: the clip ends here
+                        self.stats.ended_at, self.stats.length = max(1, int(_position(cap))), int(length)
+                        log.warning("%s: %s", self.name, self.stats.ended_early)
+                        break
                     continue
                 if not at_end and failures < self.failures_before_reopen:
                     continue  # a live source may fail a read or two before it recovers by itself
@@ -244,6 +284,13 @@ class CaptureSource:
             if cap is not None:
                 cap.release()
             self._publish(_END)
+
+    @staticmethod
+    def _skipped(cap: Any, read_to: float, failures: int) -> int:
+        """Frames of a file passed over by the failed reads before a good one: by the file's position where
+        the capture tells it (a failed read often skips nothing), else one per failed read."""
+        now = _position(cap)
+        return max(0, int(now - read_to) - 1) if now > 0 else failures
 
     @staticmethod
     def _length(cap: Any) -> float:
@@ -439,6 +486,27 @@ def _stream_capture(url: str, timeout: float) -> Any:
     return cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
 
 
+def _check_file(spec: str) -> bool:
+    """Whether a --source path that is not a folder is a named pipe (True) or a regular file (False).
+
+    Raises:
+        SourceError: nothing there, or something that is neither (a device, a socket): said as what it is.
+    """
+    path = Path(spec)
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise SourceError(f"{spec}: no such file, folder or stream URL") from None
+        raise SourceError(f"{spec}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):  # a FIFO: /dev/stdin from a pipe, or one made by mkfifo
+        return stat.S_ISFIFO(mode)
+    if stat.S_ISCHR(mode) and path.name.startswith("video"):
+        raise SourceError(f"{spec}: a camera device; use --camera N (its number) instead of --source")
+    raise SourceError(f"{spec}: not a regular file (a video file, a photo, an image folder, a named pipe or a "
+                      "stream URL expected)")
+
+
 def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False, loop: bool = False,
                 startup_attempts: int = 3, size: tuple[int, int] = (640, 480),
                 backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0,
@@ -447,7 +515,9 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     """Open a frame source.
 
     Args:
-        spec: camera index (with ``camera``), a video file, an image folder, or an RTSP/HTTP URL.
+        spec: camera index (with ``camera``), a video file, a photo, an image folder, a named pipe (read as
+            a video file that ends when its writer closes it: ``/dev/stdin`` from a pipe), or an RTSP/HTTP URL
+            (shown everywhere through :func:`masked`).
         picamera: use Picamera2 for the camera (Raspberry Pi OS's libcamera stack).
         loop: restart a video file at its end (soak tests, demos).
         disconnect_every: with a video file, simulate a camera unplugged every N frames.
@@ -490,27 +560,40 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     if is_stream(spec):
         if not 0 < stream_timeout <= 3600:
             raise SourceError(f"stream timeout {stream_timeout} s: 0 < seconds <= 3600 expected")
-        try:
-            return CaptureSource(lambda: _stream_capture(spec, stream_timeout), spec, latest=True, reconnect=True,
-                                 backoff=backoff, startup_attempts=startup_attempts, live=True, stop=stop)
+        try:  # named by masked(): a password in the URL is never logged (OpenCV gets the real URL)
+            return CaptureSource(lambda: _stream_capture(spec, stream_timeout), masked(spec), latest=True,
+                                 reconnect=True, backoff=backoff, startup_attempts=startup_attempts, live=True,
+                                 stop=stop)
         except SourceTooLarge:
             raise
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceUnavailable(f"cannot open stream {spec} ({startup_attempts} attempts, each given up to "
-                                    f"{stream_timeout:g} s for video: --stream-timeout)") from None
+            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({startup_attempts} attempts, each given up "
+                                    f"to {stream_timeout:g} s for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, stop=stop)
-    if not path.is_file():
-        raise SourceError(f"{spec}: no such file, folder or stream URL")
+    pipe = _check_file(spec)
+    if pipe and (loop or disconnect_every):
+        raise SourceError(f"{spec}: a named pipe is read once, as it comes; --loop and --disconnect-every need a "
+                          "video file")
     if is_image_file(path):  # one photo, decoded as a folder's photos, the evaluator's and the converter's are
         try:  # (FFmpeg's JPEG decoding, through VideoCapture, gives other pixels: another top-1 for some photos)
             read_image(str(path))
         except PreprocessingError as e:
             raise SourceError(str(e)) from None
         return FolderSource(path, stop=stop)
+    if pipe:  # read as a file (every frame, in order) that ends when its writer closes it
+        try:
+            return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=False,
+                                 stop=stop)
+        except SourceTooLarge:
+            raise
+        except SourceError:
+            if stop is not None and stop.is_set():
+                raise
+            raise SourceError(f"{spec}: a named pipe without a video OpenCV can decode") from None
     if disconnect_every:
         return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,

@@ -254,3 +254,14 @@ def test_models_of_one_file_name_are_told_apart():
     labels = [c.label for c in cases]
     assert labels == ["v1/m_int8 tflite x1", "v1/m_int8 tflite x2", "v2/m_int8 tflite x1", "v2/m_int8 tflite x2",
                       "other tflite x1", "other tflite x2"] and len(set(labels)) == len(labels)
+
+
+def test_a_model_path_that_is_a_folder_and_a_streams_password_in_the_report(tmp_path):
+    """--model FOLDER said "model file not found"; the report's settings kept a stream's password."""
+    proc = _bench("--model", tmp_path, "--source", "rtsp://admin:S3cret@127.0.0.1:9/stream", "--report",
+                  tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert report["results"][0]["error"] == f"{tmp_path}: a folder, not a model file (a .tflite file expected)"
+    assert report["settings"]["source"] == "rtsp://admin:***@127.0.0.1:9/stream"
+    assert "S3cret" not in proc.stdout + proc.stderr + (tmp_path / "r.json").read_text()

@@ -9,12 +9,13 @@ from realworld import convert_main, one_error_line
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from convert.cli import build_parser as convert_parser
+    from edge_runtime.capture import build_parser as capture_parser
     from edge_runtime.cli import build_parser as runtime_parser
     from tools.benchmark import build_parser as bench_parser
 
     sub = next(a for a in convert_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {**{f"convert {name}": p for name, p in sub.choices.items()}, "edge_runtime": runtime_parser(),
-            "tools.benchmark": bench_parser()}
+            "edge_runtime capture": capture_parser(), "tools.benchmark": bench_parser()}
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -48,6 +49,20 @@ def test_one_meaning_per_flag():
     assert "--val" in _options(parsers["convert compress"]) and "--val" in _options(parsers["tools.benchmark"])
 
 
+def test_capture_speaks_the_runtimes_flags():
+    """capture's JPEG quality was --quality where the runtime has --jpeg-quality (the same thing: JPEG quality
+    1-100), and it had no --stream-timeout. A flag both take is one definition; --count (saved photos) differs
+    from the runtime's --max-frames (classified frames), keeps its name and says so."""
+    parsers = _parsers()
+    runtime, capture = _options(parsers["edge_runtime"]), _options(parsers["edge_runtime capture"])
+    assert "--quality" not in capture and "--jpeg-quality" in capture and "--jpeg-quality" in runtime
+    for flag in set(runtime) & set(capture) - {"--jpeg-quality"}:  # its default: 75 for the view, 95 for photos
+        a, b = runtime[flag], capture[flag]
+        assert (a.type, a.default, a.help, a.metavar) == (b.type, b.default, b.help, b.metavar), flag
+    assert {"--stream-timeout", "--source", "--camera", "--picamera"} <= set(capture)
+    assert "saved photos" in capture["--count"].help and "--max-frames" in capture["--count"].help
+
+
 def test_input_size_means_the_same_everywhere():
     assert flags.input_size_arg("224") == (224, 224) and flags.input_size_arg("224x160") == (224, 160)
     assert flags.square_size_arg("128") == 128 == flags.square_size_arg("128x128")
@@ -71,13 +86,17 @@ def test_resize_means_the_same_everywhere():
     (["edge_runtime", "--source", "a.mp4", "--simulate-disconnect-every", "9"], "--simulate-disconnect-every",
      "--disconnect-every"),
     (["tools.benchmark", "--model", "m.tflite", "--images", "X"], "--images", "--val"),
+    (["capture", "--source", "a.mp4", "--label", "a", "--out", "o", "--quality", "50"], "--quality",
+     "--jpeg-quality"),
 ])
 def test_old_spellings_work_for_one_release(argv, old, new, capsys):
     from convert.cli import build_parser as convert_parser
+    from edge_runtime.capture import build_parser as capture_parser
     from edge_runtime.cli import build_parser as runtime_parser
     from tools.benchmark import build_parser as bench_parser
 
-    parser = {"convert": convert_parser, "edge_runtime": runtime_parser, "tools.benchmark": bench_parser}[argv[0]]()
+    parser = {"convert": convert_parser, "edge_runtime": runtime_parser, "capture": capture_parser,
+              "tools.benchmark": bench_parser}[argv[0]]()
     args = parser.parse_args(argv[1:])
     dest = new.lstrip("-").replace("-", "_")
     assert str(getattr(args, dest)) == argv[-1]

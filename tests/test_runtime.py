@@ -124,6 +124,60 @@ def test_truncated_video_is_read_to_where_it_breaks(int8_model, sample_clip, tmp
     # about the first half of the 180 frames (104 with OpenCV 5 here), in order, then a clean end
     assert 80 <= len(frames) <= 120 and frames == list(range(1, len(frames) + 1)), len(frames)
     assert "stopped by end of source" in proc.stderr
+    # said as what it is (it was "corrupt frames skipped: 5": the failed reads where the clip ends)
+    assert f"the clip ended at frame {len(frames)} of 180 (unreadable from there)" in proc.stderr
+    assert "corrupt frames skipped: 0;" in proc.stderr
+
+
+def test_a_clip_cut_short_ends_where_it_breaks_with_no_frame_called_corrupt(sample_clip, tmp_path, caplog):
+    """OpenCV fails reads where a cut clip breaks (a read may also fail and the next succeed, skipping nothing):
+    the end is said once as a warning, and only frames really passed over are counted as corrupt."""
+    data = sample_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    source = open_source(str(cut))
+    frames = sum(1 for _ in source)
+    assert 80 <= frames <= 120 and source.stats.corrupt == 0, source.stats
+    assert (source.stats.ended_at, source.stats.length) == (frames, 180)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{cut}: the clip ended at frame {frames} of 180 (unreadable from there)"]
+    whole = open_source(str(sample_clip))
+    assert sum(1 for _ in whole) == 180 and whole.stats.ended_at == 0 and whole.stats.ended_early == ""
+
+
+def test_a_named_pipe_is_read_as_a_video_and_other_non_files_are_named(sample_clip, tmp_path):
+    """A FIFO (mkfifo, /dev/stdin from a pipe) was "no such file, folder or stream URL"; it is read, every frame,
+    until its writer closes it. A device is "not a regular file"; a camera device names --camera."""
+    import threading
+
+    fifo = tmp_path / "live.mp4"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as f:
+            f.write(sample_clip.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    source = open_source(str(fifo))
+    assert sum(1 for _ in source) == 180
+    writer.join(10)
+    with pytest.raises(SourceError, match="a named pipe is read once"):
+        open_source(str(fifo), loop=True)
+    with pytest.raises(SourceError, match="^/dev/zero: not a regular file "):
+        open_source("/dev/zero")
+    with pytest.raises(SourceError, match="no such file, folder or stream URL"):
+        open_source(str(tmp_path / "missing.mp4"))
+
+
+def test_a_model_path_that_is_no_file_is_named_as_what_it_is(tmp_path):
+    """--model FOLDER and --model /dev/zero said "model file not found"."""
+    for path, said in ((tmp_path, "a folder, not a model file (a .tflite file expected)"),
+                       (Path("/dev/zero"), "not a regular file (a .tflite file expected)"),
+                       (tmp_path / "none.tflite", "model file not found")):
+        with pytest.raises(ModelError) as e:
+            Classifier(path)
+        assert str(e.value) == f"{path}: {said}"
 
 
 def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_path):

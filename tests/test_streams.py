@@ -51,19 +51,59 @@ def test_stop_during_start_up_against_a_silent_server(int8_model, tmp_path, sig)
     assert not list(tmp_path.iterdir())  # nothing recorded, nothing left behind
 
 
+def _with_password(url: str) -> tuple[str, str]:
+    """The server's URL with a user and password in it, and the same URL as every message must show it."""
+    return url.replace("http://", "http://admin:S3cret@"), url.replace("http://", "http://admin:***@")
+
+
 def test_silent_server_times_out_with_one_line(int8_model):
+    """The URL's password never reaches a log line or the error (journald keeps them); OpenCV gets the real
+    URL (the camera's server is reached, with the user and password)."""
     server = SilentServer()
+    url, shown = _with_password(server.url)
     try:
-        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--headless",
-                      "--stream-timeout", 1)
+        run = Process("edge_runtime", "--source", url, "--model", int8_model, "--headless", "--stream-timeout", 1)
         rc = run.wait(60)
     finally:
         server.close()
     assert rc == 75 and "Traceback" not in run.stderr  # EX_TEMPFAIL: a service manager tries again later
     errors = [l for l in run.err if l.startswith("error:")]
-    assert errors == [f"error: cannot open stream {server.url} (3 attempts, each given up to 1 s for video: "
+    assert errors == [f"error: cannot open stream {shown} (3 attempts, each given up to 1 s for video: "
                       "--stream-timeout)"]
+    assert "S3cret" not in run.stderr + "\n".join(run.out) and f"cannot open {shown} (attempt 1/3)" in run.stderr
     assert len(server.accepted) == 3  # three start-up attempts, each given up after its timeout
+
+
+def test_capture_stops_while_the_stream_opens(tmp_path):
+    """capture obeys SIGTERM while its stream is still opening, as the runtime does (it died with 143 and left
+    an empty OUT/a); its --stream-timeout is the runtime's, and the password stays hidden in its lines too."""
+    server = SilentServer()
+    url, shown = _with_password(server.url)
+    try:
+        run = Process("edge_runtime", "capture", "--source", url, "--label", "a", "--out", tmp_path / "out")
+        wait_for(lambda: server.accepted, 30, "capture to connect")
+        run.stop(signal.SIGTERM)
+        timed = Process("edge_runtime", "capture", "--source", url, "--label", "a", "--out", tmp_path / "out",
+                        "--stream-timeout", 1)
+        rc = timed.wait(60)
+    finally:
+        server.close()
+    assert run.proc.returncode == 0 and run.err == ["stopped by signal while opening the source"], run.stderr
+    assert rc == 75 and timed.err[-1] == (f"error: cannot open stream {shown} (3 attempts, each given up to 1 s "
+                                          "for video: --stream-timeout)"), timed.stderr
+    assert "S3cret" not in timed.stderr and len(server.accepted) == 4  # 1 + the 3 attempts of --stream-timeout 1
+    assert not (tmp_path / "out").exists()  # nothing saved, no empty class folder left
+
+
+def test_masked_hides_a_password_and_secret_query_values():
+    from edge_runtime.sources import masked
+
+    assert masked("rtsp://admin:S3cret@10.0.0.2:554/stream") == "rtsp://admin:***@10.0.0.2:554/stream"
+    assert masked("rtsp://admin:p@ss/w@cam/s?x=1") == "rtsp://admin:***@cam/s?x=1"  # a raw '@' or '/' in it
+    assert masked("http://cam/video.cgi?user=admin&password=abc&res=hd&Token=t") == \
+        "http://cam/video.cgi?user=admin&password=***&res=hd&Token=***"
+    for plain in ("rtsp://cam/stream", "rtsp://viewer@cam/stream", "clip.mp4", "photos/a:b@c.jpg"):
+        assert masked(plain) == plain
 
 
 @pytest.mark.parametrize("failure", ["send", "stall"])

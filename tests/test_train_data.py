@@ -162,6 +162,25 @@ def test_capture_from_a_source_with_no_frame_fails(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_capture_from_a_folder_saves_every_photo(tmp_path):
+    """A folder of photos was timed as a 30 fps clip: 10 photos gave 1 at the default --every 1. Every photo is
+    saved, in name order; --every, which has no meaning for photos, is refused rather than ignored."""
+    photos = sorted(CALIB.glob("*.jpg"))[:10]
+    (tmp_path / "in").mkdir()
+    for p in photos:
+        shutil.copy(p, tmp_path / "in" / p.name)
+    r = _capture("--source", str(tmp_path / "in"), "--label", "fish", "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 0 and r.stderr.startswith("10 photos of 'fish' "), r.stderr
+    saved = sorted((tmp_path / "o" / "fish").iterdir())
+    assert [p.name for p in saved] == [f"fish_{i:06d}.jpg" for i in range(10)]
+    for original, copy in zip(photos, saved):  # the same photo, re-encoded at --jpeg-quality 95
+        a, b = (cv2.imread(str(f)).astype(np.int16) for f in (original, copy))
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3
+    r = _capture("--source", str(tmp_path / "in"), "--label", "fish", "--out", str(tmp_path / "o"), "--every", "2")
+    assert r.returncode == 2 and one_error_line(r).startswith("error: --every: only with a camera, a video file")
+    assert len(list((tmp_path / "o" / "fish").iterdir())) == 10
+
+
 def test_capture_on_full_storage_keeps_what_it_saved(tmp_path):
     """A card that fills up while capturing: one line, exit 1 (a failure while running, as the runtime's:
     a unit may restart it), every photo saved before it whole, no partial file."""

@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 
 from edge_runtime import bench, bench_report
+from edge_runtime.classify import model_file_problem
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
 from edge_runtime.flags import (MAX_THREADS, deprecated, json_path_to_report, nonnegative_float, nonnegative_int,
                                 positive_int, seconds_arg)
-from edge_runtime.sources import is_stream
+from edge_runtime.sources import is_stream, masked
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
     import convert.peers  # noqa: F401
@@ -186,13 +187,15 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.label} ...", file=sys.stderr, flush=True)
-        if not Path(case.path).is_file():
-            results.append({**case.__dict__, "error": f"{case.path}: model file not found"})
+        problem = model_file_problem(case.path)
+        if problem:
+            results.append({**case.__dict__, "error": f"{case.path}: {problem}"})
             continue
         results.append(bench.run_case(case, args.runs, args.warmup, args.min_seconds, args.val,
                                       args.source if case.runtime == "tflite" else None))
     no_agreement = bench_report.add_agreement(results)
-    out = {"machine": bench.machine(), "settings": {k: str(v) for k, v in vars(args).items()},
+    out = {"machine": bench.machine(),  # a stream's password stays out of the report
+           "settings": {k: masked(v) if k == "source" else str(v) for k, v in vars(args).items()},
            "notes": notes + ([no_agreement] if no_agreement else []) + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
            "results": results}
     text = sys.stderr if args.json else sys.stdout
