@@ -11,8 +11,8 @@ from pathlib import Path
 from . import serve
 from .classify import Classifier, ModelError
 from .interpreter import InterpreterUnavailable
-from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, deprecated, nonnegative_int, positive_int,
-                    probability_arg, resize_arg, seconds_arg, threads_arg)
+from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, add_stream_timeout, deprecated, nonnegative_int,
+                    positive_int, probability_arg, resize_arg, seconds_arg, threads_arg)
 from .metadata import MetadataError, read_model_info
 from .preprocess import Preprocessing, PreprocessingError
 
@@ -64,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --record-segment: keep only the newest N segments of this name, deleting the "
                         "oldest as each new one is finished (a loop recording that never fills the storage; "
                         "default 0: keep all)")
-    p.add_argument("--stream-timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
-                   help="an RTSP/HTTP stream that takes longer to open or to deliver data is reconnected "
-                        "(default 10)")
+    add_stream_timeout(p)
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--disconnect-every", type=nonnegative_int, default=0, metavar="N",
                    help="with a video file: unplug the simulated camera every N frames (soak tests)")
@@ -171,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     s = source.stats
     too_large = s.too_large + stats.too_large
     skipped = f"corrupt frames skipped: {s.corrupt}" + (f"; images over the pixel budget skipped: {too_large}"
-                                                        if too_large else "")
+                                                        if too_large else "") + \
+        (f"; {s.ended_early}" if s.ended_early else "")
     files = stats.recorded
     recorded = "" if not files else f"; recorded {', '.join(map(str, files))}" if len(files) <= 3 else \
         f"; recorded {len(files)} files in {files[0].parent} ({files[0].name} .. {files[-1].name})"
