@@ -143,12 +143,46 @@ def float_onnx_sibling(onnx_path, src, artifact_name: str) -> bytes:
     import onnx
 
     model = onnx.load(str(onnx_path))
+    explicit_pointwise_pads(model)
     record = sibling_info(src, artifact_name, "BGR").to_json_bytes().decode()
     kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_NAME]
     del model.metadata_props[:]
     for key, value in (*kept, (METADATA_NAME, record)):
         model.metadata_props.add(key=key, value=value)
     return model.SerializeToString()
+
+
+def explicit_pointwise_pads(model) -> int:
+    """Padding of 1x1 convolutions (SqueezeNet v1.0's conv10 has pad 1: a 15x15 map from 13x13) moved into
+    Pad nodes before them, in place; the number moved. The same function (ONNX Runtime: bit-identical), but
+    OpenCV's DNN (5.0) computes a padded 1x1 convolution's border wrongly: logits up to 6 apart and
+    another top-1 on some photos, for a user who runs the float ONNX with cv2.dnn."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes, moved = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        w = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        pads = list(attrs["pads"].ints) if "pads" in attrs else []
+        if w is None or list(w.dims[2:]) != [1, 1] or not any(pads) or "auto_pad" in attrs:
+            nodes.append(node)
+            continue
+        k = len(pads) // 2  # ONNX: begins of each spatial axis, then ends; Pad: all axes (N, C too)
+        name = f"{node.name or node.output[0]}_pads"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, *pads[:k], 0, 0, *pads[k:]], dtype=np.int64), name))
+        nodes.append(helper.make_node("Pad", [node.input[0], name], [f"{name}_out"], mode="constant"))
+        node.input[0] = f"{name}_out"
+        attrs["pads"].ints[:] = [0] * len(pads)
+        nodes.append(node)
+        moved += 1
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.checker.check_model(model)
+    return moved
 
 
 def sibling_info(src, artifact_name: str, order: str, note: str | None = None) -> ModelInfo:

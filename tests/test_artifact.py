@@ -216,6 +216,27 @@ def test_runtime_evaluator_and_benchmark_refuse_a_damaged_model(finished, val500
     assert good["content_sha256"] == Classifier(finished).content_sha256 != good["sha256"]  # the sealed content
 
 
+def test_the_float_onnx_gives_the_same_logits_in_opencv_dnn(int8_model, val_crops):
+    """SqueezeNet v1.0's conv10 is a 1x1 convolution with pad 1, whose border OpenCV's DNN (5.0) computes
+    wrongly (logits up to 6 apart, another top-1 on some photos; the benchmark's opencv-dnn peer agreed on
+    95%): the float ONNX kept beside the artifact has that padding in a Pad node, the same function, and
+    cv2.dnn gives ONNX Runtime's logits."""
+    import cv2
+    import onnx
+    from convert.pipeline import sibling_paths
+    from convert.validate import onnx_predict
+
+    onnx_path, _ = sibling_paths(Path(int8_model))
+    assert "Pad" in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    net, got = cv2.dnn.readNetFromONNX(str(onnx_path)), []
+    for crop in val_crops:
+        net.setInput(crop.transpose(2, 0, 1)[None].astype(np.float32))
+        got.append(net.forward().ravel())
+    got, expected = np.stack(got), onnx_predict(onnx_path)(val_crops)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
 def test_float_sibling_is_self_describing_and_rgb(int8_model, val_crops):
     """The float TFLite kept beside the artifact carries the project's record (float32 RGB pixels,
     plain logits), the standard metadata with the labels file, and the checksum; with its first
