@@ -423,7 +423,7 @@ def test_interpreter_agreement_on_a_subset_inside_one_half(int8_model, val500_di
     for f in sorted(val500_dir.iterdir())[0:6:2]:  # classes 0, 4, 8: all in the tuning half
         (photos / f.name).write_bytes(f.read_bytes())
     dump = run_module("tools.interpreter_agreement", "dump", "--model", int8_model, "--val", photos,
-                      "--out", tmp_path / "a.json")
+                      "--report", tmp_path / "a.json")
     assert dump.returncode == 0, dump.stderr
     r = run_module("tools.interpreter_agreement", "compare", tmp_path / "a.json", tmp_path / "a.json",
                    "--min-agreement", 0.995)
@@ -434,7 +434,7 @@ def test_interpreter_agreement_on_a_subset_inside_one_half(int8_model, val500_di
     broken.mkdir()
     (broken / sorted(val500_dir.iterdir())[0].name).write_bytes(b"not a jpeg")
     assert run_module("tools.interpreter_agreement", "dump", "--model", int8_model, "--val", broken,
-                      "--out", tmp_path / "b.json").returncode == 0
+                      "--report", tmp_path / "b.json").returncode == 0
     r = run_module("tools.interpreter_agreement", "compare", tmp_path / "b.json", tmp_path / "b.json",
                    "--min-agreement", 0.995)
     assert r.returncode == 2 and one_error_line(r) == "error: the dumps hold no val items to compare"

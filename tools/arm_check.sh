@@ -94,10 +94,10 @@ n_frames=$( [ -n "$CLIP" ] && find "$DATA/frames" -type f | wc -l || echo 0)
 echo "== top-1 of $(find "$DATA/val" -type f | wc -l) images and $n_frames frames, emulated aarch64 (about 1 s each)"
 t=$(date +%s)
 chroot "$ROOT" /usr/bin/env PYTHONPATH=/data/src /usr/bin/python3 -m tools.interpreter_agreement dump \
-  --model /data/model.tflite --val /data/val "${clip_args[@]}" --out /data/top1-aarch64.json
+  --model /data/model.tflite --val /data/val "${clip_args[@]}" --report /data/top1-aarch64.json
 echo "   $(( $(date +%s) - t )) s"
 PYTHONPATH="$PWD" "$X86_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$DATA/val" \
-  "${x86_clip[@]}" --out "$WORK/top1-x86.json"
+  "${x86_clip[@]}" --report "$WORK/top1-x86.json"
 cp "$DATA/top1-aarch64.json" "$WORK/top1-aarch64.json"
 echo "== the same top-1 on aarch64 (tflite-runtime 2.14) and x86 (the runtime's default interpreter)"
 PYTHONPATH="$PWD" "$X86_PYTHON" -m tools.interpreter_agreement compare "$WORK/top1-x86.json" \

@@ -59,7 +59,7 @@ PY
     for kernels in default xnnpack; do
       flag=""; [ $kernels = xnnpack ] && flag=--xnnpack
       PYTHONPATH="$PWD" "$venv/bin/python" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" \
-        --source samples/sample_clip.mp4 $flag --out "$WORK/top1-$name-$kernels.json"
+        --source samples/sample_clip.mp4 $flag --report "$WORK/top1-$name-$kernels.json"
     done
   fi
 }
@@ -71,7 +71,7 @@ if [ -n "$VAL" ]; then
   for kernels in default xnnpack; do
     flag=""; [ $kernels = xnnpack ] && flag=--xnnpack
     PYTHONPATH="$PWD" "$TF_PYTHON" -m tools.interpreter_agreement dump --backend tensorflow --model "$MODEL" \
-      --val "$VAL" --source samples/sample_clip.mp4 $flag --out "$WORK/top1-tflite-$kernels.json" 2>/dev/null
+      --val "$VAL" --source samples/sample_clip.mp4 $flag --report "$WORK/top1-tflite-$kernels.json" 2>/dev/null
   done
   echo "== the same top-1 on every interpreter (the runtime's default for int8: TFLite's builtin kernels)"
   "$TF_PYTHON" -m tools.interpreter_agreement compare "$WORK"/top1-*-default.json --min-agreement 0.995 --max-ties 0.005

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, output_problem, read_bounded
-from edge_runtime.flags import threads_arg
+from edge_runtime.flags import deprecated, threads_arg
 
 MAX_DUMP_BYTES = 16 << 20  # a dump of 500 images and a few thousand frames is well under 1 MB
 
 
 EXAMPLES = """examples:
   python -m tools.interpreter_agreement dump --model build/squeezenet1_0_int8.tflite \\
-      --val ../shared/imagenet/val500 --source samples/sample_clip.mp4 --out build/top1-litert.json
+      --val ../shared/imagenet/val500 --source samples/sample_clip.mp4 --report build/top1-litert.json
   python -m tools.interpreter_agreement compare build/top1-*.json --min-agreement 0.98 --max-ties 0.005
 """
 
@@ -32,8 +32,8 @@ def dump(args: argparse.Namespace) -> int:
     from edge_runtime.interpreter import InterpreterUnavailable, backend_version
     from edge_runtime.sources import SourceError, open_source
 
-    if problem := output_problem(args.out):  # before every image and frame is classified
-        print(f"error: --out {args.out}: {problem}", file=sys.stderr)
+    if problem := output_problem(args.report):  # before every image and frame is classified
+        print(f"error: --report {args.report}: {problem}", file=sys.stderr)
         return 2
     try:
         clf = Classifier(args.model, threads=args.threads, backend=args.backend, verify=not args.no_verify,
@@ -73,9 +73,9 @@ def dump(args: argparse.Namespace) -> int:
             top.append(t), tied.append(tie)
         source.close()
         out["clip"] = {"frames": len(top), "top1": top, "tied": tied}
-    atomic_write(args.out, json.dumps(out))
+    atomic_write(args.report, json.dumps(out))
     print(f"{clf.backend} {out['version']}: {len(out.get('val', {}).get('top1', []))} images, "
-          f"{out.get('clip', {}).get('frames', 0)} frames -> {args.out}")
+          f"{out.get('clip', {}).get('frames', 0)} frames -> {args.report}")
     return 0
 
 
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="XNNPACK kernels where the interpreter has them instead of the builtin ones (faster, "
                         "int8 rounded differently; default: as the runtime, builtin for int8, XNNPACK for float)")
     d.add_argument("--no-verify", action="store_true", help="skip the artifact's integrity check")
-    d.add_argument("--out", type=Path, required=True, help="JSON dump to write")
+    d.add_argument("--report", type=Path, help="the JSON dump to write (required)")
+    deprecated(d, "--out", "--report", "report", type=Path)
     d.set_defaults(func=dump)
     c = sub.add_parser("compare", help="agreement of the dumps, pair by pair")
     c.add_argument("dumps", nargs="+", help="JSON dumps written by `dump`")
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         "frames, one scene, are reported)")
     c.set_defaults(func=compare)
     args = p.parse_args(argv)
+    if args.cmd == "dump" and args.report is None:  # not required=True: the old spelling --out sets it too
+        d.error("the following arguments are required: --report")
     return args.func(args)
 
 

@@ -15,11 +15,11 @@ RUNTIME_PYTHON=${RUNTIME_PYTHON:-.venv/bin/python}
 mkdir -p "$WORK"
 venv=${MEDIAPIPE_VENV:-build/mediapipe-env/venv}  # one venv for every check, built once (tools/setup.sh does)
 bash tools/mediapipe_env.sh "$venv"
-PYTHONPATH="$PWD" "$venv/bin/python" -m tools.mediapipe_classify --model "$MODEL" --val "$VAL" --out "$WORK/top1-mediapipe.json"
+PYTHONPATH="$PWD" "$venv/bin/python" -m tools.mediapipe_classify --model "$MODEL" --val "$VAL" --report "$WORK/top1-mediapipe.json"
 # MediaPipe's CPU inference applies XNNPACK, which rounds int8 layers differently from TFLite's builtin
 # kernels (the runtime's default): compare it with the runtime on the same kernels (--xnnpack)
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" -m tools.interpreter_agreement dump --model "$MODEL" --val "$VAL" --xnnpack \
-  --out "$WORK/top1-runtime.json"
+  --report "$WORK/top1-runtime.json"
 PYTHONPATH="$PWD" "$RUNTIME_PYTHON" - "$MODEL" "$WORK/top1-mediapipe.json" <<'PY'
 import json, sys
 from edge_runtime.metadata import read_model_info

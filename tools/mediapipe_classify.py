@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="the .tflite artifact")
     p.add_argument("--val", type=Path, required=True, help="labelled images (files named by WordNet id)")
     p.add_argument("--full-image", action="store_true", help="whole photo + region of interest")
-    p.add_argument("--out", type=Path, required=True, help="JSON dump to write")
+    p.add_argument("--report", type=Path, required=True, help="the JSON dump to write")
     args = p.parse_args(argv)
 
     import mediapipe as mp
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"backend": "mediapipe" + (" full-image" if args.full_image else ""), "version": mp.__version__,
            "model": str(args.model), "heads": sorted(heads),
            "val": {"files": files, "top1": top, "tied": tied, "names": names}}
-    args.out.write_text(json.dumps(out))
-    print(f"mediapipe {mp.__version__}: {len(top)} images -> {args.out}")
+    args.report.write_text(json.dumps(out))
+    print(f"mediapipe {mp.__version__}: {len(top)} images -> {args.report}")
     return 0
 
 

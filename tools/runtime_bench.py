@@ -5,7 +5,7 @@ MJPEG clients (interleaved, several repetitions, ratios per repetition), peak RS
 with 2 clients, and the time from the process start to the first frame visible in headless Chromium.
 
     python -m tools.runtime_bench --model build/squeezenet1_0_int8.tflite --source samples/sample_clip.mp4
-    python -m tools.runtime_bench --serve --reps 5 --frames 1500 --report build/serve_bench.json
+    python -m tools.runtime_bench --serve --reps 5 --max-frames 1500 --report build/serve_bench.json
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, output_problem
-from edge_runtime.flags import json_path_to_report, threads_arg
+from edge_runtime.flags import deprecated, json_path_to_report, positive_int, threads_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,13 +325,13 @@ def first_frame_in_browser(model: Path, source: str, reps: int) -> dict:
 def serve_figures(args) -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
     res = {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "load_before": os.getloadavg(),
-           "fps": serve_cost(args.model, args.source, args.threads, args.frames, args.reps),
+           "fps": serve_cost(args.model, args.source, args.threads, args.max_frames, args.reps),
            "rss": serve_rss(args.model, args.source, 8.0),
            "first_frame_in_browser": first_frame_in_browser(args.model, args.source, 3),
            "load_after": os.getloadavg()}
     f, b = res["fps"], res["first_frame_in_browser"]
     print(f"CPU: {cpu}; load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}")
-    print(f"end-to-end FPS, median of {args.reps} interleaved repetitions of {args.frames} frames: "
+    print(f"end-to-end FPS, median of {args.reps} interleaved repetitions of {args.max_frames} frames: "
           + ", ".join(f"{k} {v:.1f}" for k, v in f["median_fps"].items()))
     for base in ("no_serve", "0_clients"):
         print(f"ratio to {base}: FPS " + ", ".join(f"{k} {v:.3f}" for k, v in f[f"fps_ratio_to_{base}"].items())
@@ -353,7 +353,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite", help="int8 .tflite")
     p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"), help="video clip")
     p.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
-    p.add_argument("--frames", type=int, default=3000, help="frames for the throughput run (default 3000)")
+    p.add_argument("--max-frames", type=positive_int, default=3000,
+                   help="frames of the throughput run (default 3000)")
+    deprecated(p, "--frames", "--max-frames", "max_frames", type=positive_int)
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
     p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
         _output(res, args)
         return 0
     invoke = invoke_only_rate(args.model, args.threads, 5.0)
-    e2e = end_to_end(args.model, args.source, args.threads, args.frames)
+    e2e = end_to_end(args.model, args.source, args.threads, args.max_frames)
     proc = cli_process(args.model, args.source, 300)
     so = soak(args.model, args.source, args.soak_frames, args.disconnect_every)
     res = {"invoke_only_fps": invoke, "end_to_end": e2e, "ratio": e2e["fps"] / invoke, "process": proc, "soak": so,
