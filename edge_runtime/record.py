@@ -7,13 +7,14 @@ recording whose name is taken is kept as ``NAME.<start time>.EXT`` (a run restar
 ``--record``), one cut short by a failure as ``NAME.incomplete.EXT``. With ``segment_seconds`` the
 recording is cut into files ``STEM-00001.EXT``, ``STEM-00002.EXT``... of that many seconds of video,
 as video recorders do: a killed or powered-off device keeps every finished segment (``keep``: only
-the newest N). ``.mkv`` and ``.ts`` also keep the frames of the unfinished file (they play without a
-trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
+the newest N, a loop recording). ``.mkv`` and ``.ts`` also keep the frames of the unfinished file (they play
+without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
 (or removed when they hold nothing playable) the next time a recording starts in that folder.
 
 Free space is checked before every frame: when it falls below what the writer may still need
 (its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
-so, instead of the writer failing silently on a full disk. The same holds for a limit on the size of
+so, instead of the writer failing silently on a full disk; a loop recording first deletes its own oldest
+finished segments to make room (never another file). The same holds for a limit on the size of
 one file (``ulimit -f``, or the 4 GiB of a FAT-formatted SD card), which free space does not show:
 segments end early to stay under it, a single file stops with the error. Frames of another size than the first
 are scaled into the recording (letterboxed), never dropped.
@@ -158,7 +159,8 @@ class Recorder:
         fps: frame rate written into the file.
         segment_seconds: cut the recording into files of this many seconds of video (0: one file).
         keep: with segments, keep only the newest ``keep`` finished segments of this name (earlier runs'
-            included), deleting the oldest as each new one is finished: a loop recording (0: keep all).
+            included: older ones are deleted at the start, then the oldest as each new one is finished), and
+            when the storage runs low delete the oldest sooner: a loop recording (0: keep all).
 
     Raises:
         RecordingError: from the constructor when the target cannot be written; from
@@ -187,6 +189,9 @@ class Recorder:
         self._failed: str | None = None
         self._next_index = self._first_free_index() if self.segment_frames else 0
         self._started = time.strftime("%Y%m%d-%H%M%S")
+        self._short_of_space = False  # the storage held fewer than ``keep`` segments (said once)
+        if self.keep:
+            self._drop_oldest()
 
     def _segments(self) -> list[tuple[int, Path]]:
         """This recording's finished segments in the folder (earlier runs' too), by index."""
@@ -207,6 +212,38 @@ class Recorder:
                 continue
             if old in self.files:
                 self.files.remove(old)
+
+    def _make_room(self, needed: int) -> int:
+        """A loop recording short of space: delete this recording's oldest finished segments until ``needed``
+        bytes are free, or none when deleting them all would not free that much (they are not lost for
+        nothing). Returns the bytes free."""
+        free = free_bytes(self.folder)
+        old = []
+        for _, p in self._segments():
+            try:
+                old.append((p, p.stat().st_blocks * 512))
+            except OSError:
+                pass
+        if free + sum(size for _, size in old) < needed:
+            return free
+        for p, _ in old:
+            if free >= needed:
+                break
+            if not self._short_of_space:
+                self._short_of_space = True
+                log.warning("--record-keep %d: the storage of %s is full with %d segments of this recording; "
+                            "deleting the oldest to make room", self.keep, self.folder, len(old))
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("--record-keep: cannot remove %s (%s)", p, e.strerror or e)
+                continue
+            if p in self.files:
+                self.files.remove(p)
+            free = free_bytes(self.folder)
+        return free
 
     def _reserve(self) -> int:
         """Bytes the writer may still need: two buffer flushes and the trailer."""
@@ -231,6 +268,8 @@ class Recorder:
 
     def _check_space(self) -> None:
         free = free_bytes(self.folder)
+        if free < self._reserve() and self.keep:
+            free = self._make_room(self._reserve())
         if free < self._reserve():
             raise RecordingError(f"storage full in {self.folder} ({free:,} bytes free, {self._reserve():,} needed "
                                  "to finish the file): recording stopped")
