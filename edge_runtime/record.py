@@ -11,6 +11,12 @@ the newest N, a loop recording). ``.mkv`` and ``.ts`` also keep the frames of th
 without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
 (or removed when they hold nothing playable) the next time a recording starts in that folder.
 
+Every file has a constant frame rate. Frames written with their capture time (a camera or a stream) are
+placed by it, so the recording keeps real time on a device slower than its camera: the previous frame is
+repeated until the next one's time, a frame whose place is already filled is dropped, and a gap longer
+than :data:`MAX_FILL_SECONDS` (an outage: a stream reconnecting, a camera unplugged) is left out. Segments
+are then that many seconds of real time. Frames written without a time (files, photos) follow one another.
+
 Free space is checked before every frame: when it falls below what the writer may still need
 (its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
 so, instead of the writer failing silently on a full disk; a loop recording first deletes its own oldest
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 import resource
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".ts": "mp4v", ".avi": "MJPG"}
 WRITER_BUFFER = 256 << 10  # FFmpeg's writer flushes in steps of this size (measured); room for two
 TRAILER_BASE, TRAILER_PER_FRAME = 16 << 10, 32  # the container's index written at close
+MAX_FILL_SECONDS = 5.0  # a longer gap between a live source's frames is an outage: left out, not filled
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
 
 
@@ -156,7 +164,7 @@ class Recorder:
 
     Args:
         path: the video file (``.mp4``, ``.mkv``, ``.ts``, ``.avi``...).
-        fps: frame rate written into the file.
+        fps: frame rate written into the file (a source's stated rate; 15 when unknown).
         segment_seconds: cut the recording into files of this many seconds of video (0: one file).
         keep: with segments, keep only the newest ``keep`` finished segments of this name (earlier runs'
             included: older ones are deleted at the start, then the oldest as each new one is finished), and
@@ -189,6 +197,9 @@ class Recorder:
         self._failed: str | None = None
         self._next_index = self._first_free_index() if self.segment_frames else 0
         self._started = time.strftime("%Y%m%d-%H%M%S")
+        self._t0: float | None = None  # capture time of the first timed frame: slot 0 of the timeline
+        self._slot = 0  # the next slot of that timeline (a slot is 1 / fps seconds)
+        self._last: np.ndarray | None = None  # the frame written last, repeated over a gap
         self._short_of_space = False  # the storage held fewer than ``keep`` segments (said once)
         if self.keep:
             self._drop_oldest()
@@ -284,8 +295,16 @@ class Recorder:
                                      "keeps recording in files under it)")
             self._finish()  # this segment ends early, the next one starts with the next frame
 
-    def write(self, frame: np.ndarray) -> None:
-        """Append one BGR frame (scaled into the recording's size when its size differs)."""
+    def write(self, frame: np.ndarray, at: float | None = None) -> None:
+        """Append one BGR frame (scaled into the recording's size when its size differs).
+
+        Args:
+            frame: the frame; the recorder keeps it (to repeat it) and never modifies it.
+            at: when the frame was captured (``time.monotonic()`` seconds), for a live source: the frame goes
+                to its time's place in the file, the previous frame repeated up to it (a gap over
+                :data:`MAX_FILL_SECONDS` is left out), or it is dropped when that place is filled already.
+                None: right after the previous frame (a file's frames, photos).
+        """
         if self._failed:
             return
         try:
@@ -294,24 +313,43 @@ class Recorder:
                 self.size = (w - w % 2, h - h % 2)  # encoders want even sizes
             if (frame.shape[1], frame.shape[0]) != self.size:
                 frame = letterbox(frame, self.size)
-            if self._writer is not None:
-                self._check_space()  # may end a segment at the size limit
-            if self._writer is None:
-                self._open()
-            self._writer.write(frame)
-            self._in_file += 1
-            self.frames += 1
-            try:
-                grown = self._tmp.stat().st_size
-            except OSError as e:
-                raise RecordingError(f"{self._target}: the file being written disappeared ({e.strerror})") from None
-            self._step = max(self._step, grown - self._last_size)
-            self._last_size = grown
-            if self.segment_frames and self._in_file >= self.segment_frames:
-                self._finish()
+            repeats = 0
+            if at is not None:
+                if self._t0 is None:
+                    self._t0 = at
+                slot = math.floor((at - self._t0) * self.fps + 0.5)
+                if slot < self._slot:  # faster than the file's rate: this frame's place is taken
+                    return
+                repeats = slot - self._slot
+                if repeats > MAX_FILL_SECONDS * self.fps:  # an outage: the file goes on from this frame
+                    self._t0 += repeats / self.fps
+                    repeats = 0
+                self._slot += repeats + 1
+            for _ in range(repeats):
+                self._put(self._last)
+            self._put(frame)
+            self._last = frame
         except RecordingError as e:
             self._failed = str(e)
             raise
+
+    def _put(self, frame: np.ndarray) -> None:
+        """Write one frame of the recording's size to the current file (opening and cutting files)."""
+        if self._writer is not None:
+            self._check_space()  # may end a segment at the size limit
+        if self._writer is None:
+            self._open()
+        self._writer.write(frame)
+        self._in_file += 1
+        self.frames += 1
+        try:
+            grown = self._tmp.stat().st_size
+        except OSError as e:
+            raise RecordingError(f"{self._target}: the file being written disappeared ({e.strerror})") from None
+        self._step = max(self._step, grown - self._last_size)
+        self._last_size = grown
+        if self.segment_frames and self._in_file >= self.segment_frames:
+            self._finish()
 
     def _finish(self) -> None:
         """Close the current file, check it, flush it to the storage and rename it into place."""
