@@ -104,6 +104,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
         if opts.record:
             recorder = Recorder(opts.record, getattr(getattr(source, "stats", None), "fps_hint", 0.0),
                                 segment_seconds=opts.record_segment, keep=opts.record_keep)
+        live = bool(getattr(source, "live", False))  # a camera or stream: recorded in real time
         for frame in source:
             if stop.is_set():
                 stats.stopped_by = "signal"
@@ -138,7 +139,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
             if annotated:
                 draw(frame, preds, infer_ms, fps)
                 if recorder:
-                    recorder.write(frame)
+                    recorder.write(frame, getattr(source, "frame_time", None) if live else None)
             if observer:
                 observer(frame, record, annotated)
             if opts.display:

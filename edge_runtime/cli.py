@@ -58,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record the annotated frames (.mp4, .mkv, .ts, .avi); finished only when closed: "
                         "use --record-segment, and .mkv or .ts, to keep what was recorded if the device dies")
     p.add_argument("--record-segment", type=seconds_arg, default=0.0, metavar="SECONDS",
-                   help="cut the recording into files of SECONDS of video each (OUT-00001.mp4, ...); "
-                        "every finished file survives a kill or a power cut (default: one file)")
+                   help="cut the recording into files of SECONDS of video each (OUT-00001.mp4, ...; of real time "
+                        "for a camera or stream); every finished file survives a kill or a power cut "
+                        "(default: one file)")
     p.add_argument("--record-keep", type=nonnegative_int, default=0, metavar="N",
-                   help="with --record-segment: keep only the newest N segments of this name, deleting the "
-                        "oldest as each new one is finished (a loop recording that never fills the storage; "
-                        "default 0: keep all)")
+                   help="with --record-segment: keep only the newest N segments of this name (earlier runs' "
+                        "included), deleting the oldest as each new one is finished, and sooner when the storage "
+                        "runs low (a loop recording that never fills the storage; default 0: keep all)")
     add_stream_timeout(p)
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--disconnect-every", type=nonnegative_int, default=0, metavar="N",

@@ -7,13 +7,20 @@ recording whose name is taken is kept as ``NAME.<start time>.EXT`` (a run restar
 ``--record``), one cut short by a failure as ``NAME.incomplete.EXT``. With ``segment_seconds`` the
 recording is cut into files ``STEM-00001.EXT``, ``STEM-00002.EXT``... of that many seconds of video,
 as video recorders do: a killed or powered-off device keeps every finished segment (``keep``: only
-the newest N). ``.mkv`` and ``.ts`` also keep the frames of the unfinished file (they play without a
-trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
+the newest N, a loop recording). ``.mkv`` and ``.ts`` also keep the frames of the unfinished file (they play
+without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left by a killed run are recovered
 (or removed when they hold nothing playable) the next time a recording starts in that folder.
+
+Every file has a constant frame rate. Frames written with their capture time (a camera or a stream) are
+placed by it, so the recording keeps real time on a device slower than its camera: the previous frame is
+repeated until the next one's time, a frame whose place is already filled is dropped, and a gap longer
+than :data:`MAX_FILL_SECONDS` (an outage: a stream reconnecting, a camera unplugged) is left out. Segments
+are then that many seconds of real time. Frames written without a time (files, photos) follow one another.
 
 Free space is checked before every frame: when it falls below what the writer may still need
 (its buffer and the file's trailer), the file is finished cleanly and :class:`RecordingError` says
-so, instead of the writer failing silently on a full disk. The same holds for a limit on the size of
+so, instead of the writer failing silently on a full disk; a loop recording first deletes its own oldest
+finished segments to make room (never another file). The same holds for a limit on the size of
 one file (``ulimit -f``, or the 4 GiB of a FAT-formatted SD card), which free space does not show:
 segments end early to stay under it, a single file stops with the error. Frames of another size than the first
 are scaled into the recording (letterboxed), never dropped.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 import resource
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".ts": "mp4v", ".avi": "MJPG"}
 WRITER_BUFFER = 256 << 10  # FFmpeg's writer flushes in steps of this size (measured); room for two
 TRAILER_BASE, TRAILER_PER_FRAME = 16 << 10, 32  # the container's index written at close
+MAX_FILL_SECONDS = 5.0  # a longer gap between a live source's frames is an outage: left out, not filled
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
 
 
@@ -155,10 +164,11 @@ class Recorder:
 
     Args:
         path: the video file (``.mp4``, ``.mkv``, ``.ts``, ``.avi``...).
-        fps: frame rate written into the file.
+        fps: frame rate written into the file (a source's stated rate; 15 when unknown).
         segment_seconds: cut the recording into files of this many seconds of video (0: one file).
         keep: with segments, keep only the newest ``keep`` finished segments of this name (earlier runs'
-            included), deleting the oldest as each new one is finished: a loop recording (0: keep all).
+            included: older ones are deleted at the start, then the oldest as each new one is finished), and
+            when the storage runs low delete the oldest sooner: a loop recording (0: keep all).
 
     Raises:
         RecordingError: from the constructor when the target cannot be written; from
@@ -187,6 +197,12 @@ class Recorder:
         self._failed: str | None = None
         self._next_index = self._first_free_index() if self.segment_frames else 0
         self._started = time.strftime("%Y%m%d-%H%M%S")
+        self._t0: float | None = None  # capture time of the first timed frame: slot 0 of the timeline
+        self._slot = 0  # the next slot of that timeline (a slot is 1 / fps seconds)
+        self._last: np.ndarray | None = None  # the frame written last, repeated over a gap
+        self._short_of_space = False  # the storage held fewer than ``keep`` segments (said once)
+        if self.keep:
+            self._drop_oldest()
 
     def _segments(self) -> list[tuple[int, Path]]:
         """This recording's finished segments in the folder (earlier runs' too), by index."""
@@ -207,6 +223,38 @@ class Recorder:
                 continue
             if old in self.files:
                 self.files.remove(old)
+
+    def _make_room(self, needed: int) -> int:
+        """A loop recording short of space: delete this recording's oldest finished segments until ``needed``
+        bytes are free, or none when deleting them all would not free that much (they are not lost for
+        nothing). Returns the bytes free."""
+        free = free_bytes(self.folder)
+        old = []
+        for _, p in self._segments():
+            try:
+                old.append((p, p.stat().st_blocks * 512))
+            except OSError:
+                pass
+        if free + sum(size for _, size in old) < needed:
+            return free
+        for p, _ in old:
+            if free >= needed:
+                break
+            if not self._short_of_space:
+                self._short_of_space = True
+                log.warning("--record-keep %d: the storage of %s is full with %d segments of this recording; "
+                            "deleting the oldest to make room", self.keep, self.folder, len(old))
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("--record-keep: cannot remove %s (%s)", p, e.strerror or e)
+                continue
+            if p in self.files:
+                self.files.remove(p)
+            free = free_bytes(self.folder)
+        return free
 
     def _reserve(self) -> int:
         """Bytes the writer may still need: two buffer flushes and the trailer."""
@@ -231,6 +279,8 @@ class Recorder:
 
     def _check_space(self) -> None:
         free = free_bytes(self.folder)
+        if free < self._reserve() and self.keep:
+            free = self._make_room(self._reserve())
         if free < self._reserve():
             raise RecordingError(f"storage full in {self.folder} ({free:,} bytes free, {self._reserve():,} needed "
                                  "to finish the file): recording stopped")
@@ -245,8 +295,16 @@ class Recorder:
                                      "keeps recording in files under it)")
             self._finish()  # this segment ends early, the next one starts with the next frame
 
-    def write(self, frame: np.ndarray) -> None:
-        """Append one BGR frame (scaled into the recording's size when its size differs)."""
+    def write(self, frame: np.ndarray, at: float | None = None) -> None:
+        """Append one BGR frame (scaled into the recording's size when its size differs).
+
+        Args:
+            frame: the frame; the recorder keeps it (to repeat it) and never modifies it.
+            at: when the frame was captured (``time.monotonic()`` seconds), for a live source: the frame goes
+                to its time's place in the file, the previous frame repeated up to it (a gap over
+                :data:`MAX_FILL_SECONDS` is left out), or it is dropped when that place is filled already.
+                None: right after the previous frame (a file's frames, photos).
+        """
         if self._failed:
             return
         try:
@@ -255,24 +313,43 @@ class Recorder:
                 self.size = (w - w % 2, h - h % 2)  # encoders want even sizes
             if (frame.shape[1], frame.shape[0]) != self.size:
                 frame = letterbox(frame, self.size)
-            if self._writer is not None:
-                self._check_space()  # may end a segment at the size limit
-            if self._writer is None:
-                self._open()
-            self._writer.write(frame)
-            self._in_file += 1
-            self.frames += 1
-            try:
-                grown = self._tmp.stat().st_size
-            except OSError as e:
-                raise RecordingError(f"{self._target}: the file being written disappeared ({e.strerror})") from None
-            self._step = max(self._step, grown - self._last_size)
-            self._last_size = grown
-            if self.segment_frames and self._in_file >= self.segment_frames:
-                self._finish()
+            repeats = 0
+            if at is not None:
+                if self._t0 is None:
+                    self._t0 = at
+                slot = math.floor((at - self._t0) * self.fps + 0.5)
+                if slot < self._slot:  # faster than the file's rate: this frame's place is taken
+                    return
+                repeats = slot - self._slot
+                if repeats > MAX_FILL_SECONDS * self.fps:  # an outage: the file goes on from this frame
+                    self._t0 += repeats / self.fps
+                    repeats = 0
+                self._slot += repeats + 1
+            for _ in range(repeats):
+                self._put(self._last)
+            self._put(frame)
+            self._last = frame
         except RecordingError as e:
             self._failed = str(e)
             raise
+
+    def _put(self, frame: np.ndarray) -> None:
+        """Write one frame of the recording's size to the current file (opening and cutting files)."""
+        if self._writer is not None:
+            self._check_space()  # may end a segment at the size limit
+        if self._writer is None:
+            self._open()
+        self._writer.write(frame)
+        self._in_file += 1
+        self.frames += 1
+        try:
+            grown = self._tmp.stat().st_size
+        except OSError as e:
+            raise RecordingError(f"{self._target}: the file being written disappeared ({e.strerror})") from None
+        self._step = max(self._step, grown - self._last_size)
+        self._last_size = grown
+        if self.segment_frames and self._in_file >= self.segment_frames:
+            self._finish()
 
     def _finish(self) -> None:
         """Close the current file, check it, flush it to the storage and rename it into place."""

@@ -122,6 +122,9 @@ class CaptureSource:
         live: a camera or stream: it has no end, a failure is always a disconnect.
         stop: a stop request from outside (signals): ends the start-up and the frames promptly.
 
+    ``frame_time`` is when the frame :meth:`read` returned last arrived from the device or the network
+    (``time.monotonic()`` seconds, stamped by the capture thread): a live recording places frames by it.
+
     Raises:
         SourceError: the source cannot be opened, or ``stop`` was set while opening it.
     """
@@ -133,6 +136,7 @@ class CaptureSource:
         self.opener, self.name, self.latest, self.reconnect = opener, name, latest, reconnect
         self.backoff, self.failures_before_reopen, self.live = backoff, failures_before_reopen, live
         self.stats = SourceStats()
+        self.frame_time: float | None = None
         self._stop = threading.Event()
         self._outer_stop = stop
         self._closed = False
@@ -216,6 +220,7 @@ class CaptureSource:
         return None
 
     def _publish(self, frame: Any) -> None:
+        """Hand ``frame`` (a (frame, arrival time) pair, or _END) to :meth:`read`."""
         if frame is _END and not self.latest:  # the end marker must always get through
             while True:
                 try:
@@ -253,7 +258,7 @@ class CaptureSource:
                 if ok:
                     failures = 0
                 if ok and _valid(frame):
-                    self._publish(frame)
+                    self._publish((frame, time.monotonic()))
                     continue
                 if ok:  # decoded, but nothing usable: a corrupt frame
                     self.stats.corrupt += 1
@@ -323,6 +328,7 @@ class CaptureSource:
             break
         if frame is _END:
             return None
+        frame, self.frame_time = frame
         self.stats.frames += 1
         return frame
 

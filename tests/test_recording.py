@@ -70,6 +70,53 @@ def test_record_keep_is_a_loop_recording(int8_model, sample_clip, tmp_path):
     assert r.returncode == 2 and "--record-keep: only with --record-segment" in one_error_line(r)
 
 
+def test_a_loop_recording_on_full_storage_deletes_its_own_oldest_segments(int8_model, sample_clip, tmp_path):
+    """A card already full, with 9 segments of a loop recording and another file: --record-keep 3 keeps 3 of
+    them from the start instead of stopping on the full card (under systemd it restarted for ever). With a
+    keep the card cannot hold, its own oldest segments go as the space runs low; the other file never does."""
+    segment = tmp_path / "segment.mkv"  # a real segment of the clip (90 frames: 230 KB)
+    cap, writer = cv2.VideoCapture(str(sample_clip)), cv2.VideoWriter(str(segment), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                                     15, (320, 240))
+    for _ in range(90):
+        writer.write(cap.read()[1])
+    writer.release()
+    cap.release()
+    with small_filesystem(tmp_path / "sd", "3m") as sd:
+        for i in range(1, 10):
+            (sd / f"cam-{i:05d}.mkv").write_bytes(segment.read_bytes())
+        other = os.open(sd / "other.bin", os.O_WRONLY | os.O_CREAT)  # the rest of the card: not the recording's
+        try:
+            while os.write(other, b"\x5a" * 4096):
+                pass
+        except OSError:  # full
+            pass
+        finally:
+            os.close(other)
+        kept = (sd / "other.bin").read_bytes()
+        assert os.statvfs(sd).f_bavail == 0
+
+        def run(keep, frames):
+            return _runtime("--source", sample_clip, "--loop", "--model", int8_model, "--headless", "--record",
+                            sd / "cam.mkv", "--record-segment", 2, "--record-keep", keep, "--max-frames", frames)
+
+        def segments():
+            return sorted(p.name for p in sd.glob("cam*"))
+
+        first = run(3, 90)  # 3 segments of 30 frames
+        assert first.returncode == 0, first.stderr
+        assert segments() == ["cam-00010.mkv", "cam-00011.mkv", "cam-00012.mkv"]
+        assert "WARNING" not in first.stderr  # keep 3 made the room, nothing more was deleted
+        more = run(50, 180)  # 6 more: 9 segments do not fit on the card
+        assert more.returncode == 0, more.stderr
+        assert "deleting the oldest to make room" in more.stderr
+        names = segments()
+        assert 2 <= len(names) < 9 and names[-1] == "cam-00018.mkv"
+        assert names == [f"cam-{i:05d}.mkv" for i in range(19 - len(names), 19)]  # the newest, none missing
+        assert all(video_frames(sd / n) == 30 for n in names)
+        assert (sd / "other.bin").read_bytes() == kept
+        assert not list(sd.glob(".*partial*"))
+
+
 def test_file_size_limit_keeps_the_earlier_recording_and_segments_stay_under_it(int8_model, sample_clip, tmp_path):
     """A limit on one file's size that free space does not show (ulimit -f here; a FAT card's 4 GiB on a
     device): the writer would fail silently there. A single file stops with one line and a non-zero exit,

@@ -4,6 +4,7 @@ state, with the recording finished and no traceback."""
 import json
 import signal
 
+import cv2
 import pytest
 
 from realworld import MjpegServer, Process, SilentServer, clip_jpegs, video_frames, wait_for
@@ -31,7 +32,44 @@ def test_stop_while_a_stream_stalls_finishes_the_recording(int8_model, jpegs, tm
     assert run.proc.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr and "stopped by signal" in run.stderr
     assert json.loads(run.out[0])["top"][0]["label"] in ("orange", "lemon")  # the clip opens on an orange
-    assert 0 < video_frames(rec) <= 30 and video_frames(rec) == len(run.out)
+    assert abs(_seconds_recorded([rec]) - _seconds_classified(run.out)) < 1.0  # up to the last frame received
+
+
+def _seconds_classified(json_lines: list[str]) -> float:
+    times = [json.loads(line)["time"] for line in json_lines]
+    return times[-1] - times[0]
+
+
+def _seconds_recorded(files: list) -> float:
+    """The length of a recording (its files' frames over the frame rate the files state)."""
+    total = 0.0
+    for path in files:
+        cap = cv2.VideoCapture(str(path))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        cap.release()
+        total += video_frames(path) / fps
+    return total
+
+
+def test_a_live_recording_keeps_real_time(int8_model, jpegs, tmp_path):
+    """A stream that states 25 FPS (FFmpeg's figure for MJPEG) and sends 5, as a camera slower than it says or
+    a device slower than its camera: the recording is 25 FPS with each frame placed by the time it arrived
+    (repeated until the next), so it lasts as long as the frames took to come, and --record-segment cuts it
+    by time. (It was one frame per classified frame at the stated rate: 5 s of stream played in 1 s.)"""
+    server = MjpegServer(jpegs, [("loop", 0)], fps=5)
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json",
+                      "--record", tmp_path / "live.mkv", "--record-segment", 1, "--max-frames", 25)
+        rc = run.wait(90)
+    finally:
+        server.close()
+    assert rc == 0, run.stderr
+    files = sorted(tmp_path.glob("live-*.mkv"))
+    assert [cv2.VideoCapture(str(f)).get(cv2.CAP_PROP_FPS) for f in files] == [25.0] * len(files)
+    frames = [video_frames(f) for f in files]
+    assert frames[:-1] == [25] * (len(files) - 1) and 0 < frames[-1] <= 25, frames  # 1 s each
+    assert _seconds_classified(run.out) > 3  # 25 frames at 5 FPS: about 5 s
+    assert abs(_seconds_recorded(files) - _seconds_classified(run.out)) < 1.0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
