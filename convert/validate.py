@@ -64,7 +64,19 @@ class Gates:
 
     def judge(self, validation: dict) -> dict:
         """The gates' verdict on :func:`validate`'s figures: labelled images first, else the unlabelled
-        views (their agreement standardized to the weights' reference mix when the weights have one)."""
+        views (their agreement standardized to the weights' reference mix when the weights have one).
+
+        Both thresholds ``None`` (``--no-gates``): ``applied`` False, ``passed`` None (nothing was judged),
+        and ``default_missed`` lists what the default gates would have missed on the same figures."""
+        if self.min_agreement is None and self.max_top1_drop is None:
+            return {"applied": False, "min_agreement": None, "max_top1_drop": None, "failed": [], "passed": None,
+                    "default_missed": Gates().missed(validation)}
+        failed = self.missed(validation)
+        return {"applied": True, "min_agreement": self.min_agreement, "max_top1_drop": self.max_top1_drop,
+                "failed": failed, "passed": not failed}
+
+    def missed(self, validation: dict) -> list[str]:
+        """The gates ``validation``'s figures miss, one phrase each (empty: none)."""
         failed = []
         unlabelled = validation.get("unlabelled") or {}
         if validation.get("val"):
@@ -79,8 +91,7 @@ class Gates:
         if self.max_top1_drop is not None and "top1_drop" in figures:
             if figures["top1_drop"] > self.max_top1_drop:
                 failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {self.max_top1_drop:.2f}")
-        return {"min_agreement": self.min_agreement, "max_top1_drop": self.max_top1_drop, "failed": failed,
-                "passed": not failed}
+        return failed
 
 
 def labelled_images(val: Path, src: Source, val_half: str | None = None) -> LabelledImages:

@@ -97,6 +97,7 @@ def converted(tmp_path_factory, weights_env, val500_dir, offline_env) -> dict:
     proc = convert_cli(["--weights", "deep-compression", "--out", out, "--val", val500_dir, "--no-gates", "--quiet",
                         "--report", folder / "report.json"], env=offline_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder / "stdout.txt").write_text(proc.stdout)  # the table
     return json.loads((folder / "report.json").read_text())
 
 

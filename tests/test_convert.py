@@ -81,6 +81,27 @@ def test_report_figures(converted):
     assert converted["calibration"]["squeeze_split"]["fires"] == ["features.3"]
 
 
+def test_no_gates_says_the_gates_were_not_applied(converted):
+    """--no-gates printed '| gates | passed |' and recorded passed, even for figures under a default gate: the
+    report and the table say the gates were not applied, and what the default gates would have missed."""
+    from convert.pipeline import markdown_table
+    from convert.validate import Gates
+
+    gates = converted["gates"]
+    assert gates["applied"] is False and gates["passed"] is None and gates["failed"] == []
+    assert gates["default_missed"] == Gates().missed(converted["validation"])
+    table = (Path(converted["out"]).parent / "stdout.txt").read_text()
+    assert "| gates | not applied (--no-gates); the default gates would have " in table, table
+    assert "| gates | passed |" not in table
+    # the walk-through's figures: 94.0% agreement, under the default 95% gate
+    low = json.loads(json.dumps(converted))
+    low["validation"]["val"]["agreement"] = 94.0
+    low["gates"] = Gates(None, None).judge(low["validation"])
+    assert low["gates"]["default_missed"][0] == "top-1 agreement 94.0% < 95.0%"
+    assert markdown_table(low).splitlines()[-1] == ("| gates | not applied (--no-gates); the default gates would "
+                                                    f"have failed: {'; '.join(low['gates']['default_missed'])} |")
+
+
 def test_int8_top1_matches_float_on_real_photos(int8_model, float_model):
     """Classify real photos: the int8 artifact must name the same class as the float model."""
     from convert.torch_eval import torch_predict
