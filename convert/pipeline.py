@@ -146,7 +146,7 @@ def convert(opts: ConvertOptions) -> dict:
             candidate.write_bytes(finish_artifact(graph.tflite, record()))
             progress("validating int8 against float")
             validation = validate(graphs.reference, candidate, src, check, val, opts.val_half, opts.quiet,
-                                  val_images)
+                                  val_images, progress)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
         float_onnx = float_onnx_sibling(graphs.reference, src, out.name)
