@@ -131,6 +131,24 @@ def test_torchrun_two_processes(fmnist, weights_env, tmp_path):
     assert r.stdout.count("best epoch") == 1  # only rank 0 reports
 
 
+def test_torchrun_a_users_error_is_one_line(fmnist, tmp_path):
+    """Every rank printed the error, two copies glued on one line ('...expectederror: --data ...'): an error all
+    ranks find alike (rank 0's check of the data, broadcast; an option every rank checks) is printed once, whole
+    (torchrun's own failure report follows it)."""
+    one = tmp_path / "one"
+    shutil.copytree(fmnist / "train" / "Bag", one / "Bag")
+    for args, start, end in (
+            (["--data", str(one)], "error: --data ", "at least 2 class folders expected"),
+            (["--data", str(_tiny(fmnist, tmp_path)), "--tflite", str(tmp_path / "m.txt")], "error: --tflite ",
+             "a .tflite path expected")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "convert", "train", *args, "--out", str(tmp_path / "run"), *TINY]
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0
+        errors = [line for line in r.stderr.splitlines() if "error:" in line and "ChildFailedError" not in line]
+        assert len(errors) == 1 and errors[0].startswith(start) and errors[0].endswith(end), r.stderr[-3000:]
+
+
 def _fails(argv: list[str], capsys, expect: str) -> str:
     rc = convert_main(["train", *argv])
     err = capsys.readouterr().err.strip()
