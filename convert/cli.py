@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from edge_runtime.evaluation import DatasetError
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import PreprocessingError
 
-from .errors import STOP, ConvertError, Terminated
+from .errors import STOP, ConvertError, ProcessError, Terminated
 
 SUBCOMMANDS = ("evaluate", "tflite", "compress", "train")
 
@@ -68,21 +69,48 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
     try:
         return int(func() or 0)
     except (ConvertError, DatasetError, MetadataError, PreprocessingError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _say_error(str(e), shared=not isinstance(e, ProcessError))
         return 2
     except OSError as e:  # a full disk, a folder that went away during the run...
-        print(f"error: {os_error_text(e)}", file=sys.stderr)
+        _say_error(os_error_text(e))
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {stopped}", file=sys.stderr)
+    except KeyboardInterrupt:  # torchrun passes Ctrl-C and SIGTERM to every process: rank 0 says it
+        _say_error(f"interrupted: {stopped}", shared=True, prefix="")
         return 130
     except Terminated:
-        print(f"terminated (SIGTERM): {stopped}", file=sys.stderr)
+        _say_error(f"terminated (SIGTERM): {stopped}", shared=True, prefix="")
         return 143
     finally:
         sys.unraisablehook = hook
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, processes) of this process in a torchrun run, from the environment torchrun sets (as
+    :func:`convert.train.distributed.init` reads it, without importing torch); (0, 1) outside one."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: the processes of a torchrun run share the terminal, and print()'s
+    separate writes of the text and the line break glued two processes' lines into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _say_error(text: str, shared: bool = False, prefix: str = "error: ") -> None:
+    """``error: TEXT`` (``prefix``). Under torchrun an error every process finds alike (``shared``: a user's
+    error, from the same options and data; rank 0's checks of the data are broadcast to the others) is printed
+    by rank 0 alone; any other (an OSError, a :class:`ProcessError`) names the process it happened in, so a
+    failure of one process stays visible. torchrun adds its own failure report after the line."""
+    rank, processes = torchrun_rank()
+    if processes > 1 and shared and rank != 0:
+        return
+    _say(f"{prefix}rank {rank} of {processes}: {text}" if processes > 1 and not shared else f"{prefix}{text}")
 
 
 def os_error_text(e: OSError) -> str:

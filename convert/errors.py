@@ -25,6 +25,11 @@ class TrainError(ConvertError):
     """Training cannot start or continue: bad data folder, options, or a run that does not match."""
 
 
+class ProcessError(TrainError):
+    """A TrainError of this process alone in a torchrun run (an image that became unreadable on its machine):
+    every process that meets one prints it, where the errors all processes find alike are printed by rank 0."""
+
+
 class Terminated(BaseException):
     """SIGTERM: unwinds like Ctrl-C, so working folders are removed and nothing half-written stays."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from edge_runtime.preprocess import Preprocessing
 from .source import Source
 
 ROUNDING_VIEWS = 96  # calibration views of the one statistics pass (equalization ranges, GPTQ moments)
+STATISTICS_BATCH = 16  # views per forward pass of that pass
 NEAREST = {"weight_rounding": {"method": "nearest (TFLite's quantizer)"}}
 
 
@@ -68,10 +69,11 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
     x = torch.from_numpy(views.transpose(0, 3, 1, 2).astype(np.float32))
     subset = x[::max(1, -(-len(x) // ROUNDING_VIEWS))]
     want_ranges, want_moments = equalize_strength > 0 or split_squeeze > 0, weight_rounding == "gptq"
+    batches = [subset[i:i + STATISTICS_BATCH] for i in range(0, len(subset), STATISTICS_BATCH)]
     if want_ranges or want_moments:  # no equalization, no split and nearest rounding need no pass
         progress(f"calibration statistics: one pass over {len(subset)} views")
-    ranges, moments = shared_statistics(folded, [subset[i:i + 16] for i in range(0, len(subset), 16)],
-                                        want_ranges=want_ranges, want_moments=want_moments)
+        batches = counted(batches, len(subset), "calibration statistics", progress)
+    ranges, moments = shared_statistics(folded, batches, want_ranges=want_ranges, want_moments=want_moments)
     equalized, input_scales, to_tensorflow = folded, {}, reference
     if equalize_strength > 0:
         equalized, input_scales = equalize_from_ranges(folded, ranges, strength=equalize_strength)
@@ -88,11 +90,24 @@ def float_graphs(src: Source, views: np.ndarray, work: Path, equalize_strength: 
         from .rounding import gptq_round
 
         progress("rounding weights onto the int8 grid (GPTQ)")
-        model, rounding = gptq_round(equalized, moments_by_name=rescale_moments(moments, equalized, input_scales))
+        model, rounding = gptq_round(equalized, progress=progress,
+                                     moments_by_name=rescale_moments(moments, equalized, input_scales))
         summary.update(rounding)
         # splitting scales whole channels of the rounded weights, so they stay on their int8 grid
         rounded = (conv_weights(split_squeezes(model, split)), conv_weights(exported))
     return FloatGraphs(reference, to_tensorflow, rounded, summary)
+
+
+def counted(batches: list, total: int, what: str, progress: Callable[[str], None], every: int = 16) -> Iterator:
+    """``batches`` one by one, with a progress line ``WHAT N/TOTAL`` each time another ``every`` items
+    (and the last) have been used: the pass takes half a minute on a busy 2-core machine."""
+    done, said = 0, 0
+    for batch in batches:
+        yield batch
+        done += len(batch)
+        if done - said >= every or done == total:
+            progress(f"{what} {done}/{total}")
+            said = done
 
 
 def conv_weights(model) -> list[np.ndarray]:

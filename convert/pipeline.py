@@ -146,7 +146,7 @@ def convert(opts: ConvertOptions) -> dict:
             candidate.write_bytes(finish_artifact(graph.tflite, record()))
             progress("validating int8 against float")
             validation = validate(graphs.reference, candidate, src, check, val, opts.val_half, opts.quiet,
-                                  val_images)
+                                  val_images, progress)
         final = finish_artifact(graph.tflite, record(validation))
         float_tflite = float_sibling(int8.float_tflite.read_bytes(), src, out.name)
         float_onnx = float_onnx_sibling(graphs.reference, src, out.name)
@@ -341,5 +341,15 @@ def markdown_table(report: dict) -> str:
         if u.get("standardized"):
             rows.append(f"| the same, weighted to the weights' own photos' mix of near-ties (what the gates judge "
                         f"without --val) | {_with_ci(u['standardized'], 'agreement', '%')} |")
-    rows.append(f"| gates | {'passed' if report['gates']['passed'] else 'FAILED: ' + '; '.join(report['gates']['failed'])} |")
+    rows.append(f"| gates | {gates_text(report['gates'])} |")
     return "\n".join(rows)
+
+
+def gates_text(gates: dict) -> str:
+    """The gates' verdict in a few words: passed, FAILED and what, or not applied and what the default gates
+    would have missed (a report written before ``applied`` existed reads as applied)."""
+    if gates.get("applied", True):
+        return "passed" if gates["passed"] else "FAILED: " + "; ".join(gates["failed"])
+    missed = gates.get("default_missed") or []
+    return "not applied (--no-gates); " + ("the default gates would have failed: " + "; ".join(missed) if missed
+                                            else "the default gates would have passed")

@@ -64,7 +64,19 @@ class Gates:
 
     def judge(self, validation: dict) -> dict:
         """The gates' verdict on :func:`validate`'s figures: labelled images first, else the unlabelled
-        views (their agreement standardized to the weights' reference mix when the weights have one)."""
+        views (their agreement standardized to the weights' reference mix when the weights have one).
+
+        Both thresholds ``None`` (``--no-gates``): ``applied`` False, ``passed`` None (nothing was judged),
+        and ``default_missed`` lists what the default gates would have missed on the same figures."""
+        if self.min_agreement is None and self.max_top1_drop is None:
+            return {"applied": False, "min_agreement": None, "max_top1_drop": None, "failed": [], "passed": None,
+                    "default_missed": Gates().missed(validation)}
+        failed = self.missed(validation)
+        return {"applied": True, "min_agreement": self.min_agreement, "max_top1_drop": self.max_top1_drop,
+                "failed": failed, "passed": not failed}
+
+    def missed(self, validation: dict) -> list[str]:
+        """The gates ``validation``'s figures miss, one phrase each (empty: none)."""
         failed = []
         unlabelled = validation.get("unlabelled") or {}
         if validation.get("val"):
@@ -79,8 +91,7 @@ class Gates:
         if self.max_top1_drop is not None and "top1_drop" in figures:
             if figures["top1_drop"] > self.max_top1_drop:
                 failed.append(f"top-1 drop {figures['top1_drop']:.2f} points > {self.max_top1_drop:.2f}")
-        return {"min_agreement": self.min_agreement, "max_top1_drop": self.max_top1_drop, "failed": failed,
-                "passed": not failed}
+        return failed
 
 
 def labelled_images(val: Path, src: Source, val_half: str | None = None) -> LabelledImages:
@@ -98,16 +109,19 @@ def labelled_images(val: Path, src: Source, val_half: str | None = None) -> Labe
 
 
 def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews, val: Path | None = None,
-             val_half: str | None = None, quiet: bool = False, images: LabelledImages | None = None) -> dict:
+             val_half: str | None = None, quiet: bool = False, images: LabelledImages | None = None,
+             progress: Callable[[str], None] = lambda m: None) -> dict:
     """Compare the int8 artifact with the float ONNX model on ``check``'s views and, with ``val``, on
     labelled images (``val_half``: only that half by class; else the whole folder and each half;
-    ``images``: ``val``'s, when :func:`labelled_images` already listed them).
+    ``images``: ``val``'s, when :func:`labelled_images` already listed them; ``progress``: a line every
+    CHECK_PROGRESS_EVERY check views, as the pipeline's other progress lines).
 
     Raises:
         ConvertError: ``val`` is not a usable labelled folder.
     """
     float_predict, int8_predict = onnx_predict(reference), tflite_predict(int8_tflite)
-    f_check, q_check = float_predict(check.views), int8_predict(check.views)
+    f_check = predict_views(float_predict, check.views, "unlabelled check views, float model", progress)
+    q_check = predict_views(int8_predict, check.views, "unlabelled check views, int8 model", progress)
     validation: dict = {"unlabelled": {"folders": check.folders,
                                        **unlabelled_figures(f_check, q_check, check.groups, src.check_reference)}}
     k = check.held_views
@@ -132,6 +146,18 @@ def validate(reference: Path, int8_tflite: Path, src: Source, check: CheckViews,
         if not val_half:
             validation["val"]["halves"] = half_figures(float_result.scores, int8_result.scores, float_result.targets)
     return validation
+
+
+CHECK_PROGRESS_EVERY = 200  # check views between progress lines (680 views take about a minute per model)
+
+
+def predict_views(predict: Predict, views: np.ndarray, what: str, progress: Callable[[str], None]) -> np.ndarray:
+    """``predict`` over ``views`` in chunks, with a progress line ``WHAT N/TOTAL`` after each."""
+    scores = []
+    for i in range(0, len(views), CHECK_PROGRESS_EVERY):
+        scores.append(predict(views[i:i + CHECK_PROGRESS_EVERY]))
+        progress(f"{what} {min(i + CHECK_PROGRESS_EVERY, len(views))}/{len(views)}")
+    return np.concatenate(scores) if scores else predict(views)
 
 
 def onnx_predict(path: Path) -> Predict:

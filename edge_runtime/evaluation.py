@@ -96,7 +96,9 @@ def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequenc
         if target is None:
             if len(rel.parts) > 1:
                 unknown_folders.add(rel.parts[0])
-            out.skipped.append(f"{rel} (no known class in its name)")
+                out.skipped.append(f"{rel} ({_not_a_class_folder(path, rel.parts[0], wnid_index)})")
+            else:
+                out.skipped.append(f"{rel} (no known class in its name)")
             continue
         out.paths.append(path)
         out.targets.append(target)
@@ -110,6 +112,16 @@ def find_labelled_images(root: str | Path, wnids: Sequence[str], labels: Sequenc
                            f"e.g. n01443537_goldfish.JPEG, or one sub-folder per class); "
                            f"{len(out.skipped)} files skipped")
     return out
+
+
+def _not_a_class_folder(path: Path, folder: str, wnid_index: dict[str, int]) -> str:
+    """Why a file in a sub-folder has no class: the sub-folder names none (a file inside it is read by its
+    folder, never by its own name, even when the name starts with a WordNet id of the model)."""
+    m = _WNID.match(path.name)
+    if m and m.group(1) in wnid_index:
+        return (f"in the sub-folder {folder}, which is not a class of the model: files named by WordNet id are "
+                "read by their name only at the top of the folder, a file in a sub-folder by the sub-folder's name")
+    return f"its folder {folder} is not a class of the model"
 
 
 def _some(names: Sequence[str], k: int = 5, width: int = 32) -> str:

@@ -90,13 +90,16 @@ def converted(tmp_path_factory, weights_env, val500_dir, offline_env) -> dict:
     go online). Returns the report, ``report["out"]`` the int8 artifact (float ONNX and TFLite beside it).
     Gates are off here: test_report_figures checks the figures, .ci/run converts with the gates on.
     Tests that need an artifact use this one (``int8_model``); a test that must convert again uses
-    QUICK settings (see ``trained_converted``) unless it is about fidelity.
+    QUICK settings (see ``trained_converted``) unless it is about fidelity. Not --quiet: its table and
+    progress lines are kept beside the report (stdout.txt, stderr.txt).
     """
     folder = tmp_path_factory.mktemp("artifact")
     out = folder / "squeezenet1_0_int8.tflite"
-    proc = convert_cli(["--weights", "deep-compression", "--out", out, "--val", val500_dir, "--no-gates", "--quiet",
+    proc = convert_cli(["--weights", "deep-compression", "--out", out, "--val", val500_dir, "--no-gates",
                         "--report", folder / "report.json"], env=offline_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder / "stdout.txt").write_text(proc.stdout)
+    (folder / "stderr.txt").write_text(proc.stderr)
     return json.loads((folder / "report.json").read_text())
 
 

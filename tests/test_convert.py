@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,39 @@ def test_report_figures(converted):
     assert converted["calibration"]["bias_correction"]["layers"] == 27  # 26 + the split squeeze's second half
     assert converted["calibration"]["weight_rounding"]["layers"] == 26  # rounded before the split
     assert converted["calibration"]["squeeze_split"]["fires"] == ["features.3"]
+
+
+def test_no_gates_says_the_gates_were_not_applied(converted):
+    """--no-gates printed '| gates | passed |' and recorded passed, even for figures under a default gate: the
+    report and the table say the gates were not applied, and what the default gates would have missed."""
+    from convert.pipeline import markdown_table
+    from convert.validate import Gates
+
+    gates = converted["gates"]
+    assert gates["applied"] is False and gates["passed"] is None and gates["failed"] == []
+    assert gates["default_missed"] == Gates().missed(converted["validation"])
+    table = (Path(converted["out"]).parent / "stdout.txt").read_text()
+    assert "| gates | not applied (--no-gates); the default gates would have " in table, table
+    assert "| gates | passed |" not in table
+    # the walk-through's figures: 94.0% agreement, under the default 95% gate
+    low = json.loads(json.dumps(converted))
+    low["validation"]["val"]["agreement"] = 94.0
+    low["gates"] = Gates(None, None).judge(low["validation"])
+    assert low["gates"]["default_missed"][0] == "top-1 agreement 94.0% < 95.0%"
+    assert markdown_table(low).splitlines()[-1] == ("| gates | not applied (--no-gates); the default gates would "
+                                                    f"have failed: {'; '.join(low['gates']['default_missed'])} |")
+
+
+def test_long_phases_print_progress(converted):
+    """The statistics pass (43 s on a busy machine) and the check views through each model (a minute each) were
+    silent: they print progress lines like the range statistics' (``[  39.9s] range statistics 50/384``)."""
+    err = (Path(converted["out"]).parent / "stderr.txt").read_text()
+    views = converted["validation"]["unlabelled"]["views"]
+    for line in ("calibration statistics 16/96", "calibration statistics 96/96", "weight rounding 24/26 layers",
+                 "range statistics 50/384", f"unlabelled check views, float model 200/{views}",
+                 f"unlabelled check views, float model {views}/{views}",
+                 f"unlabelled check views, int8 model {views}/{views}"):
+        assert re.search(r"^\[ *\d+\.\ds\] " + re.escape(line) + "$", err, re.M), line
 
 
 def test_int8_top1_matches_float_on_real_photos(int8_model, float_model):

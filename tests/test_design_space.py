@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from convert.design_space.analysis import pareto_front, recommend
+from convert.design_space.analysis import BASE, pareto_front, recommend
 from convert.design_space.counting import macs, parameters
 from convert.design_space.variants import SWEEPS, DesignSpaceError, Variant, parse_grid
 from convert.models import MetaParameters, create_model
@@ -52,6 +52,39 @@ def test_front_and_recommendation_choose_on_validation():
     rec = recommend(results, 10.0)
     assert rec["choice"]["name"] == "c" and rec["next"]["name"] == "d" and rec["within"] == ["a", "b", "c"]
     assert recommend(results, 0.5)["choice"] is None
+
+
+def _report_of(rows: list[dict]) -> str:
+    from convert.design_space.report import markdown
+
+    settings = {"sweep": "grid", "train": "t", "test": "s", "epochs": 1, "input_size": 32, "seed": 0, "weights": "x"}
+    return markdown({"variants": rows, "settings": settings, "machine": {"cpu": "cpu"}, "timing": {"threads": 2},
+                     "device": None}, 10.0)
+
+
+def _row(name: str, pct: float, top1: float, low: float, high: float) -> dict:
+    return {"name": name, "status": "ok", "variant": {**BASE, "sr": 0.125, "pct_3x3": pct}, "classes": 10,
+            "arch": "squeezenet_custom", "arch_kwargs": {"pct_3x3": pct}, "params": 1000, "macs": 2e6,
+            "int8_bytes": 4096, "p50_ms": 1.0, "int8_val_top1": top1, "int8_test_top1": top1,
+            "float_test_top1": top1, "int8_test_top1_ci95_low": low, "int8_test_top1_ci95_high": high}
+
+
+def test_a_sweep_at_chance_recommends_nothing_and_a_short_series_says_what_a_trend_needs():
+    """Every variant at 10.00% on 10 classes was 'ship X'; a 2-point pct_3x3 series (plotted in curves.png)
+    was '(the sweep holds no series to compare)'."""
+    chance = [_row("v1.0", 0.5, 10.0, 7.0, 14.1), _row("pct3x3-0.25", 0.25, 10.0, 7.0, 14.1)]
+    md = _report_of(chance)
+    assert "ship **" not in md
+    assert ("Nothing to recommend: no variant learned beyond chance (10.00%, 1 in 10 classes): the 95% interval of "
+            "every int8 test top-1 includes it (the best, v1.0: 10.00% [7.0, 14.1])") in md
+    assert "the sweep holds no series" not in md
+    assert ("This sweep's 2 finished variants hold the series pct_3x3 0.25, 0.5 (plotted in curves.png, too short "
+            "to test))") in md
+    assert "at least 3 that differ only in pct_3x3" in md
+    learned = [chance[0], _row("pct3x3-0.25", 0.25, 40.0, 33.0, 47.0)]
+    assert "ship **pct3x3-0.25**" in _report_of(learned)
+    old = [{k: v for k, v in r.items() if k != "classes"} for r in chance]  # results written before "classes"
+    assert "ship **" in _report_of(old)
 
 
 def test_a_dead_or_diverged_network_is_named_before_conversion():

@@ -90,3 +90,20 @@ def test_help_says_it_takes_a_tflite_and_that_val_is_required(tmp_path):
     assert "converted .tflite" in help_text.split("\n\n")[1], help_text
     err = one_error_line(convert_main("evaluate", "--model", tmp_path / "m.tflite"))
     assert "--val" in err and "required" in err, err
+
+
+def test_a_wordnet_named_file_in_a_sub_folder_is_skipped_for_its_folder(val500_dir, tmp_path):
+    """'sub/n01532829_house_finch.JPEG (no known class in its name)': its name holds a known class; it is
+    skipped because files in a sub-folder are read by the sub-folder's name, and the reason says so."""
+    first, second = sorted(val500_dir.iterdir())[:2]
+    shutil.copy(first, tmp_path / first.name)
+    (tmp_path / "sub").mkdir()
+    shutil.copy(second, tmp_path / "sub" / second.name)
+    (tmp_path / "sub" / "photo.jpg").write_bytes(first.read_bytes())
+    wnids = [first.name[:9], second.name[:9]]
+    images = find_labelled_images(tmp_path, wnids, ["a", "b"])
+    assert images.paths == [tmp_path / first.name]
+    assert images.skipped == [
+        f"sub/{second.name} (in the sub-folder sub, which is not a class of the model: files named by WordNet id "
+        "are read by their name only at the top of the folder, a file in a sub-folder by the sub-folder's name)",
+        "sub/photo.jpg (its folder sub is not a class of the model)"]

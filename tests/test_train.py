@@ -131,6 +131,41 @@ def test_torchrun_two_processes(fmnist, weights_env, tmp_path):
     assert r.stdout.count("best epoch") == 1  # only rank 0 reports
 
 
+def test_torchrun_a_users_error_is_one_line(fmnist, tmp_path):
+    """Every rank printed the error, two copies glued on one line ('...expectederror: --data ...'): an error all
+    ranks find alike (rank 0's check of the data, broadcast; an option every rank checks) is printed once, whole
+    (torchrun's own failure report follows it)."""
+    one = tmp_path / "one"
+    shutil.copytree(fmnist / "train" / "Bag", one / "Bag")
+    for args, start, end in (
+            (["--data", str(one)], "error: --data ", "at least 2 class folders expected"),
+            (["--data", str(_tiny(fmnist, tmp_path)), "--tflite", str(tmp_path / "m.txt")], "error: --tflite ",
+             "a .tflite path expected")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "convert", "train", *args, "--out", str(tmp_path / "run"), *TINY]
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0
+        errors = [line for line in r.stderr.splitlines() if "error:" in line and "ChildFailedError" not in line]
+        assert len(errors) == 1 and errors[0].startswith(start) and errors[0].endswith(end), r.stderr[-3000:]
+
+
+def test_class_names_the_plots_font_cannot_draw_are_one_line(fmnist, weights_env, tmp_path):
+    """A CJK class name: matplotlib's 'UserWarning: Glyph 40165 missing from font(s) DejaVu Sans', one per
+    character, went to the console; one line names what confusion.png draws as empty boxes instead."""
+    data = _tiny(fmnist, tmp_path)
+    (data / "Bag").rename(data / "鵥鳥")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "convert", "train", "--data", str(data), "--out", str(out),
+                        *[a for a in TINY if a != "--quiet"], "--epochs", "1"], env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Glyph" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    boxes = [line for line in r.stderr.splitlines() if "empty boxes" in line]
+    expected = f"{out / 'confusion.png'}: 1 class name(s) drawn as empty boxes (e.g. 鵥鳥): the plot's font, "
+    assert len(boxes) == 1 and boxes[0].startswith(expected + "DejaVu Sans, has no glyph"), r.stderr
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def _fails(argv: list[str], capsys, expect: str) -> str:
     rc = convert_main(["train", *argv])
     err = capsys.readouterr().err.strip()

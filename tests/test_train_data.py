@@ -248,3 +248,39 @@ def test_initial_models_for_variants(weights_env, tmp_path):
     scratch, pp, arch, new_head, _ = init_model(TrainOptions(data=tmp_path, out=tmp_path, weights="none",
                                                              arch="squeezenet1_1", input_size=96), classes)
     assert arch == "squeezenet1_1" and pp.input_size == (96, 96) and pp.channel_order == "RGB"
+
+
+def test_fashion_mnist_export_into_an_earlier_one_holds_what_it_says(tmp_path):
+    """`tools.make_fashion_mnist` again into the same --out with smaller counts said '200 training and 100 test
+    images' while the folder held 400: the images not asked for any more are removed, the line says so; a file
+    no export writes is never removed (refused, nothing changed)."""
+    from convert.train.fashion_mnist import DEFAULT_SOURCE
+
+    if not (DEFAULT_SOURCE / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"{DEFAULT_SOURCE} missing: install the Debian package dataset-fashion-mnist (tools/setup.sh)")
+    out = tmp_path / "fm"
+
+    def make(train: int, test: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools.make_fashion_mnist", "--out", str(out),
+                               "--train-per-class", str(train), "--test-per-class", str(test)],
+                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def count(split: str) -> int:
+        return sum(1 for p in (out / split).rglob("*") if p.is_file())
+
+    first = make(40, 10)
+    assert first.returncode == 0 and first.stdout == f"{out}: 400 training and 100 test images in 10 classes\n"
+    kept = sorted((out / "train" / "Bag").iterdir())[:20]
+    mtimes = [p.stat().st_mtime_ns for p in kept]
+    second = make(20, 10)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == (f"{out}: 200 training and 100 test images in 10 classes "
+                             "(200 images of an earlier export removed)\n")
+    assert (count("train"), count("test")) == (200, 100)
+    assert sorted((out / "train" / "Bag").iterdir()) == kept and [p.stat().st_mtime_ns for p in kept] == mtimes
+    (out / "train" / "Bag" / "mine.jpg").write_bytes(b"a user's own photo")
+    third = make(10, 10)
+    assert third.returncode == 2 and third.stderr == (f"error: --out {out}: holds 1 file(s) this export did not "
+                                                      "write (e.g. train/Bag/mine.jpg); an empty folder or an "
+                                                      "earlier export expected\n")
+    assert (count("train"), count("test")) == (201, 100)

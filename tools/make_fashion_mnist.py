@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.make_fashion_mnist",
                                 description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="destination: OUT/train/<class>/, OUT/test/<class>/")
+    p.add_argument("--out", type=Path, required=True,
+                   help="destination: OUT/train/<class>/, OUT/test/<class>/; a missing or empty folder, or an "
+                        "earlier export, which is made to hold exactly the images asked for (its others removed)")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"gzipped IDX files (default {DEFAULT_SOURCE})")
     p.add_argument("--train-per-class", type=int, help="keep the first N training images of each class (default all)")
     p.add_argument("--test-per-class", type=int, help="keep the first N test images of each class (default all)")
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConvertError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.out}: {s['train']} training and {s['test']} test images in {len(s['classes'])} classes")
+    removed = f" ({s['removed']} images of an earlier export removed)" if s["removed"] else ""
+    print(f"{args.out}: {s['train']} training and {s['test']} test images in {len(s['classes'])} classes{removed}")
     return 0
 
 

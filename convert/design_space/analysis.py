@@ -53,6 +53,19 @@ def recommend(results: dict, budget_ms: float) -> dict:
             "fastest": min(rows, key=lambda r: latency_of(r, results)) if rows else None}
 
 
+def chance(row: dict) -> float | None:
+    """The top-1 of guessing, in percent (100 / classes); None for a row that does not record its classes."""
+    classes = row.get("classes")
+    return 100.0 / classes if classes else None
+
+
+def beyond_chance(row: dict) -> bool | None:
+    """Whether the variant learned anything: its int8 test top-1's 95% interval lies above :func:`chance`
+    (None: not known). A statement about the reported figures, not a choice between variants."""
+    c, low = chance(row), row.get("int8_test_top1_ci95_low")
+    return None if c is None or low is None else low > c
+
+
 def paired(a: dict, b: dict) -> tuple[float, float, float] | None:
     """(difference, low, high) in points of int8 test top-1, ``a`` minus ``b``, on the same images."""
     ca, cb = a.get("test_correct"), b.get("test_correct")
@@ -72,6 +85,25 @@ def _series(rows: list[dict], axis: str, fixed: dict) -> list[dict]:
 
 
 BASE = {"version": "1_0", "bypass": "none", "base_e": 128, "incr_e": 128, "freq": 2}
+
+
+def no_trends(results: dict) -> str:
+    """Why :func:`trends` found nothing to check: what each trend needs, and the series this sweep holds."""
+    rows = ok_rows(results)
+    sr = _series(rows, "sr", {**BASE, "pct_3x3": 0.5})
+    pct = max((_series(rows, "pct_3x3", {**BASE, "sr": s}) for s in {r["variant"]["sr"] for r in rows}),
+              key=len, default=[])
+    held = [name + " " + ", ".join(format(r["variant"][axis], "g") for r in series)
+            for name, axis, series in (("SR", "sr", sr), ("pct_3x3", "pct_3x3", pct)) if len(series) > 1]
+    return ("no trend can be checked: the squeeze ratio's needs at least 3 finished variants that differ only in "
+            "SR (pct_3x3 0.5, the rest v1.0's); the 3x3 share's at least 3 that differ only in pct_3x3, 0.5 "
+            "between the smallest and the largest; the bypass comparison no bypass and a simple or complex one at "
+            f"SR 0.125. This sweep's {_count(len(rows), 'finished variant')} hold "
+            + (f"the series {'; '.join(held)} (plotted in curves.png, too short to test)" if held else "no series"))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def trends(results: dict) -> list[str]:

@@ -190,6 +190,7 @@ def run_variant(opts: SweepOptions, variant: Variant, train_dir: Path, test_dir:
     stage = "counting"
     try:
         row["params"], row["macs"] = _count(variant, classes, opts.input_size)
+        row["classes"] = classes  # the report's chance level
         stage = "training"
         summary = _train(opts, variant, train_dir, run_dir)
         _check_alive(summary, classes)

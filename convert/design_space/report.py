@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .analysis import SELECT, latency_of, ok_rows, pareto_front, recommend, trends
+from .analysis import (SELECT, beyond_chance, chance, latency_of, no_trends, ok_rows, pareto_front, recommend,
+                       trends)
 
 
 def _n(v, fmt: str = ".1f") -> str:
@@ -56,6 +57,14 @@ def recommendation(results: dict, budget_ms: float) -> str:
             return f"No variant was measured; nothing to recommend for a {budget_ms:g} ms budget."
         return (f"No variant runs within {budget_ms:g} ms on {where}: the fastest, {f['name']}, takes "
                 f"{latency_of(f, results):.3f} ms (p50). Lower --input-size, or choose a faster device.")
+    learned = [beyond_chance(r) for r in ok_rows(results)]
+    if learned and not any(learned) and None not in learned:  # every variant known to be at chance
+        best = max(ok_rows(results), key=lambda r: r["int8_test_top1"])
+        return (f"Nothing to recommend: no variant learned beyond chance ({chance(best):.2f}%, 1 in {best['classes']} "
+                f"classes): the 95% interval of every int8 test top-1 includes it (the best, {best['name']}: "
+                f"{best['int8_test_top1']:.2f}% [{best['int8_test_top1_ci95_low']:.1f}, "
+                f"{best['int8_test_top1_ci95_high']:.1f}]). Train longer (--epochs), on more images, or at another "
+                "--lr, then compare again.")
     lat = latency_of(c, results)
     text = (f"For a {budget_ms:g} ms budget on {where}, ship **{c['name']}** ({c['arch']}"
             f"{' ' + str(c['arch_kwargs']) if c['arch_kwargs'] else ''}): the best int8 validation top-1 "
@@ -94,7 +103,7 @@ def markdown(results: dict, budget_ms: float | None) -> str:
     lines += ["Selection (front, recommendation) uses each variant's int8 top-1 on its validation split (held-out "
               "training images); test figures are only reported. Intervals: Wilson 95%; differences: paired 95% "
               "intervals on the same test images.", "", "## The paper's trends on this data set", ""]
-    lines += [f"- {t}" for t in trends(results)] or ["- (the sweep holds no series to compare)"]
+    lines += [f"- {t}" for t in trends(results)] or [f"- ({no_trends(results)})"]
     if budget_ms is not None:
         lines += ["", f"## Recommendation ({budget_ms:g} ms budget)", "", recommendation(results, budget_ms)]
     if any(r.get("status") == "ok" for r in results["variants"]):  # the plots are drawn from finished variants

@@ -24,7 +24,7 @@ from edge_runtime.fileio import atomic_write, sha256_file
 from edge_runtime.preprocess import (ImageTooLarge, Preprocessing, PreprocessingError, read_image, read_image_bytes,
                                      resize_crop)
 
-from ..errors import TrainError
+from ..errors import ProcessError, TrainError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULT_FRAME_STRIDE = 15  # about two frames a second from a 30 fps clip: neighbours differ
@@ -298,7 +298,8 @@ def _read(path: str) -> np.ndarray:
     try:
         return read_image(path)
     except PreprocessingError:
-        raise TrainError(f"{path}: became unreadable during training (it decoded when the data was scanned)") from None
+        raise ProcessError(f"{path}: became unreadable during training (it decoded when the data was scanned)") \
+            from None
 
 
 def worker_init(_worker_id: int) -> None:

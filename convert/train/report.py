@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import platform
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,27 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def undrawable(texts: list[str]) -> tuple[str, list[str]]:
+    """(the plots' font, the ``texts`` holding a character it has no glyph for: drawn as empty boxes). Debian's
+    fonts-dejavu covers Latin, Greek and Cyrillic, not CJK; no font is ever downloaded."""
+    from matplotlib import font_manager
+
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return font.family_name, [t for t in texts if any(not c.isspace() and not font.get_char_index(ord(c)) for c in t)]
+
+
 def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> None:
-    """Row-normalized confusion matrix (rows: true class), counts in the cells when it stays legible."""
+    """Row-normalized confusion matrix (rows: true class), counts in the cells when it stays legible.
+    Matplotlib's warning per character its font cannot draw is kept off the console (see :func:`undrawable`)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        _plot_confusion(path, confusion, classes, title)
+
+
+def _plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> None:
     import matplotlib.pyplot as plt
 
     n = len(classes)

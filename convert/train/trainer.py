@@ -137,6 +137,11 @@ class _Run:
                    "rank": ctx.rank}
         if ctx.is_main:
             _final_reports(self.out, self.classes, self.best, summary, self.setup)
+            font, boxes = report.undrawable(self.classes)
+            if boxes and self.best.get("confusion") is not None:
+                _say(ctx, o.quiet, f"{self.out / 'confusion.png'}: {len(boxes)} class name(s) drawn as empty boxes "
+                                   f"(e.g. {boxes[0]}): the plot's font, {font}, has no glyph for some of their "
+                                   "characters; metrics.json names every class")
         ctx.barrier()
         return summary
 
