@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
-from edge_runtime.fileio import atomic_write, output_problem, read_bounded
+from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded
 from edge_runtime.flags import (MAX_THREADS, deprecated, json_path_to_report, nonnegative_float, nonnegative_int,
                                 positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
@@ -143,11 +143,13 @@ def _interrupt(*_args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
-    for flag, path in _outputs(args):
-        problem = output_problem(path) if path else None
-        if problem:  # before minutes of measuring
-            print(f"error: {flag} {path}: {problem}", file=sys.stderr)
-            return 2
+    problem = outputs_problem(_outputs(args), [*(("--model", m) for m in args.model), ("--reference", args.reference),
+                                               ("--val", args.val),
+                                               ("--source", None if args.source and is_stream(args.source)
+                                                else args.source)])
+    if problem:  # before minutes of measuring
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     for flag, path in (("--val", args.val), ("--source", args.source)):
         if path and not is_stream(path) and not Path(path).exists():  # before minutes of measuring
             print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)

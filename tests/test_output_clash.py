@@ -1,0 +1,101 @@
+"""An output that is an input (or another output) is refused before any work, by one shared check
+(edge_runtime.fileio.clash_problem): the same path, a symlink or a hard link. Each case once destroyed the
+input and exited 0 (found by a walk-through). Also: a training run or a sweep folder inside, equal to or
+around the data, and a run folder holding calib/ or val/ that no run made."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import fashion_mnist_subset
+from realworld import ROOT, one_error_line
+
+PHOTOS = sorted((ROOT / "convert" / "calib_data").glob("*.jpg"))
+
+
+def _run(module: str, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _photos(root: Path) -> Path:
+    """Two class folders of real photos (24 each) under root/train, 6 each under root/val."""
+    for i, p in enumerate(PHOTOS[:60]):
+        folder = root / ("val" if i % 5 == 0 else "train") / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_report_onto_the_model_is_refused_and_the_model_kept(tmp_path):
+    """tools.benchmark --report M and convert evaluate --report M, M the --model: M became the JSON report."""
+    model = tmp_path / "m_int8.tflite"
+    model.write_bytes(b"TFL3 model bytes the command must not replace")
+    os.link(model, tmp_path / "hard.tflite")
+    (tmp_path / "soft.tflite").symlink_to(model)
+    before = model.read_bytes()
+    for report in (model, tmp_path / "hard.tflite", tmp_path / "soft.tflite"):
+        line = one_error_line(_run("tools.benchmark", "--model", model, "--runs", 5, "--min-seconds", 0,
+                                   "--report", report))
+        assert line.startswith(f"error: --report {report}: the same file as --model"), line
+        assert "writing it would destroy the input" in line
+    line = one_error_line(_run("convert", "evaluate", "--model", model, "--val", tmp_path, "--report", model))
+    assert line == (f"error: --report {model}: the same file as --model (writing it would destroy the input); "
+                    "choose another path")
+    assert model.read_bytes() == before and not (tmp_path / "m_int8.tflite.json").exists()
+
+
+def test_compress_onto_its_own_weights_is_refused(tmp_path, weights_env):
+    """convert compress --weights dc.sqz --out dc.sqz replaced the input container."""
+    sqz = tmp_path / "dc.sqz"
+    r = _run("convert", "compress", "--weights", "deep-compression", "--out", sqz, "--lossless", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, mtime = sqz.read_bytes(), sqz.stat().st_mtime_ns
+    line = one_error_line(_run("convert", "compress", "--weights", sqz, "--out", sqz, "--bits", 8, "--finetune-steps",
+                               0, "--quiet"))  # (was exit 0, the container re-coded at 8 bits in its place)
+    assert line.startswith(f"error: --out {sqz}: the same file as --weights"), line
+    line = one_error_line(_run("convert", "compress", "--weights", sqz, "--out", tmp_path / "b.sqz",
+                               "--report", sqz, "--quiet"))
+    assert line.startswith(f"error: --report {sqz}: the same file as --weights"), line
+    assert sqz.read_bytes() == before and sqz.stat().st_mtime_ns == mtime and not (tmp_path / "b.sqz").exists()
+
+
+def test_converter_outputs_that_are_its_input_or_each_other(tmp_path):
+    """convert tflite --onnx a_float.onnx --out a_int8.tflite rewrote its input as the new float sibling;
+    --report onto --out or a sibling was silently not written. Refused before the model is even read."""
+    onnx_in = tmp_path / "a_float.onnx"
+    onnx_in.write_bytes(b"the user's float ONNX")
+    line = one_error_line(_run("convert", "tflite", "--onnx", onnx_in, "--out", tmp_path / "a_int8.tflite",
+                               "--no-gates"))
+    assert line == (f"error: --out {tmp_path / 'a_int8.tflite'}: its float ONNX sibling {onnx_in} is the --onnx "
+                    f"input (it would be replaced); choose another --out, e.g. --out "
+                    f"{tmp_path / 'a_onnx_int8.tflite'}")
+    for report, what in (("d_int8.tflite", "--out"), ("d_float.tflite", "the float TFLite beside --out"),
+                         ("d_float.onnx", "the float ONNX beside --out")):
+        line = one_error_line(_run("convert", "tflite", "--out", tmp_path / "d_int8.tflite",
+                                   "--report", tmp_path / report))
+        assert line == (f"error: --report {tmp_path / report}: the same file as {what} (one output would "
+                        "replace the other); choose another path"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_float.onnx"]
+    assert onnx_in.read_bytes() == b"the user's float ONNX"
+
+
+@pytest.mark.parametrize("tool", ["tools.runtime_bench", "tools.interpreter_agreement"])
+def test_other_tools_refuse_an_output_onto_the_model(tmp_path, tool):
+    model = tmp_path / "m_int8.tflite"
+    model.write_bytes(b"model")
+    flag = "--report" if tool == "tools.runtime_bench" else "--out"
+    args = ["dump"] if tool == "tools.interpreter_agreement" else []
+    line = one_error_line(_run(tool, *args, "--model", model, flag, model))
+    assert line.startswith(f"error: {flag} {model}: the same file as --model"), line
+    assert model.read_bytes() == b"model"
