@@ -239,3 +239,30 @@ def outputs_problem(outputs, inputs=()) -> str | None:
             problem = f"{name} {path}: {alone}"
     return problem
 
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """``path`` is ``folder`` or somewhere under it (resolved paths: a symlink followed)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents or same_file(path, folder)
+
+
+def folder_clash_problem(name: str, folder: str | Path, inputs) -> str | None:
+    """Why an output folder (a run's, a sweep's) would mix its files with an input folder, or None: it is one of
+    ``inputs`` ((name, path) pairs, None paths skipped), lies inside one, or holds one.
+
+    Returns:
+        one line, e.g. "--out ds: holds --data ds/train (its files would be mixed into the data); ...".
+    """
+    for in_name, in_path in inputs:
+        if in_path is None:
+            continue
+        if inside(folder, in_path) and inside(in_path, folder):
+            how = f"the {in_name} folder"
+        elif inside(folder, in_path):
+            how = f"inside {in_name} {in_path}"
+        elif inside(in_path, folder):
+            how = f"holds {in_name} {in_path}"
+        else:
+            continue
+        return f"{name} {folder}: {how} (its files would be mixed into the data); choose another {name}, outside it"
+    return None

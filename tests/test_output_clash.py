@@ -99,3 +99,36 @@ def test_other_tools_refuse_an_output_onto_the_model(tmp_path, tool):
     line = one_error_line(_run(tool, *args, "--model", model, flag, model))
     assert line.startswith(f"error: {flag} {model}: the same file as --model"), line
     assert model.read_bytes() == b"model"
+
+def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weights_env):
+    """--data ds/train --out ds mixed hard-linked training images into the user's ds/val; --out equal to --data
+    wrote best.pt, calib/, val/ into it; --out ds/train/newrun was 'class folder newrun has no files'."""
+    ds = _photos(tmp_path / "ds")
+    before = _files(ds)
+    quick = ["--weights", "none", "--input-size", "32", "--epochs", "1", "--quiet"]
+    for out, how in ((ds, f"holds --data {ds / 'train'}"), (ds / "train", "the --data folder"),
+                     (ds / "train" / "newrun", f"inside --data {ds / 'train'}")):
+        line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", out, *quick))
+        assert line == (f"error: --out {out}: {how} (its files would be mixed into the data); choose another --out, "
+                        "outside it"), line
+    line = one_error_line(_run("convert", "train", "--data", ds / "train", "--val", ds / "val", "--out",
+                               ds / "val" / "run", *quick))
+    assert line.startswith(f"error: --out {ds / 'val' / 'run'}: inside --val {ds / 'val'}"), line
+    assert _files(ds) == before and not (ds / "train" / "newrun").exists()
+
+    # a folder holding a calib/ or val/ that no run recorded: the run would have merged into it
+    run = tmp_path / "run"
+    (run / "val" / "a").mkdir(parents=True)
+    (run / "val" / "a" / "mine.jpg").write_bytes(PHOTOS[0].read_bytes())
+    line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", run, *quick))
+    assert line.startswith(f"error: --out {run}: holds val/, which no training run recorded"), line
+    assert sorted(p.name for p in run.rglob("*")) == ["a", "mine.jpg", "val"]
+
+    # outputs onto the run's own files or among the images
+    for flag, path, expected in (("--report", tmp_path / "r" / "best.pt", "the same file as the run's best.pt"),
+                                 ("--report", ds / "train" / "r.json", f"inside --data {ds / 'train'}"),
+                                 ("--tflite", tmp_path / "r" / "calib" / "m.tflite", "inside the run's calib/")):
+        line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", tmp_path / "r", flag, path,
+                                   *quick))
+        assert line.startswith(f"error: {flag} {path}: {expected}"), line
+    assert not (tmp_path / "r").exists() and _files(ds) == before
