@@ -132,3 +132,42 @@ def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weigh
                                    *quick))
         assert line.startswith(f"error: {flag} {path}: {expected}"), line
     assert not (tmp_path / "r").exists() and _files(ds) == before
+
+
+def test_design_space_out_inside_the_data_is_refused(tmp_path):
+    ds = _photos(tmp_path / "ds")
+    (ds / "test").symlink_to(ds / "val")
+    line = one_error_line(_run("tools.design_space", "--data", ds, "--out", ds / "train", "--quiet"))
+    assert line.startswith(f"error: --out {ds / 'train'}: inside --data {ds}"), line
+    assert not (ds / "train" / "runs").exists() and not (ds / "train" / "results.json").exists()
+
+
+def test_a_started_sweep_is_refused_without_resume_and_resumed_with_its_settings(tmp_path_factory):
+    """A sweep killed in its first variant (no results.json then), run again without --resume and another
+    --epochs, auto-resumed the variant and failed with '--resume: ... trained with --epochs 2, not 3'."""
+    fm = fashion_mnist_subset(tmp_path_factory, "fm-started", train=30, test=10)
+    out = tmp_path_factory.mktemp("started") / "sweep"
+    args = ["--data", fm, "--out", out, "--grid", "pct_3x3=0.25", "--input-size", "32", "--batch-size", "32",
+            "--lr", "0.005", "--rounds", "1", "--runs", "5", "--min-seconds", "0", "--weight-rounding", "nearest",
+            "--equalize", "0", "--bias-correction", "0", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "tools.design_space", *map(str, args), "--epochs", "2"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    last = out / "runs" / "pct3x3-0.25" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert last.exists() and proc.returncode == 143, err[-2000:]
+
+    line = one_error_line(_run("tools.design_space", *args, "--epochs", "3"))
+    assert line == (f"error: --out {out} already holds a sweep: pass --resume to continue it, or choose another "
+                    "--out (nothing is overwritten)"), line
+    again = _run("tools.design_space", "--data", fm, "--out", out, "--resume", "--rounds", "1", "--runs", "5",
+                 "--min-seconds", "0", "--quiet")  # the sweep's own --epochs 2, grid and settings
+    assert again.returncode == 0, again.stderr[-2000:]
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["epochs"] == 2 and [r["status"] for r in results["variants"]] == ["ok"]
