@@ -171,3 +171,21 @@ def test_a_started_sweep_is_refused_without_resume_and_resumed_with_its_settings
 
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["epochs"] == 2 and [r["status"] for r in results["variants"]] == ["ok"]
+
+
+def test_benchmark_same_model_twice_and_a_reference_that_is_not_a_report(tmp_path):
+    model = tmp_path / "m_int8.tflite"
+    model.write_bytes(b"model")
+    line = one_error_line(_run("tools.benchmark", "--model", model, "--model", tmp_path / "." / "m_int8.tflite"))
+    assert line == f"error: --model {model}: given twice; each model once", line
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    line = one_error_line(_run("tools.benchmark", "--model", model, "--reference", notes))
+    assert line.startswith(f"error: --reference {notes}: not a benchmark report: not JSON"), line
+
+
+def test_benchmark_labels_of_same_named_files_in_same_named_folders_differ():
+    from tools.benchmark import build_cases
+
+    cases, _ = build_cases([Path("a/x/m.tflite"), Path("b/x/m.tflite"), Path("c/y/m.tflite")], [2], [])
+    assert [c.label for c in cases] == ["a/x/m tflite x2", "b/x/m tflite x2", "y/m tflite x2"]
