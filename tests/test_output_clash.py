@@ -4,6 +4,7 @@ input and exited 0 (found by a walk-through). Also: a training run or a sweep fo
 around the data, and a run folder holding calib/ or val/ that no run made."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,7 @@ def test_other_tools_refuse_an_output_onto_the_model(tmp_path, tool):
     assert line.startswith(f"error: {flag} {model}: the same file as --model"), line
     assert model.read_bytes() == b"model"
 
+
 def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weights_env):
     """--data ds/train --out ds mixed hard-linked training images into the user's ds/val; --out equal to --data
     wrote best.pt, calib/, val/ into it; --out ds/train/newrun was 'class folder newrun has no files'."""
@@ -167,8 +169,6 @@ def test_a_started_sweep_is_refused_without_resume_and_resumed_with_its_settings
     again = _run("tools.design_space", "--data", fm, "--out", out, "--resume", "--rounds", "1", "--runs", "5",
                  "--min-seconds", "0", "--quiet")  # the sweep's own --epochs 2, grid and settings
     assert again.returncode == 0, again.stderr[-2000:]
-    import json
-
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["epochs"] == 2 and [r["status"] for r in results["variants"]] == ["ok"]
 
