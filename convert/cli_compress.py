@@ -54,9 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .compress.pipeline import DEFAULT_BUDGET, CompressOptions, compress
-    from .outputs import check_output_path
-    from .pipeline import check_int8_out, to_int8
+    from .outputs import check_no_clash, check_output_path
+    from .pipeline import check_int8_out, int8_outputs, to_int8, weights_file
 
+    check_no_clash([("--out", args.out), ("--report", args.report),
+                    *(int8_outputs(args.tflite, "--tflite") if args.tflite else [])],
+                   [("--weights", weights_file(args.weights)), ("--finetune-images", args.finetune_images),
+                    ("--val", args.val)])
     if args.report:  # before the compression's work, like every other output
         check_output_path(args.report, "--report")
     if args.tflite:

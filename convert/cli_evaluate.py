@@ -54,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.val:
         raise ConvertError("--val: a folder of labelled images is required")
     if args.report:
-        from .outputs import check_output_path
+        from .outputs import check_no_clash, check_output_path
+        from .pipeline import weights_file
 
+        check_no_clash([("--report", args.report)], [("--model" if args.model is not None else "--weights",
+                                                      weights_file(args.weights)), ("--val", args.val)])
         check_output_path(args.report, "--report")
     extra = {}
     if str(args.weights).endswith(".tflite"):

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge_runtime.fileio import inside
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
@@ -104,10 +105,21 @@ def run(args: argparse.Namespace) -> int:
     # jobs) spinning threads make torch 3.6x slower with 2 threads (40 vs 147 images/s, measured);
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .outputs import check_output_path
-    from .pipeline import check_int8_out, to_int8
+    from .outputs import check_no_clash, check_output_path
+    from .pipeline import check_int8_out, int8_outputs, to_int8, weights_file
     from .train import TrainOptions, train
+    from .train.setup import RUN_FILES, WORK_FOLDERS
 
+    check_no_clash([*((f"the run's {name}", args.out / name) for name in RUN_FILES), ("--report", args.report),
+                    *(int8_outputs(args.tflite, "--tflite") if args.tflite else [])],
+                   [("--data", args.data), ("--val", args.val), ("--test", args.test),
+                    ("--weights", weights_file(args.weights))])
+    for flag, path in (("--report", args.report), ("--tflite", args.tflite)):
+        for name, folder in (("--data", args.data), ("--val", args.val), ("--test", args.test),
+                             *((f"the run's {d}/", args.out / d) for d in WORK_FOLDERS)):
+            if path is not None and folder is not None and inside(path, folder):  # among the images
+                raise ConvertError(f"{flag} {path}: inside {name} {folder} (a file among the images); "
+                                   "choose another path")
     if args.report:
         check_output_path(args.report, "--report")
     if args.tflite:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_runtime.fileio import output_problem
+from edge_runtime.fileio import clash_problem, output_problem
 
 from .errors import ConvertError
 
@@ -17,3 +17,15 @@ def check_output_path(path: str | Path, flag: str = "") -> None:
     problem = output_problem(path)
     if problem:
         raise ConvertError(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")
+
+
+def check_no_clash(outputs, inputs=()) -> None:
+    """No output is an input or another output (:func:`edge_runtime.fileio.clash_problem`: resolved paths,
+    hard links and symlinks count); checked before any work, so that nothing is written.
+
+    Raises:
+        ConvertError: naming both.
+    """
+    problem = clash_problem(outputs, inputs)
+    if problem:
+        raise ConvertError(problem)

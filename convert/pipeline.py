@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.evaluation import shows_top5
-from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
+from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive, same_file
 
 from .artifact import artifact_record, finish_artifact, finish_graph, float_onnx_sibling, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
-from .outputs import check_output_path
+from .outputs import check_no_clash, check_output_path
 from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
@@ -232,6 +232,10 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     Raises:
         ConvertError: not a .tflite path, an output that cannot be written, a setting out of range.
     """
+    check_onnx_not_sibling(opts.onnx, Path(opts.out))
+    check_no_clash([*int8_outputs(Path(opts.out)), ("--report", opts.report)],
+                   [("--weights", weights_file(opts.weights)), ("--onnx", opts.onnx), ("--calib", opts.calib),
+                    ("--check", opts.check), ("--val", opts.val)])
     out = check_int8_out(opts.out, "--out")
     if opts.report:
         check_output_path(opts.report, "--report")
@@ -295,6 +299,32 @@ def sibling_paths(out: Path) -> tuple[Path, Path]:
     """The float ONNX and float TFLite kept beside an int8 artifact (named after it)."""
     stem = out.stem[:-5] if out.stem.endswith("_int8") else out.stem
     return out.with_name(f"{stem}_float.onnx"), out.with_name(f"{stem}_float.tflite")
+
+
+def int8_outputs(out: Path, flag: str = "--out") -> list[tuple[str, Path]]:
+    """The files a conversion to ``out`` writes, named for :func:`convert.outputs.check_no_clash`."""
+    onnx_path, tflite_path = sibling_paths(out)
+    return [(flag, out), (f"the float ONNX beside {flag}", onnx_path), (f"the float TFLite beside {flag}", tflite_path)]
+
+
+def weights_file(weights: str | Path | None) -> Path | None:
+    """``--weights`` when it names a file (not a named source such as deep-compression)."""
+    return Path(weights) if weights is not None and Path(weights).exists() else None
+
+
+def check_onnx_not_sibling(onnx: Path | None, out: Path) -> None:
+    """``--onnx X_float.onnx`` (a float sibling the converter wrote) with the ``--out`` it was written beside
+    would replace the input with the new sibling: refused, naming an ``--out`` whose siblings are other files.
+
+    Raises:
+        ConvertError: the float ONNX beside ``out`` is the ``onnx`` file.
+    """
+    onnx_path = sibling_paths(out)[0]
+    if onnx is None or not same_file(onnx, onnx_path):
+        return
+    stem = onnx_path.stem[:-6] if onnx_path.stem.endswith("_float") else onnx_path.stem
+    raise ConvertError(f"--out {out}: its float ONNX sibling {onnx_path} is the --onnx input (it would be "
+                       f"replaced); choose another --out, e.g. --out {out.with_name(f'{stem}_onnx_int8.tflite')}")
 
 
 def sibling_record(out: Path) -> dict[str, str]:

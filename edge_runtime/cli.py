@@ -200,9 +200,12 @@ def _load(args: argparse.Namespace, stop: threading.Event):
         RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
         PreprocessingError: one line for the user; _Stopped: a stop signal came first.
     """
-    from .record import check_target
+    from .fileio import clash_problem
+    from .record import RecordingError, check_target
 
     if args.record:
+        if problem := clash_problem([("--record", args.record)], [("--model", args.model)]):  # (onto --source: kept)
+            raise RecordingError(problem)
         check_target(args.record)
     serve_opts = serve.options_from_args(args)
     clf = Classifier(args.model, threads=args.threads, edgetpu=args.edgetpu,

@@ -186,3 +186,83 @@ def output_problem(path: str | Path) -> str | None:
     os.close(fd)
     os.unlink(tmp)
     return None
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """``a`` and ``b`` name one file or folder: the same path once resolved (a symlink followed), or, when both
+    exist, the same inode (a hard link)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def clash_problem(outputs, inputs=()) -> str | None:
+    """Why writing ``outputs`` would destroy one of ``inputs`` or another output, or None: checked before any
+    work, beside :func:`output_problem` (which checks each output alone).
+
+    Args:
+        outputs: (name, path) of every file a command writes, the name being what the line calls it
+            ("--report", "the float ONNX beside --out"); None paths are skipped.
+        inputs: (name, path) of every file or folder it reads; None paths are skipped.
+    Returns:
+        one line naming both, e.g. "--report m.tflite: the same file as --model (writing it would destroy the
+        input); choose another path".
+    """
+    given = [(name, Path(path)) for name, path in outputs if path is not None]
+    read = [(name, Path(path)) for name, path in inputs if path is not None]
+
+    def other(name: str, path: Path, this: Path) -> str:
+        return name if str(path) == str(this) else f"{name} {path}"
+
+    for i, (name, path) in enumerate(given):
+        for in_name, in_path in read:
+            if same_file(path, in_path):
+                kind = "folder" if in_path.is_dir() else "file"
+                return (f"{name} {path}: the same {kind} as {other(in_name, in_path, path)} (writing it would "
+                        "destroy the input); choose another path")
+        for out_name, out_path in given[:i]:
+            if same_file(path, out_path):
+                return (f"{name} {path}: the same file as {other(out_name, out_path, path)} (one output would "
+                        "replace the other); choose another path")
+    return None
+
+
+def outputs_problem(outputs, inputs=()) -> str | None:
+    """The first problem of a command's outputs, or None: one is an input or another output
+    (:func:`clash_problem`), or one cannot be written (:func:`output_problem`); one line naming the flag."""
+    problem = clash_problem(outputs, inputs)
+    for name, path in outputs:
+        if problem is None and path is not None and (alone := output_problem(path)):
+            problem = f"{name} {path}: {alone}"
+    return problem
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """``path`` is ``folder`` or somewhere under it (resolved paths: a symlink followed)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents or same_file(path, folder)
+
+
+def folder_clash_problem(name: str, folder: str | Path, inputs) -> str | None:
+    """Why an output folder (a run's, a sweep's) would mix its files with an input folder, or None: it is one of
+    ``inputs`` ((name, path) pairs, None paths skipped), lies inside one, or holds one.
+
+    Returns:
+        one line, e.g. "--out ds: holds --data ds/train (its files would be mixed into the data); ...".
+    """
+    for in_name, in_path in inputs:
+        if in_path is None:
+            continue
+        if inside(folder, in_path) and inside(in_path, folder):
+            how = f"the {in_name} folder"
+        elif inside(folder, in_path):
+            how = f"inside {in_name} {in_path}"
+        elif inside(in_path, folder):
+            how = f"holds {in_name} {in_path}"
+        else:
+            continue
+        return f"{name} {folder}: {how} (its files would be mixed into the data); choose another {name}, outside it"
+    return None

@@ -162,7 +162,8 @@ def test_a_malformed_reference_is_one_line_before_measuring(tmp_path, capsys):
         assert err.startswith(f"error: --reference {ref}: {line}") and len(err.splitlines()) == 1, err
     # UTF-16 (which json.loads of bytes reads) hid brackets from the nesting count (its U+2200 is the bytes of a
     # quote): a RecursionError, or a crash after onnx2tf's import. Read as UTF-8 text, it is not JSON
-    for text, line in ((('["\u2200",' + "[" * 100_000 + "]" * 100_000 + "]").encode("utf-16-le"), "Expecting value"),
+    for text, line in ((('["\u2200",' + "[" * 100_000 + "]" * 100_000 + "]").encode("utf-16-le"),
+                        "not a benchmark report: not JSON (Expecting value"),
                        (b'{"results": "\xff"}', "not UTF-8 text")):
         ref.write_bytes(text)
         assert main(["--model", str(ROOT / "missing.tflite"), "--reference", str(ref)]) == 2

@@ -356,7 +356,13 @@ def test_users_onnx_whose_input_is_named_pixels(tmp_path):
 
     # the float sibling (BGR pixels in, its normalization inside, its input named pixels_1) fed back in with
     # no flags: its own record says so, so no second normalization goes in front (fresh names all the same)
-    sibling, again = sibling_paths(out)[0], tmp_path / "again_int8.tflite"
+    # (README: `convert tflite --onnx X_float.onnx --out X_onnx_int8.tflite`); with the --out it was written beside
+    # it would be its own new sibling: refused in one line naming that --out, the sibling unchanged
+    sibling, again = sibling_paths(out)[0], tmp_path / "colour_onnx_int8.tflite"
+    before = sibling.read_bytes()
+    proc = _in_process(["--onnx", sibling, "--out", out, "--check", check, "--no-gates", *QUICK])
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"choose another --out, e.g. --out {again}")
+    assert sibling.read_bytes() == before
     proc = _in_process(["--onnx", sibling, "--out", again, "--check", check, "--no-gates", *QUICK])
     assert proc.returncode == 0, proc.stderr[-2000:]
     info, first = read_model_info(again), read_model_info(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
-from edge_runtime.fileio import atomic_write, output_problem, read_bounded
+from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded, same_file
 from edge_runtime.flags import (MAX_THREADS, deprecated, json_path_to_report, nonnegative_float, nonnegative_int,
                                 positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
@@ -95,8 +95,10 @@ def build_cases(models: list[Path], threads: list[int], peers: list[str],
     which peers were skipped and why)."""
     cases, notes = [], []
     stems = [m.stem for m in models]
-    for m in models:  # a label names its file; two files of one name are told apart by their folders
-        name = m.stem if stems.count(m.stem) == 1 else f"{m.parent.name or '.'}/{m.stem}"
+    short = [m.stem if stems.count(m.stem) == 1 else f"{m.parent.name or '.'}/{m.stem}" for m in models]
+    for m, name in zip(models, short):  # a label names its file; two files of one name by their folders
+        if short.count(name) > 1:  # folders of one name too (a/x/m, b/x/m): the whole path
+            name = str(m.with_suffix(""))
         for t in threads:
             cases.append(bench.Case(f"{name} tflite x{t}", "tflite", str(m), t, str(m), verify))
     first = models[0]
@@ -143,10 +145,17 @@ def _interrupt(*_args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
-    for flag, path in _outputs(args):
-        problem = output_problem(path) if path else None
-        if problem:  # before minutes of measuring
-            print(f"error: {flag} {path}: {problem}", file=sys.stderr)
+    problem = outputs_problem(_outputs(args), [*(("--model", m) for m in args.model), ("--reference", args.reference),
+                                               ("--val", args.val),
+                                               ("--source", None if args.source and is_stream(args.source)
+                                                else args.source)])
+    if problem:  # before minutes of measuring
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for i, m in enumerate(args.model):  # one file twice would give two cases of one label
+        if twice := next((earlier for earlier in args.model[:i] if same_file(m, earlier)), None):
+            same = "" if str(twice) == str(m) else f" (the same file as --model {twice})"
+            print(f"error: --model {m}: given twice{same}; each model once", file=sys.stderr)
             return 2
     for flag, path in (("--val", args.val), ("--source", args.source)):
         if path and not is_stream(path) and not Path(path).exists():  # before minutes of measuring
@@ -166,6 +175,8 @@ def _run(args: argparse.Namespace) -> int:
                 reference = bench_report.check_reference(json.loads(text))
         except UnicodeDecodeError:
             problem = "not UTF-8 text (a --report file expected)"
+        except json.JSONDecodeError as e:  # json's own words alone ("Expecting value: ...") do not say what is wrong
+            problem = f"not a benchmark report: not JSON ({e}; a --report file of python -m tools.benchmark expected)"
         except (OSError, ValueError) as e:
             problem = str(e)
         if problem:

@@ -126,17 +126,22 @@ def _sweep(args) -> int:
 
     if args.data is None or args.out is None:
         raise DesignSpaceError("--data and --out are required (or --list, or --out with --device-results)")
-    if args.resume and args.sweep is None and args.grid is None:  # the sweep that was started, not the default
-        spec = ((R.load(args.out) or {}).get("settings") or {}).get("sweep")
+    stored = ((R.load(args.out) or {}).get("settings") or {}) if args.resume else {}
+    if args.sweep is None and args.grid is None:  # --resume: the sweep that was started, not the default
+        spec = stored.get("sweep")
         if isinstance(spec, str) and spec:
             args.grid, args.sweep = (spec, None) if "=" in spec else (None, spec)
     given = {"test": args.test, "epochs": args.epochs, "input_size": args.input_size, "seed": args.seed,
              "batch_size": args.batch_size, "lr": args.lr, "min_scale": args.min_scale, "threads": args.threads,
              "timing_rounds": args.rounds, "timing_runs": args.runs, "timing_min_seconds": args.min_seconds}
+    for key in ("test", "epochs", "input_size", "seed", "batch_size", "lr", "min_scale"):
+        if given[key] is None and stored.get(key) is not None:  # --resume: the sweep's own, unless given
+            given[key] = Path(stored[key]) if key == "test" else stored[key]
+    convert_settings = {**(stored.get("convert_settings") if isinstance(stored.get("convert_settings"), dict) else {}),
+                        **{k: getattr(args, k) for k in CONVERT_SETTINGS if getattr(args, k) is not None}}
     res = explore(SweepOptions(data=args.data, out=args.out, variants=select(args.sweep, args.grid),
                                sweep=args.grid or args.sweep or "reduced", resume=args.resume, budget_ms=args.budget_ms,
-                               quiet=args.quiet, convert_settings={k: getattr(args, k) for k in CONVERT_SETTINGS
-                                                                   if getattr(args, k) is not None},
+                               quiet=args.quiet, convert_settings=convert_settings,
                                **{k: v for k, v in given.items() if v is not None}))
     print(table(res))
     if res.get("budget_ms") is not None:

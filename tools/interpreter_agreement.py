@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.fileio import atomic_write, output_problem, read_bounded
+from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded
 from edge_runtime.flags import deprecated, threads_arg
 
 MAX_DUMP_BYTES = 16 << 20  # a dump of 500 images and a few thousand frames is well under 1 MB
@@ -32,8 +32,10 @@ def dump(args: argparse.Namespace) -> int:
     from edge_runtime.interpreter import InterpreterUnavailable, backend_version
     from edge_runtime.sources import SourceError, open_source
 
-    if problem := output_problem(args.report):  # before every image and frame is classified
-        print(f"error: --report {args.report}: {problem}", file=sys.stderr)
+    problem = outputs_problem([("--report", args.report)], [("--model", args.model), ("--val", args.val),
+                                                            ("--source", args.source)])
+    if problem:  # before every image and frame is classified
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         clf = Classifier(args.model, threads=args.threads, backend=args.backend, verify=not args.no_verify,

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_runtime import bench
 from edge_runtime.evaluation import find_labelled_images
-from edge_runtime.fileio import sha256_file
+from edge_runtime.fileio import folder_clash_problem, sha256_file
 from edge_runtime.intervals import wilson
 from edge_runtime.metadata import read_model_info
 
@@ -255,8 +255,13 @@ def time_variants(results: dict, out: Path, threads: int, rounds: int = TIMING_R
 
 # ---------------------------------------------------------------- the sweep
 
-def _check_out(opts: SweepOptions) -> dict | None:
+def _check_out(opts: SweepOptions, train: Path, test: Path) -> dict | None:
+    """The sweep already in ``opts.out`` (None: a new one), after refusing an --out among the data, or holding a
+    sweep (finished or only started: its runs/) without ``resume``."""
     out = Path(opts.out)
+    problem = folder_clash_problem("--out", out, (("--data", opts.data), ("--data", train), ("--test", test)))
+    if problem:
+        raise DesignSpaceError(problem)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -264,7 +269,8 @@ def _check_out(opts: SweepOptions) -> dict | None:
     if not os.access(out, os.W_OK | os.X_OK):
         raise DesignSpaceError(f"--out {out}: not writable")
     existing = R.load(out)
-    if existing is not None and not opts.resume:
+    started = existing is not None or any((out / "runs").glob("*/run.json"))  # (one started before results.json)
+    if started and not opts.resume:
         raise DesignSpaceError(f"--out {out} already holds a sweep: pass --resume to continue it, or choose "
                                "another --out (nothing is overwritten)")
     return existing
@@ -295,7 +301,7 @@ def explore(opts: SweepOptions) -> dict:
                                "and the others >= 1 expected")
     check_input_size(opts.variants, opts.input_size)
     train_dir, test_dir = data_folders(opts.data, opts.test)
-    existing = _check_out(opts)
+    existing = _check_out(opts, train_dir, test_dir)
     settings = _settings(opts, train_dir, test_dir)
     if existing is not None:
         R.check_same_settings(existing, settings, Path(opts.out))
@@ -304,6 +310,7 @@ def explore(opts: SweepOptions) -> dict:
                                                                *settings["variants"]]))
     else:
         results = R.new(settings, bench.machine())
+        R.save(Path(opts.out), results)  # before the first variant: a sweep killed in it is one to --resume
     classes = len([p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")])
     t0, base_seconds = time.perf_counter(), results.get("wall_seconds") or 0
     todo = [v for v in opts.variants if (R.row_of(results, v) or {}).get("status") != "ok"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from edge_runtime.fileio import folder_clash_problem
 from edge_runtime.flags import MAX_LR
 from edge_runtime.preprocess import Preprocessing
 
@@ -21,11 +22,25 @@ from .model import init_model
 from .options import TrainOptions, resolve_identity
 
 CALIB_PER_CLASS = (3, 20)  # calibration sample: ceil(100 / classes) images per class, within these bounds
+# What a run writes in its folder: files, and working folders of images that a new run removes (when run.json
+# says that they are the run's own) and refuses otherwise
+RUN_FILES = ("best.pt", "last.pt", "results.csv", "curves.png", "confusion.png", "metrics.json", "run.json", ".lock")
+WORK_FOLDERS = ("calib", "val", "frames", "frames-val")
 
 
 def check_out(o: TrainOptions) -> None:
-    """Create the run folder; refuse one that is not writable, or that holds a run (unless resuming it)."""
+    """Create the run folder; refuse one that is not writable, that holds a run (unless resuming it), or that
+    holds working folders of images that no run recorded (they would be merged with the run's own).
+
+    Raises:
+        TrainError: naming the folder and why.
+    """
     out = Path(o.out)
+    if not o.resume and not (out / "run.json").exists():  # a folder this trainer did not make: merged, not ours
+        foreign = [name for name in WORK_FOLDERS if (out / name).exists() or (out / name).is_symlink()]
+        if foreign:
+            raise TrainError(f"--out {out}: holds {foreign[0]}/, which no training run recorded (no run.json): "
+                             "a run's own working folders are made new; choose another --out, or move it away")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -41,7 +56,7 @@ def check_out(o: TrainOptions) -> None:
                          "or choose another --out (nothing is overwritten)")
     lock_run(out)
     if not o.resume and (out / "run.json").exists():  # a run stopped before its first checkpoint: its own
-        for name in ("calib", "val", "frames", "frames-val"):  # working folders (only in a folder it recorded)
+        for name in WORK_FOLDERS:  # working folders (only in a folder it recorded)
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
 
@@ -119,6 +134,7 @@ def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = Non
     ``preflight``, called with the model's float32 weight bytes and the run's calibration folder, raising:
     what comes after training checks what it needs before the training starts)."""
     new = _first_missing(Path(o.out))
+    had = {name for name in WORK_FOLDERS if (Path(o.out) / name).exists()}
     try:
         setup = _prepare(o)
         if preflight is not None:
@@ -129,6 +145,9 @@ def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = Non
         if new is not None:
             release_run(Path(o.out))
             shutil.rmtree(new, ignore_errors=True)
+        elif Path(o.out).resolve() in _LOCKS:  # a folder that was there, and this run's: only what this call
+            for name in set(WORK_FOLDERS) - had:  # made (a next run would find it unrecorded)
+                shutil.rmtree(Path(o.out) / name, ignore_errors=True)
         raise
 
 
@@ -145,6 +164,9 @@ def _first_missing(out: Path) -> Path | None:
 def _prepare(o: TrainOptions) -> dict:
     saved = None
     batch_given = o.resume or o.batch_size is not None
+    problem = folder_clash_problem("--out", o.out, (("--data", o.data), ("--val", o.val), ("--test", o.test)))
+    if problem:  # before the data are read: a run folder inside them would look like a class
+        raise TrainError(problem)
     for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
         if folder is not None:  # before the run folder is made
             D.check_folder(folder, what)
