@@ -214,15 +214,19 @@ class Recorder:
 
     def _drop_oldest(self) -> None:
         for _, old in self._segments()[:-self.keep]:
-            try:
-                old.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("--record-keep: cannot remove %s (%s)", old, e.strerror or e)
-                continue
-            if old in self.files:
-                self.files.remove(old)
+            self._remove(old)
+
+    def _remove(self, segment: Path) -> None:
+        """Delete one of this recording's finished segments (--record-keep); a failure is a warning."""
+        try:
+            segment.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("--record-keep: cannot remove %s (%s)", segment, e.strerror or e)
+            return
+        if segment in self.files:
+            self.files.remove(segment)
 
     def _make_room(self, needed: int) -> int:
         """A loop recording short of space: delete this recording's oldest finished segments until ``needed``
@@ -244,15 +248,7 @@ class Recorder:
                 self._short_of_space = True
                 log.warning("--record-keep %d: the storage of %s is full with %d segments of this recording; "
                             "deleting the oldest to make room", self.keep, self.folder, len(old))
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("--record-keep: cannot remove %s (%s)", p, e.strerror or e)
-                continue
-            if p in self.files:
-                self.files.remove(p)
+            self._remove(p)
             free = free_bytes(self.folder)
         return free
 

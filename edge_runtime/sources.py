@@ -590,21 +590,11 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except PreprocessingError as e:
             raise SourceError(str(e)) from None
         return FolderSource(path, stop=stop)
-    if pipe:  # read as a file (every frame, in order) that ends when its writer closes it
-        try:
-            return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=False,
-                                 stop=stop)
-        except SourceTooLarge:
-            raise
-        except SourceError:
-            if stop is not None and stop.is_set():
-                raise
-            raise SourceError(f"{spec}: a named pipe without a video OpenCV can decode") from None
     if disconnect_every:
         return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,
                              reconnect=True, backoff=(0.05, 1.0), stop=stop)
-    try:
+    try:  # a named pipe too: read as a file (every frame, in order) that ends when its writer closes it
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
                              backoff=(0.0, 0.0) if loop else backoff, stop=stop)
     except SourceTooLarge:
@@ -612,4 +602,4 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
     except SourceError:
         if stop is not None and stop.is_set():
             raise
-        raise SourceError(f"{spec}: not a video OpenCV can decode") from None
+        raise SourceError(f"{spec}: {'a named pipe without' if pipe else 'not'} a video OpenCV can decode") from None
