@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fashion_mnist_subset
-from realworld import ROOT, one_error_line
+from realworld import ROOT, convert_main, one_error_line
 
 PHOTOS = sorted((ROOT / "convert" / "calib_data").glob("*.jpg"))
 
@@ -104,16 +104,17 @@ def test_other_tools_refuse_an_output_onto_the_model(tmp_path, tool):
 
 def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weights_env):
     """--data ds/train --out ds mixed hard-linked training images into the user's ds/val; --out equal to --data
-    wrote best.pt, calib/, val/ into it; --out ds/train/newrun was 'class folder newrun has no files'."""
+    wrote best.pt, calib/, val/ into it; --out ds/train/newrun was 'class folder newrun has no files'. (In this
+    process: every case is refused before the work.)"""
     ds = _photos(tmp_path / "ds")
     before = _files(ds)
     quick = ["--weights", "none", "--input-size", "32", "--epochs", "1", "--quiet"]
     for out, how in ((ds, f"holds --data {ds / 'train'}"), (ds / "train", "the --data folder"),
                      (ds / "train" / "newrun", f"inside --data {ds / 'train'}")):
-        line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", out, *quick))
+        line = one_error_line(convert_main("train", "--data", ds / "train", "--out", out, *quick))
         assert line == (f"error: --out {out}: {how} (its files would be mixed into the data); choose another --out, "
                         "outside it"), line
-    line = one_error_line(_run("convert", "train", "--data", ds / "train", "--val", ds / "val", "--out",
+    line = one_error_line(convert_main("train", "--data", ds / "train", "--val", ds / "val", "--out",
                                ds / "val" / "run", *quick))
     assert line.startswith(f"error: --out {ds / 'val' / 'run'}: inside --val {ds / 'val'}"), line
     assert _files(ds) == before and not (ds / "train" / "newrun").exists()
@@ -122,7 +123,7 @@ def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weigh
     run = tmp_path / "run"
     (run / "val" / "a").mkdir(parents=True)
     (run / "val" / "a" / "mine.jpg").write_bytes(PHOTOS[0].read_bytes())
-    line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", run, *quick))
+    line = one_error_line(convert_main("train", "--data", ds / "train", "--out", run, *quick))
     assert line.startswith(f"error: --out {run}: holds val/, which no training run recorded"), line
     assert sorted(p.name for p in run.rglob("*")) == ["a", "mine.jpg", "val"]
 
@@ -130,7 +131,7 @@ def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weigh
     for flag, path, expected in (("--report", tmp_path / "r" / "best.pt", "the same file as the run's best.pt"),
                                  ("--report", ds / "train" / "r.json", f"inside --data {ds / 'train'}"),
                                  ("--tflite", tmp_path / "r" / "calib" / "m.tflite", "inside the run's calib/")):
-        line = one_error_line(_run("convert", "train", "--data", ds / "train", "--out", tmp_path / "r", flag, path,
+        line = one_error_line(convert_main("train", "--data", ds / "train", "--out", tmp_path / "r", flag, path,
                                    *quick))
         assert line.startswith(f"error: {flag} {path}: {expected}"), line
     assert not (tmp_path / "r").exists() and _files(ds) == before
