@@ -160,6 +160,9 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     except OutputError as e:  # a reader that went away is a stop; a full disk under stdout a failure
         stats.stopped_by = "a closed output" if e.closed else "output error"
         stats.error = None if e.closed else str(e)
+    except OSError as e:  # the storage failed under a recording (a folder removed, EIO): one line, not a traceback
+        stats.stopped_by = "an I/O error"
+        stats.error = f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}"
     finally:
         stats.seconds = time.perf_counter() - t_start
         source.close()

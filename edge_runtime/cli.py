@@ -176,16 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     recorded = "" if not files else f"; recorded {', '.join(map(str, files))}" if len(files) <= 3 else \
         f"; recorded {len(files)} files in {files[0].parent} ({files[0].name} .. {files[-1].name})"
     kernels = "XNNPACK" if clf.xnnpack else "builtin kernels"
-    print(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
+    _tell(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
           f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); {skipped}; "
-          f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", file=sys.stderr)
+          f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}")
     if stats.error:
-        print(f"error: {stats.error}", file=sys.stderr)
+        _tell(f"error: {stats.error}")
         return 1
     if stats.frames == 0 and stats.stopped_by == "end of source":
-        print(f"error: the source ended before any frame could be classified ({skipped})", file=sys.stderr)
+        _tell(f"error: the source ended before any frame could be classified ({skipped})")
         return 1
     return 0
+
+
+def _tell(line: str) -> None:
+    """An end-of-run line on stderr; when stderr is the pipe whose reader went away (`2>&1 | head -1`),
+    nothing (stderr then goes to /dev/null, so that Python's own last flush does not fail either)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
 
 
 class _Stopped(Exception):

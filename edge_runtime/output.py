@@ -31,10 +31,13 @@ class LineOutput:
         OutputError: from :meth:`write`, when the output cannot take the line.
     """
 
-    def __init__(self, out: TextIO, stop: threading.Event | None = None) -> None:
+    def __init__(self, out: TextIO | None, stop: threading.Event | None = None) -> None:
         self.out, self.stop = out, stop or threading.Event()
         self.fd: int | None = None
         self.waits = False  # a pipe, a socket or a terminal: writes may block
+        # the text stream's encoding (a label, a file name undecodable in it: escaped, never an error)
+        self.encoding = getattr(out, "encoding", None) or "utf-8"
+        self.errors = getattr(out, "errors", None) or "strict"
         try:
             fd = out.fileno()
             mode = os.fstat(fd).st_mode
@@ -45,6 +48,8 @@ class LineOutput:
         self._broken_line = stat.S_ISREG(mode) and _ends_mid_line(fd)
 
     def write(self, text: str) -> None:
+        if self.out is None:  # stdout closed (>&-): nobody can read the results
+            raise OutputError("stdout is closed", closed=True)
         if self.fd is None:
             try:
                 self.out.write(text)
@@ -52,22 +57,40 @@ class LineOutput:
             except OSError as e:
                 raise _output_error(e, self.fd) from None
             return
-        data = (b"\n" if self._broken_line else b"") + text.encode()
+        data = (b"\n" if self._broken_line else b"") + self._encode(text)
         self._broken_line = False
         try:
+            if not self.waits:  # a file: the line in one write, whole or (a full disk) cut short
+                while data:
+                    data = data[os.write(self.fd, data):]
+                return
             while data:
-                if self.waits and not self._writable():
-                    return  # stopped while the reader did not read: the line is dropped
-                n = os.write(self.fd, data[:select.PIPE_BUF])  # a pipe that polls writable takes this much
+                if not self._writable():
+                    return  # stopped while the reader did not read: the rest of the line is dropped
+                try:
+                    n = os.write(self.fd, data[:select.PIPE_BUF])  # a pipe that polls writable takes this much
+                except BlockingIOError:  # a non-blocking descriptor (shared with a parent): wait again
+                    continue
                 data = data[n:]
         except OSError as e:
             raise _output_error(e, self.fd) from None
 
+    def _encode(self, text: str) -> bytes:
+        try:
+            return text.encode(self.encoding, self.errors)
+        except UnicodeEncodeError:  # a file name of other bytes (surrogates), a label the locale cannot show
+            return text.encode(self.encoding, "backslashreplace")
+
     def _writable(self) -> bool:
-        while not self.stop.is_set():
-            if select.select([], [self.fd], [], POLL)[1]:
+        """The descriptor takes data now, or once it does; False when a stop came first."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while True:
+            stopping = self.stop.is_set()  # a last look without waiting: a reader keeping up gets the line
+            if poller.poll(0 if stopping else int(POLL * 1000)):
                 return True
-        return False
+            if stopping:
+                return False
 
 
 def _ends_mid_line(fd: int) -> bool:

@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,3 +297,17 @@ def test_json_output_on_a_full_disk_or_a_closed_pipe(int8_model, sample_clip, tm
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert json.loads(head.stdout)["frame"] == 1, head.stdout
     assert "stopped by a closed output" in head.stderr and "error" not in head.stderr.lower(), head.stderr
+
+
+def test_a_recording_folder_removed_while_recording_is_one_line(int8_model, sample_clip, tmp_path):
+    """The storage failing under a recording (here: its folder removed, as a card pulled out does) raised
+    FileNotFoundError out of the loop: a traceback. One line and exit 1."""
+    folder = tmp_path / "rec"
+    proc = Process("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless", "--json",
+                   "--threads", "1", "--record", folder / "cam.mkv")
+    wait_for(lambda: len(proc.out) >= 20 or proc.proc.poll() is not None, 60, "20 classified frames")
+    shutil.rmtree(folder)
+    rc = proc.wait(60)
+    assert rc == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No such file or directory" in errors[0], proc.stderr

@@ -84,6 +84,22 @@ def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
         "frame 1 (opencv_orange.jpg)", "frame 2 (skimage_chelsea.jpg)", "frame 3 (skimage_coffee.jpg)"]
 
 
+def test_a_file_name_of_other_bytes_is_shown_not_a_traceback(int8_model, tmp_path):
+    """A photo named in Latin-1 (an unzipped Windows archive: 'caf\\xe9.jpg') in a folder source: headless text
+    names every file, and the lines to a pipe went out as UTF-8 with no room for the undecodable byte: a
+    UnicodeEncodeError ended the run. The name is shown escaped, under any locale."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (folder / name).write_bytes((ROOT / "calib_data" / "opencv_orange.jpg").read_bytes())
+    for lang in ("C.UTF-8", "C"):
+        proc = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(folder), "--model", str(int8_model),
+                               "--headless", "--threads", "1"], capture_output=True, cwd=ROOT, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": lang, "LANG": lang})
+        err = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 0 and b"frame 1 (caf" in proc.stdout and "Traceback" not in err, err
+
+
 def test_one_photo_as_source_is_decoded_as_a_folders_photos(int8_model, sample_clip, tmp_path):
     """A photo given as --source was read by VideoCapture (FFmpeg's JPEG decoder: 66% of this photo's pixels
     differ from OpenCV's imread, by up to 41 levels), so it could get another answer than the same photo in a
