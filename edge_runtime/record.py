@@ -14,7 +14,8 @@ without a trailer); an unfinished ``.mp4`` cannot be played. Partial files left 
 Every file has a constant frame rate. Frames written with their capture time (a camera or a stream) are
 placed by it, so the recording keeps real time on a device slower than its camera: the previous frame is
 repeated until the next one's time, a frame whose place is already filled is dropped, and a gap longer
-than :data:`MAX_FILL_SECONDS` (an outage: a stream reconnecting, a camera unplugged) is left out. Segments
+than :data:`MAX_FILL_SECONDS` (an outage: a stream reconnecting, a camera unplugged) is left out, as is
+the part of a gap whose repeats would take more than :data:`REPEAT_SHARE` of its time to encode. Segments
 are then that many seconds of real time. Frames written without a time (files, photos) follow one another.
 
 Free space is checked before every frame: when it falls below what the writer may still need
@@ -47,6 +48,7 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".ts":
 WRITER_BUFFER = 256 << 10  # FFmpeg's writer flushes in steps of this size (measured); room for two
 TRAILER_BASE, TRAILER_PER_FRAME = 16 << 10, 32  # the container's index written at close
 MAX_FILL_SECONDS = 5.0  # a longer gap between a live source's frames is an outage: left out, not filled
+REPEAT_SHARE = 0.5  # of the real time a gap stands for, at most this much is spent encoding its repeats
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
 
 
@@ -200,13 +202,14 @@ class Recorder:
         self._t0: float | None = None  # capture time of the first timed frame: slot 0 of the timeline
         self._slot = 0  # the next slot of that timeline (a slot is 1 / fps seconds)
         self._last: np.ndarray | None = None  # the frame written last, repeated over a gap
+        self._encode_s = 0.0  # seconds one frame takes to write (moving average), which bounds the repeats
         self._short_of_space = False  # the storage held fewer than ``keep`` segments (said once)
         if self.keep:
             self._drop_oldest()
 
     def _segments(self) -> list[tuple[int, Path]]:
         """This recording's finished segments in the folder (earlier runs' too), by index."""
-        pattern = re.compile(rf"^{re.escape(self.stem)}-(\d+){re.escape(self.suffix)}$")
+        pattern = re.compile(rf"^{re.escape(self.stem)}-(\d{{5,}}){re.escape(self.suffix)}$")  # as _open names them
         return sorted((int(m[1]), p) for p in self.folder.iterdir() if (m := pattern.match(p.name)))
 
     def _first_free_index(self) -> int:
@@ -236,9 +239,11 @@ class Recorder:
         old = []
         for _, p in self._segments():
             try:
-                old.append((p, p.stat().st_blocks * 512))
+                st = p.stat()
             except OSError:
-                pass
+                continue
+            if st.st_nlink == 1:  # a segment also linked elsewhere (a backup, an upload queue) frees nothing
+                old.append((p, st.st_blocks * 512))
         if free + sum(size for _, size in old) < needed:
             return free
         for p, _ in old:
@@ -249,7 +254,9 @@ class Recorder:
                 log.warning("--record-keep %d: the storage of %s is full with %d segments of this recording; "
                             "deleting the oldest to make room", self.keep, self.folder, len(old))
             self._remove(p)
-            free = free_bytes(self.folder)
+            was, free = free, free_bytes(self.folder)
+            if free <= was:  # held open or in a snapshot: deleting more would lose them for nothing
+                break
         return free
 
     def _reserve(self) -> int:
@@ -320,10 +327,19 @@ class Recorder:
                 if repeats > MAX_FILL_SECONDS * self.fps:  # an outage: the file goes on from this frame
                     self._t0 += repeats / self.fps
                     repeats = 0
+                # repeats may take at most REPEAT_SHARE of the time they stand for: an encoder slower than the
+                # file's rate (a small board, a camera stating 60 FPS) leaves the rest out, not the loop starved
+                allowed = int(REPEAT_SHARE * repeats / (self.fps * self._encode_s)) if self._encode_s else repeats
+                if allowed < repeats:
+                    self._t0 += (repeats - allowed) / self.fps
+                    repeats = allowed
                 self._slot += repeats + 1
             for _ in range(repeats):
                 self._put(self._last)
+            t = time.perf_counter()
             self._put(frame)
+            self._encode_s = 0.8 * self._encode_s + 0.2 * (time.perf_counter() - t) if self._encode_s else \
+                time.perf_counter() - t
             self._last = frame
         except RecordingError as e:
             self._failed = str(e)
