@@ -302,7 +302,10 @@ def sibling_paths(out: Path) -> tuple[Path, Path]:
 
 
 def int8_outputs(out: Path, flag: str = "--out") -> list[tuple[str, Path]]:
-    """The files a conversion to ``out`` writes, named for :func:`convert.outputs.check_no_clash`."""
+    """The files a conversion to ``out`` writes, named for :func:`convert.outputs.check_no_clash` (``out``
+    alone when it is no .tflite path: :func:`check_int8_out` refuses it then)."""
+    if Path(out).suffix != ".tflite":
+        return [(flag, out)]
     onnx_path, tflite_path = sibling_paths(out)
     return [(flag, out), (f"the float ONNX beside {flag}", onnx_path), (f"the float TFLite beside {flag}", tflite_path)]
 
@@ -319,8 +322,10 @@ def check_onnx_not_sibling(onnx: Path | None, out: Path) -> None:
     Raises:
         ConvertError: the float ONNX beside ``out`` is the ``onnx`` file.
     """
+    if onnx is None or out.suffix != ".tflite":  # (no .tflite path: check_int8_out says so)
+        return
     onnx_path = sibling_paths(out)[0]
-    if onnx is None or not same_file(onnx, onnx_path):
+    if not same_file(onnx, onnx_path):
         return
     stem = onnx_path.stem[:-6] if onnx_path.stem.endswith("_float") else onnx_path.stem
     raise ConvertError(f"--out {out}: its float ONNX sibling {onnx_path} is the --onnx input (it would be "

@@ -212,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --every: only with a camera, a video file or a stream (a folder of photos gives every "
               f"photo: {args.source})", file=sys.stderr)
         return 2
+    if photos and Path(args.source).is_dir():  # copies of the photos among them, or the copies read again
+        from .fileio import folder_clash_problem
+
+        problem = folder_clash_problem("--out", args.out / args.label, [("--source", args.source)], (".",))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     install_stop_signals(stop)  # before anything is opened: a stop while the source opens is obeyed there
     created = [p for p in (args.out, args.out / args.label) if not p.exists()]

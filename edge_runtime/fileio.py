@@ -246,12 +246,14 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return path == folder or folder in path.parents or same_file(path, folder)
 
 
-def folder_clash_problem(name: str, folder: str | Path, inputs) -> str | None:
+def folder_clash_problem(name: str, folder: str | Path, inputs, writes=()) -> str | None:
     """Why an output folder (a run's, a sweep's) would mix its files with an input folder, or None: it is one of
-    ``inputs`` ((name, path) pairs, None paths skipped), lies inside one, or holds one.
+    ``inputs`` ((name, path) pairs, None paths skipped), lies inside one, or holds one inside the sub-folders
+    ``writes`` it writes into (an input elsewhere in it, beside those, is left alone: ``--out .`` with
+    ``--data photos``).
 
     Returns:
-        one line, e.g. "--out ds: holds --data ds/train (its files would be mixed into the data); ...".
+        one line, e.g. "--out ds/train/run: inside --data ds/train (its files would be mixed into the data); ...".
     """
     for in_name, in_path in inputs:
         if in_path is None:
@@ -260,8 +262,8 @@ def folder_clash_problem(name: str, folder: str | Path, inputs) -> str | None:
             how = f"the {in_name} folder"
         elif inside(folder, in_path):
             how = f"inside {in_name} {in_path}"
-        elif inside(in_path, folder):
-            how = f"holds {in_name} {in_path}"
+        elif any(inside(in_path, Path(folder) / w) for w in writes):
+            how = f"holds {in_name} {in_path} where it writes its own files"
         else:
             continue
         return f"{name} {folder}: {how} (its files would be mixed into the data); choose another {name}, outside it"

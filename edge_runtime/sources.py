@@ -82,7 +82,7 @@ class SourceStats:
             if self.ended_at else ""
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?#]*)@")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)@")  # to the last "@": a raw "#", "?" or "/" in a password
 _SECRET_QUERY = re.compile(r"([?&;][^=&;#]*(?:pass|pwd|token|secret|key|auth|sig|credential)[^=&;#]*=)[^&;#]*", re.I)
 
 
@@ -93,7 +93,7 @@ def masked(spec: str | int) -> str:
     text = str(spec)
     if not is_stream(text):
         return text
-    m = _USERINFO.match(text)  # to the last "@" before any query: a password with a raw "/" stays hidden too
+    m = _USERINFO.match(text)
     if m and ":" in m[2]:
         text = f"{m[1]}{m[2].split(':', 1)[0]}:***@{text[m.end():]}"
     return _SECRET_QUERY.sub(r"\1***", text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,11 +110,17 @@ def test_train_out_inside_equal_to_or_around_the_data_is_refused(tmp_path, weigh
     ds = _photos(tmp_path / "ds")
     before = _files(ds)
     quick = ["--weights", "none", "--input-size", "32", "--epochs", "1", "--quiet"]
-    for out, how in ((ds, f"holds --data {ds / 'train'}"), (ds / "train", "the --data folder"),
-                     (ds / "train" / "newrun", f"inside --data {ds / 'train'}")):
+    for out, how in ((ds / "train", "the --data folder"), (ds / "train" / "newrun", f"inside --data {ds / 'train'}"),
+                     (ds / "train" / "a" / "..", "the --data folder")):
         line = one_error_line(convert_main("train", "--data", ds / "train", "--out", out, *quick))
         assert line == (f"error: --out {out}: {how} (its files would be mixed into the data); choose another --out, "
                         "outside it"), line
+    line = one_error_line(convert_main("train", "--data", ds / "train", "--out", ds, *quick))  # ds/val is the user's
+    assert line.startswith(f"error: --out {ds}: holds val/, which no training run recorded"), line
+    work = tmp_path / "w"  # data inside the folder a run writes its calibration sample into
+    shutil.copytree(ds / "train", work / "calib" / "photos")
+    line = one_error_line(convert_main("train", "--data", work / "calib" / "photos", "--out", work, *quick))
+    assert line.startswith(f"error: --out {work}: holds --data {work / 'calib' / 'photos'} where it writes"), line
     line = one_error_line(convert_main("train", "--data", ds / "train", "--val", ds / "val", "--out",
                                ds / "val" / "run", *quick))
     assert line.startswith(f"error: --out {ds / 'val' / 'run'}: inside --val {ds / 'val'}"), line
@@ -190,3 +197,40 @@ def test_benchmark_labels_of_same_named_files_in_same_named_folders_differ():
 
     cases, _ = build_cases([Path("a/x/m.tflite"), Path("b/x/m.tflite"), Path("c/y/m.tflite")], [2], [])
     assert [c.label for c in cases] == ["a/x/m tflite x2", "b/x/m tflite x2", "y/m tflite x2"]
+
+
+def test_an_out_that_is_no_tflite_path_is_one_line_before_the_clash_check(tmp_path):
+    """The clash check named the float siblings of --out before --out was checked: `--out .` and `--out /`
+    ended in ValueError ('has an empty name'), a traceback, where 'a .tflite path expected' was said."""
+    for out in (".", "/", str(tmp_path)):
+        line = one_error_line(convert_main("tflite", "--weights", "deep-compression", "--out", out))
+        assert line == f"error: --out {out}: a .tflite path expected", line
+
+
+def test_a_run_killed_while_making_its_working_folders_can_start_again(tmp_path):
+    """run.json was first written after the working folders (calib/, frames/: minutes for clips): a run killed
+    in between left a folder every later run refused as holding 'calib/, which no training run recorded'.
+    The folder is marked as a run's before they are made, so the next run starts over."""
+    from convert.train.options import TrainOptions
+    from convert.train.setup import check_out, release_run
+
+    out = tmp_path / "run"
+    check_out(TrainOptions(data=tmp_path, out=out))  # what a run does first ...
+    release_run(out)
+    (out / "calib" / "a").mkdir(parents=True)  # ... and what it had made when it was killed
+    assert (out / "run.json").exists()
+    check_out(TrainOptions(data=tmp_path, out=out))  # the next run: not refused, the killed one's folders gone
+    release_run(out)
+    assert not (out / "calib").exists()
+
+
+def test_capture_into_its_own_source_folder_is_refused(tmp_path):
+    """capture --source photos/parcel --label parcel --out photos copied every photo into the folder it read:
+    duplicates that leak across a training run's split. Refused, the folder unchanged."""
+    photos = _photos(tmp_path / "ds") / "train"
+    before = _files(photos)
+    for args in (["--source", photos / "a", "--label", "a", "--out", photos],
+                 ["--source", photos, "--label", "new", "--out", photos / "a"]):
+        line = one_error_line(_run("edge_runtime", "capture", *args))
+        assert "(its files would be mixed into the data)" in line, line
+    assert _files(photos) == before

@@ -138,6 +138,8 @@ def test_masked_hides_a_password_and_secret_query_values():
 
     assert masked("rtsp://admin:S3cret@10.0.0.2:554/stream") == "rtsp://admin:***@10.0.0.2:554/stream"
     assert masked("rtsp://admin:p@ss/w@cam/s?x=1") == "rtsp://admin:***@cam/s?x=1"  # a raw '@' or '/' in it
+    for raw in ("pa#ss", "pa?ss", "p#a?s/s@"):  # the whole URL was shown when a raw '#' or '?' was in it
+        assert masked(f"rtsp://admin:{raw}@cam/s") == "rtsp://admin:***@cam/s", raw
     assert masked("http://cam/video.cgi?user=admin&password=abc&res=hd&Token=t") == \
         "http://cam/video.cgi?user=admin&password=***&res=hd&Token=***"
     for plain in ("rtsp://cam/stream", "rtsp://viewer@cam/stream", "clip.mp4", "photos/a:b@c.jpg"):

@@ -259,7 +259,8 @@ def _check_out(opts: SweepOptions, train: Path, test: Path) -> dict | None:
     """The sweep already in ``opts.out`` (None: a new one), after refusing an --out among the data, or holding a
     sweep (finished or only started: its runs/) without ``resume``."""
     out = Path(opts.out)
-    problem = folder_clash_problem("--out", out, (("--data", opts.data), ("--data", train), ("--test", test)))
+    problem = folder_clash_problem("--out", out, (("--data", opts.data), ("--data", train), ("--test", test)),
+                                   ("runs",))
     if problem:
         raise DesignSpaceError(problem)
     try:

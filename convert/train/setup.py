@@ -3,6 +3,7 @@ saved with the weights."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edge_runtime.fileio import folder_clash_problem
+from edge_runtime.fileio import atomic_write, folder_clash_problem
 from edge_runtime.flags import MAX_LR
 from edge_runtime.preprocess import Preprocessing
 
@@ -59,6 +60,8 @@ def check_out(o: TrainOptions) -> None:
         for name in WORK_FOLDERS:  # working folders (only in a folder it recorded)
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
+    if not (out / "run.json").exists():  # the folder is a run's before its working folders are made: a run killed
+        atomic_write(out / "run.json", json.dumps({"status": "starting"}) + "\n")  # while making them left its own
 
 
 _LOCKS: dict[Path, object] = {}  # run folder -> the open lock file, held until release_run
@@ -134,7 +137,7 @@ def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = Non
     ``preflight``, called with the model's float32 weight bytes and the run's calibration folder, raising:
     what comes after training checks what it needs before the training starts)."""
     new = _first_missing(Path(o.out))
-    had = {name for name in WORK_FOLDERS if (Path(o.out) / name).exists()}
+    had = {name for name in (*WORK_FOLDERS, "run.json") if (Path(o.out) / name).exists()}
     try:
         setup = _prepare(o)
         if preflight is not None:
@@ -148,6 +151,8 @@ def prepare(o: TrainOptions, preflight: Callable[[int, Path], None] | None = Non
         elif Path(o.out).resolve() in _LOCKS:  # a folder that was there, and this run's: only what this call
             for name in set(WORK_FOLDERS) - had:  # made (a next run would find it unrecorded)
                 shutil.rmtree(Path(o.out) / name, ignore_errors=True)
+            if "run.json" not in had:  # the stub check_out wrote
+                (Path(o.out) / "run.json").unlink(missing_ok=True)
         raise
 
 
@@ -164,7 +169,8 @@ def _first_missing(out: Path) -> Path | None:
 def _prepare(o: TrainOptions) -> dict:
     saved = None
     batch_given = o.resume or o.batch_size is not None
-    problem = folder_clash_problem("--out", o.out, (("--data", o.data), ("--val", o.val), ("--test", o.test)))
+    problem = folder_clash_problem("--out", o.out, (("--data", o.data), ("--val", o.val), ("--test", o.test)),
+                                   WORK_FOLDERS)
     if problem:  # before the data are read: a run folder inside them would look like a class
         raise TrainError(problem)
     for folder, what in ((o.data, "--data"), (o.val, "--val"), (o.test, "--test")):
