@@ -137,6 +137,9 @@ def readable(path: Path) -> tuple[bool, int]:
         cap.release()
 
 
+_WRITING: set[Path] = set()  # the partial files this process is writing now (never recovered under them)
+
+
 def recover_partials(folder: Path, stem: str, suffix: str) -> list[str]:
     """Finish what killed runs left in ``folder``: a playable partial file of this recording is
     renamed to a visible name, an unplayable one is removed. Returns what was done, one line each."""
@@ -144,8 +147,10 @@ def recover_partials(folder: Path, stem: str, suffix: str) -> list[str]:
     ours = re.compile(rf"^{re.escape(stem)}(-\d+)?$")  # this recording's file or one of its segments
     for p in sorted(folder.glob(f".{glob.escape(stem)}*.partial{suffix}")):
         m = _PARTIAL.match(p.name)
-        if not m or not ours.match(m["name"]) or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
-            continue
+        pid = int(m["pid"]) if m else 0
+        if not m or not ours.match(m["name"]) or p.resolve() in _WRITING or (pid != os.getpid() and pid_alive(pid)):
+            continue  # (a partial of this process id that it is not writing: a run before a power cut whose
+            # process had the same id, as a boot-time service often gets; its index would be written over)
         ok, _ = readable(p)
         if ok:
             target = free_name(folder / f"{m['name']}{m['suffix']}", "recovered")
@@ -273,9 +278,11 @@ class Recorder:
         self._in_file, self._last_size = 0, 0
         self._check_space()
         fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.suffix.lower()])
+        _WRITING.add(self._tmp.resolve())
         self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self.size)
         if not self._writer.isOpened():
             self._writer = None
+            _WRITING.discard(self._tmp.resolve())
             self._tmp.unlink(missing_ok=True)
             raise RecordingError(f"cannot write video {self._target} (OpenCV's writer did not open)")
         self._in_file, self._last_size = 0, 0
@@ -370,6 +377,7 @@ class Recorder:
         if writer is None:
             return
         writer.release()
+        _WRITING.discard(tmp.resolve())
         ok, declared = readable(tmp)
         if not ok or (self.suffix.lower() in (".mp4", ".m4v", ".mov", ".avi") and declared != n):
             tmp.unlink(missing_ok=True)

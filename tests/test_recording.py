@@ -311,3 +311,24 @@ def test_a_recording_folder_removed_while_recording_is_one_line(int8_model, samp
     assert rc == 1 and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No such file or directory" in errors[0], proc.stderr
+
+
+def test_a_partial_left_under_this_process_id_is_recovered_not_written_over(tmp_path):
+    """After a power cut a boot-time service often gets the process id it had before: the unfinished segment
+    of the run before carried this process's id, was taken for its own, and the next segment of that index was
+    written over it (the frames the README says the next run recovers). A partial this process is not writing
+    is recovered."""
+    import numpy as np
+
+    from edge_runtime.record import Recorder
+
+    part = tmp_path / f".cam-00003.{os.getpid()}.partial.mkv"
+    writer = cv2.VideoWriter(str(part), cv2.VideoWriter_fourcc(*"mp4v"), 15, (64, 48))
+    for i in range(10):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    rec = Recorder(tmp_path / "cam.mkv", 15, segment_seconds=1)
+    assert not part.exists() and video_frames(tmp_path / "cam-00003.mkv") == 10
+    rec.write(np.zeros((48, 64, 3), np.uint8))
+    rec.close()
+    assert rec.files == [tmp_path / "cam-00004.mkv"]
