@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .cli import parse_with_source
+
+    args = parse_with_source(build_parser(), argv)
     from .app import install_stop_signals
     from .sources import (EXIT_UNAVAILABLE, SourceError, SourceUnavailable, is_image_file, is_stream, open_source,
                           quiet_opencv)

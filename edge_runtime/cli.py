@@ -29,12 +29,28 @@ EXAMPLES = """examples:
 """
 
 
+SOURCE_ENV = "EDGE_RUNTIME_SOURCE"  # a stream URL with a password, kept out of the process list
+
+
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """--camera | --source, and --picamera: the frame sources (shared with ``capture``)."""
-    src = p.add_mutually_exclusive_group(required=True)
+    """--camera | --source, and --picamera: the frame sources (shared with ``capture``; one of them is
+    required, ``--source`` falling back to ``$EDGE_RUNTIME_SOURCE``: see :func:`parse_with_source`)."""
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV, or Picamera2 with --picamera)")
-    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, photo, image folder, or RTSP/HTTP stream")
+    src.add_argument("--source", metavar="PATH_OR_URL",
+                     help=f"video file, photo, image folder, or RTSP/HTTP stream (default ${SOURCE_ENV}, which "
+                          "keeps a stream's password out of the process list)")
     p.add_argument("--picamera", action="store_true", help="use Picamera2 (libcamera) for --camera")
+
+
+def parse_with_source(p: argparse.ArgumentParser, argv: list[str] | None, environ=None) -> argparse.Namespace:
+    """``p.parse_args(argv)`` with a frame source: ``--camera``, ``--source`` or ``$EDGE_RUNTIME_SOURCE``."""
+    args = p.parse_args(argv)
+    if args.camera is None and args.source is None:
+        args.source = (os.environ if environ is None else environ).get(SOURCE_ENV) or None
+        if args.source is None:
+            p.error(f"one of the arguments --camera --source is required (or ${SOURCE_ENV})")
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         from .capture import main as capture_main
 
         return capture_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_with_source(build_parser(), argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app

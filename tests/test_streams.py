@@ -94,13 +94,16 @@ def _with_password(url: str) -> tuple[str, str]:
     return url.replace("http://", "http://admin:S3cret@"), url.replace("http://", "http://admin:***@")
 
 
-def test_silent_server_times_out_with_one_line(int8_model):
+@pytest.mark.parametrize("given", ["--source", "EDGE_RUNTIME_SOURCE"])
+def test_silent_server_times_out_with_one_line(int8_model, given):
     """The URL's password never reaches a log line or the error (journald keeps them); OpenCV gets the real
-    URL (the camera's server is reached, with the user and password)."""
+    URL (the camera's server is reached, with the user and password). Given as $EDGE_RUNTIME_SOURCE, it is
+    not in the process list either."""
     server = SilentServer()
     url, shown = _with_password(server.url)
+    source, env = (["--source", url], None) if given == "--source" else ([], {"EDGE_RUNTIME_SOURCE": url})
     try:
-        run = Process("edge_runtime", "--source", url, "--model", int8_model, "--headless", "--stream-timeout", 1)
+        run = Process("edge_runtime", *source, "--model", int8_model, "--headless", "--stream-timeout", 1, env=env)
         rc = run.wait(60)
     finally:
         server.close()
@@ -161,3 +164,13 @@ def test_a_dropped_or_stalled_stream_is_a_reconnect(int8_model, jpegs, failure):
     assert server.connections == 2 and len(run.out) == 40
     assert any("WARNING" in l and "stopped delivering frames" in l for l in run.err), run.stderr
     assert "reconnects: 1;" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_source_is_required_from_a_flag_or_the_environment(capsys):
+    from edge_runtime.cli import build_parser, parse_with_source
+
+    with pytest.raises(SystemExit) as e:
+        parse_with_source(build_parser(), ["--headless"], environ={})
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        "error: one of the arguments --camera --source is required (or $EDGE_RUNTIME_SOURCE)")
+    assert parse_with_source(build_parser(), ["--camera", "0"], environ={"EDGE_RUNTIME_SOURCE": "x.mp4"}).source is None
