@@ -6,8 +6,10 @@ which adds its parser and sets ``func(args) -> int``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import io
 import os
 import signal
 import sys
@@ -127,7 +129,12 @@ def os_error_text(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    rank, processes = torchrun_rank()
+    if processes > 1 and rank != 0:  # a flag argparse refuses: every process finds it, rank 0 alone says it
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser().parse_args(argv)
+    else:
+        args = build_parser().parse_args(argv)
     from .compress import container  # noqa: F401 (registers .sqz with the weights loader)
 
     return run_guarded(lambda: args.func(args))

@@ -140,13 +140,16 @@ def test_torchrun_a_users_error_is_one_line(fmnist, tmp_path):
     for args, start, end in (
             (["--data", str(one)], "error: --data ", "at least 2 class folders expected"),
             (["--data", str(_tiny(fmnist, tmp_path)), "--tflite", str(tmp_path / "m.txt")], "error: --tflite ",
-             "a .tflite path expected")):
+             "a .tflite path expected"),
+            (["--data", str(one), "--epochs", "x"], "python -m convert train: error: argument --epochs",
+             "'x': 0 or a positive integer expected")):  # argparse's own, with its usage line: once too
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "convert", "train", *args, "--out", str(tmp_path / "run"), *TINY]
         r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode != 0
         errors = [line for line in r.stderr.splitlines() if "error:" in line and "ChildFailedError" not in line]
         assert len(errors) == 1 and errors[0].startswith(start) and errors[0].endswith(end), r.stderr[-3000:]
+        assert sum(line.startswith("usage:") for line in r.stderr.splitlines()) <= 1, r.stderr[-3000:]
 
 
 def test_class_names_the_plots_font_cannot_draw_are_one_line(fmnist, weights_env, tmp_path):
