@@ -44,6 +44,9 @@ class LineOutput:
         except (AttributeError, OSError, ValueError):
             return  # a StringIO, a closed stream: written as a text stream
         self.fd, self.waits = fd, not stat.S_ISREG(mode)
+        if self.waits:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLOUT)
         out.flush()  # what the text stream holds goes first
         self._broken_line = stat.S_ISREG(mode) and _ends_mid_line(fd)
 
@@ -83,11 +86,9 @@ class LineOutput:
 
     def _writable(self) -> bool:
         """The descriptor takes data now, or once it does; False when a stop came first."""
-        poller = select.poll()
-        poller.register(self.fd, select.POLLOUT)
         while True:
             stopping = self.stop.is_set()  # a last look without waiting: a reader keeping up gets the line
-            if poller.poll(0 if stopping else int(POLL * 1000)):
+            if self._poller.poll(0 if stopping else int(POLL * 1000)):
                 return True
             if stopping:
                 return False

@@ -343,10 +343,7 @@ class Recorder:
                 self._slot += repeats + 1
             for _ in range(repeats):
                 self._put(self._last)
-            t = time.perf_counter()
             self._put(frame)
-            self._encode_s = 0.8 * self._encode_s + 0.2 * (time.perf_counter() - t) if self._encode_s else \
-                time.perf_counter() - t
             self._last = frame
         except RecordingError as e:
             self._failed = str(e)
@@ -358,7 +355,10 @@ class Recorder:
             self._check_space()  # may end a segment at the size limit
         if self._writer is None:
             self._open()
+        t = time.perf_counter()
         self._writer.write(frame)
+        took = time.perf_counter() - t  # the encoder alone (not a file's opening): what bounds the repeats
+        self._encode_s = 0.8 * self._encode_s + 0.2 * took if self._encode_s else took
         self._in_file += 1
         self.frames += 1
         try:

@@ -146,9 +146,7 @@ def _interrupt(*_args) -> None:
 def _run(args: argparse.Namespace) -> int:
     json_path_to_report(args)
     problem = outputs_problem(_outputs(args), [*(("--model", m) for m in args.model), ("--reference", args.reference),
-                                               ("--val", args.val),
-                                               ("--source", None if args.source and is_stream(args.source)
-                                                else args.source)])
+                                               ("--val", args.val), ("--source", args.source)])
     if problem:  # before minutes of measuring
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, outputs_problem
 from edge_runtime.flags import deprecated, json_path_to_report, positive_int, threads_arg
-from edge_runtime.sources import is_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -367,8 +366,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="with --serve: interleaved repetitions (default 5)")
     args = p.parse_args(argv)
     json_path_to_report(args)
-    problem = outputs_problem([("--report", args.report)],
-                              [("--model", args.model), ("--source", None if is_stream(args.source) else args.source)])
+    problem = outputs_problem([("--report", args.report)], [("--model", args.model), ("--source", args.source)])
     if problem:  # before minutes of measuring
         print(f"error: {problem}", file=sys.stderr)
         return 2
