@@ -1,10 +1,12 @@
 """The built wheel, installed in a fresh venv outside the source tree: the converter finds its own
 calibration photos (``squeezenet-convert tflite`` needs no --calib) and its commands start. The real
 gated conversion with the installed command runs in .ci/run."""
+import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -48,7 +50,8 @@ def test_wheel_carries_the_calibration_photos_and_installs(tmp_path):
 
 def test_shell_scripts_parse_and_arm_check_refuses_bad_arguments(tmp_path):
     """Every script under tools/ parses; the ARM check (too slow for the suite: it builds an arm64 root and
-    runs emulated) refuses missing arguments and files with one line before it installs anything."""
+    runs emulated) refuses missing arguments and files with one line before it installs anything, and says
+    in one line, with its own exit status, when this machine cannot emulate arm64."""
     for script in sorted((ROOT / "tools").glob("*.sh")):
         r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, (script.name, r.stderr)
@@ -59,3 +62,13 @@ def test_shell_scripts_parse_and_arm_check_refuses_bad_arguments(tmp_path):
         r = subprocess.run(["bash", *arm, *args], capture_output=True, text=True, timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
+    # not root (as root: run as nobody, on copies it can read): exit 3, which .ci/run reports and passes over
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if os.geteuid() == 0 else []
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        shutil.copy(arm[0], folder)
+        (Path(folder) / "model.tflite").write_bytes(b"")
+        r = subprocess.run([*nobody, "bash", f"{folder}/arm_check.sh", f"{folder}/model.tflite", folder],
+                           capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3 and len(lines) == 1 and "cannot emulate arm64 here: needs root" in lines[0], r.stderr

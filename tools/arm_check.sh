@@ -9,6 +9,8 @@
 # timings mean nothing for a Pi: this checks arithmetic, not speed. Needs root (debootstrap, chroot,
 # binfmt_misc), and access to Debian's archive (apt-get, debootstrap) and PyPI (pip); the arm64 root is
 # kept in WORKDIR/arm64-root and reused.
+# Exit status: 0 the same top-1 (gates met), 1 not, 2 bad arguments, 3 this machine cannot emulate arm64
+# (not root, or the kernel refuses binfmt_misc: an unprivileged container); .ci/run says so and goes on.
 # Usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]     (WORKDIR default: build/arm64)
 #   EVERY=N    every Nth image of VAL_DIR, in name order (default 5: on val500, 50 of each half; 1: all)
 #   CLIP=path  a video whose frames are classified too (default samples/sample_clip.mp4; empty: none)
@@ -28,7 +30,8 @@ ROOT="$WORK/arm64-root"
 [ -d "$VAL" ] || { echo "arm_check: error: no image folder at $VAL" >&2; exit 2; }
 [[ "$EVERY" =~ ^[1-9][0-9]*$ ]] || { echo "arm_check: error: EVERY=$EVERY: a positive whole number expected" >&2; exit 2; }
 [ -z "$CLIP" ] || [ -f "$CLIP" ] || { echo "arm_check: error: no video at CLIP=$CLIP" >&2; exit 2; }
-[ "$(id -u)" -eq 0 ] || { echo "arm_check: error: needs root (debootstrap, chroot, binfmt_misc)" >&2; exit 2; }
+cannot() { echo "arm_check: cannot emulate arm64 here: $1" >&2; exit 3; }
+[ "$(id -u)" -eq 0 ] || cannot "needs root (debootstrap, chroot, binfmt_misc)"
 mkdir -p "$WORK"
 export PYTHONDONTWRITEBYTECODE=1  # no root-owned __pycache__ left in the project
 
@@ -41,8 +44,10 @@ if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
-[ -e /proc/sys/fs/binfmt_misc/register ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+[ -e /proc/sys/fs/binfmt_misc/register ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+  || cannot "the kernel refuses to mount binfmt_misc (an unprivileged container?)"
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
+  || cannot "update-binfmts cannot register qemu-aarch64"
 
 if [ ! -x "$ROOT/usr/bin/python3" ] || [ ! -e "$ROOT/.complete" ]; then
   echo "arm_check: making the arm64 root in $ROOT (a few minutes: its second stage runs emulated)" >&2
