@@ -6,8 +6,11 @@ small bounded queue. Cameras and streams use a capture thread that keeps only th
 results never lag behind the scene; when the device stops delivering or disconnects it is reopened
 with exponential back-off while the process keeps running, and attempts 1, 2, 4, 8... of each outage
 are logged. Network streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
-reconnect), never an end of file. Nothing here blocks the caller for more than a fraction of a
-second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
+reconnect), never an end of file. A source that fails again within :data:`STABLE_SECONDS` of each
+reconnect (a camera that drops every connection after a frame, a snapshot URL) stays one outage: its back-off
+goes on growing and its lines stay few, not a reconnect and three lines per frame. Nothing here blocks the
+caller for more than a fraction of a second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even
+while a stream stalls.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 _END = object()
 _POLL = 0.1  # seconds between checks of a stop request while waiting
 STREAM_TIMEOUT = 10.0  # seconds: open and read timeout of network streams
+STABLE_SECONDS = 30.0  # a live source that fails again sooner after a reconnect is still the same outage
 
 
 def quiet_opencv() -> None:
@@ -144,6 +148,9 @@ class CaptureSource:
         self._latest: Any = None
         self._cond = threading.Condition()
         self._too_large: str | None = None  # the frame size of a source over the pixel budget
+        self._up_since: float | None = None  # when the last reconnect succeeded (time.monotonic())
+        self._outage: tuple[float, int, float] | None = None  # (down since, attempts, next delay) of the last one
+        self._flaps = 0  # reconnects of that outage that failed again within STABLE_SECONDS
         self._cap = self._open_first(startup_attempts)
         self._thread = threading.Thread(target=self._run, name=f"capture:{name}", daemon=True)
         self._thread.start()
@@ -197,27 +204,57 @@ class CaptureSource:
                 delay = min(delay * 2, self.backoff[1])
         raise SourceError(f"cannot open {self.name}")
 
-    def _reopen(self, quiet: bool = False) -> Any | None:
-        delay = self.backoff[0]
+    def _flapping(self) -> bool:
+        """The source failed again within STABLE_SECONDS of its last reconnect: the same outage goes on."""
+        return self._outage is not None and self._up_since is not None \
+            and time.monotonic() - self._up_since < STABLE_SECONDS
+
+    def _reopen(self, quiet: bool = False, resume: bool = False) -> Any | None:
+        """Reopen with back-off; ``resume``: the last reconnect did not hold, so its outage's back-off and
+        attempt count go on (waiting before the first attempt) and only attempts 2, 4, 8... are said."""
         log_reconnect = log.debug if quiet else log.warning
-        down_since, attempt = time.monotonic(), 0
+        if resume and self._outage:
+            (down_since, attempt, delay), up = self._outage, time.monotonic() - self._up_since
+            self._flaps += 1
+            if self._stop.wait(delay):
+                return None
+            delay = min(delay * 2, self.backoff[1])
+        else:
+            down_since, attempt, delay, resume = time.monotonic(), 0, self.backoff[0], False
         while not self._stop.is_set():
             self.stats.attempts += 1
             attempt += 1
             if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: a day-long outage logs ~14 lines, not 10,000
-                log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,
-                              time.monotonic() - down_since)
+                if resume:
+                    log_reconnect("%s: failed again %.0f s after reconnecting (%d reconnects in %.0f s did not hold); "
+                                  "reopening with back-off (attempt %d)", self.name, up, self._flaps,
+                                  time.monotonic() - down_since, attempt)
+                else:
+                    log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,
+                                  time.monotonic() - down_since)
             cap = self._try_open()
             if cap is not None:
                 if quiet:
                     return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
-                log_reconnect("%s: reconnected after %d attempts (down %.0f s)", self.name, attempt,
-                              time.monotonic() - down_since)
+                if not resume:
+                    log_reconnect("%s: reconnected after %d attempts (down %.0f s)", self.name, attempt,
+                                  time.monotonic() - down_since)
+                self._up_since, self._outage = time.monotonic(), (down_since, attempt, delay)
                 return cap
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])
         return None
+
+    def _stable(self, now: float) -> None:
+        """A frame at ``now``: once the source has delivered for STABLE_SECONDS since its last reconnect,
+        that outage is over (and said to be, when reconnects failed again meanwhile)."""
+        if now - self._up_since >= STABLE_SECONDS:
+            if self._flaps:
+                log.warning("%s: delivering again for %.0f s; the %d reconnects before this one (over %.0f s) each "
+                            "failed again within %.0f s", self.name, now - self._up_since, self._flaps,
+                            self._up_since - self._outage[0], STABLE_SECONDS)
+            self._outage, self._flaps = None, 0
 
     def _publish(self, frame: Any) -> None:
         """Hand ``frame`` (a (frame, arrival time) pair, or _END) to :meth:`read`."""
@@ -258,7 +295,10 @@ class CaptureSource:
                 if ok:
                     failures = 0
                 if ok and _valid(frame):
-                    self._publish((frame, time.monotonic()))
+                    now = time.monotonic()
+                    if self._outage is not None:
+                        self._stable(now)
+                    self._publish((frame, now))
                     continue
                 if ok:  # decoded, but nothing usable: a corrupt frame
                     self.stats.corrupt += 1
@@ -276,12 +316,13 @@ class CaptureSource:
                     continue
                 if not at_end and failures < self.failures_before_reopen:
                     continue  # a live source may fail a read or two before it recovers by itself
+                flapping = not at_end and self._flapping()
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
-                else:
+                elif not flapping:
                     log.warning("%s stopped delivering frames; reconnecting", self.name)
                 cap.release()
-                cap = self._reopen(quiet=at_end)
+                cap = self._reopen(quiet=at_end, resume=flapping)
                 failures = 0
                 if cap is None:
                     break
