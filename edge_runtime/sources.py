@@ -616,8 +616,9 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({startup_attempts} attempts, each given up "
-                                    f"to {stream_timeout:g} s for video: --stream-timeout)") from None
+            tries = f"{startup_attempts} attempts, each" if startup_attempts > 1 else "1 attempt,"
+            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({tries} given up to {stream_timeout:g} s "
+                                    "for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, stop=stop)
