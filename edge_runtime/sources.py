@@ -211,7 +211,8 @@ class CaptureSource:
 
     def _reopen(self, quiet: bool = False, resume: bool = False) -> Any | None:
         """Reopen with back-off; ``resume``: the last reconnect did not hold, so its outage's back-off and
-        attempt count go on (waiting before the first attempt) and only attempts 2, 4, 8... are said."""
+        attempt count go on (waiting before the first attempt) and only attempts 2, 4, 8... are said.
+        ``quiet``: a looping file starting over, said only when it cannot be opened again (then an outage)."""
         log_reconnect = log.debug if quiet else log.warning
         if resume and self._outage:
             (down_since, attempt, delay), up = self._outage, time.monotonic() - self._up_since
@@ -234,7 +235,7 @@ class CaptureSource:
                                   time.monotonic() - down_since)
             cap = self._try_open()
             if cap is not None:
-                if quiet:
+                if quiet and attempt == 1:
                     return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
                 if not resume:
@@ -242,6 +243,9 @@ class CaptureSource:
                                   time.monotonic() - down_since)
                 self._up_since, self._outage = time.monotonic(), (down_since, attempt, delay)
                 return cap
+            if quiet and attempt == 1:  # deleted, replaced, its storage gone: retried with back-off, not in a spin
+                log_reconnect = log.warning
+                log.warning("%s: cannot open the file again to start it over (--loop); retrying", self.name)
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])
         return None
@@ -638,7 +642,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
                              reconnect=True, backoff=(0.05, 1.0), stop=stop)
     try:  # a named pipe too: read as a file (every frame, in order) that ends when its writer closes it
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
-                             backoff=(0.0, 0.0) if loop else backoff, stop=stop)
+                             backoff=backoff, stop=stop)  # (its first attempt is at once: no pause at a loop's end)
     except SourceTooLarge:
         raise
     except SourceError:
