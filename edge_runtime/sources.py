@@ -205,7 +205,7 @@ class CaptureSource:
         raise SourceError(f"cannot open {self.name}")
 
     def _flapping(self) -> bool:
-        """The source failed again within STABLE_SECONDS of its last reconnect: the same outage goes on."""
+        """A camera or stream failed again within STABLE_SECONDS of its last reconnect: the same outage goes on."""
         return self._outage is not None and self._up_since is not None \
             and time.monotonic() - self._up_since < STABLE_SECONDS
 
@@ -320,7 +320,7 @@ class CaptureSource:
                     continue
                 if not at_end and failures < self.failures_before_reopen:
                     continue  # a live source may fail a read or two before it recovers by itself
-                flapping = not at_end and self._flapping()
+                flapping = self.live and self._flapping()  # a camera or stream: a looping file never pauses
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
                 elif not flapping:
