@@ -7,8 +7,9 @@ results never lag behind the scene; when the device stops delivering or disconne
 with exponential back-off while the process keeps running, and attempts 1, 2, 4, 8... of each outage
 are logged. Network streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
 reconnect), never an end of file. A source that fails again within :data:`STABLE_SECONDS` of each
-reconnect (a camera that drops every connection after a frame, a snapshot URL) stays one outage: its back-off
-goes on growing and its lines stay few, not a reconnect and three lines per frame. Nothing here blocks the
+reconnect (a camera that drops every connection after a frame, a snapshot URL) stays one outage: its lines
+stay few, and a connection that held for less than the back-off waits it out, so the back-off grows: not a
+reconnect and three lines per frame. Nothing here blocks the
 caller for more than a fraction of a second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even
 while a stream stalls.
 """
@@ -211,15 +212,17 @@ class CaptureSource:
 
     def _reopen(self, quiet: bool = False, resume: bool = False) -> Any | None:
         """Reopen with back-off; ``resume``: the last reconnect did not hold, so its outage's back-off and
-        attempt count go on (waiting before the first attempt) and only attempts 2, 4, 8... are said.
+        attempt count go on (the back-off waited first when the connection held for less) and only attempts
+        2, 4, 8... are said.
         ``quiet``: a looping file starting over, said only when it cannot be opened again (then an outage)."""
         log_reconnect = log.debug if quiet else log.warning
         if resume and self._outage:
             (down_since, attempt, delay), up = self._outage, time.monotonic() - self._up_since
             self._flaps += 1
-            if self._stop.wait(delay):
-                return None
-            delay = min(delay * 2, self.backoff[1])
+            if up < delay:  # it held for less than the back-off: wait it out (one that delivered a while: at once)
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, self.backoff[1])
         else:
             down_since, attempt, delay, resume = time.monotonic(), 0, self.backoff[0], False
         while not self._stop.is_set():
@@ -228,7 +231,7 @@ class CaptureSource:
             if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: a day-long outage logs ~14 lines, not 10,000
                 if resume:
                     log_reconnect("%s: failed again %.0f s after reconnecting (%d reconnects in %.0f s did not hold); "
-                                  "reopening with back-off (attempt %d)", self.name, up, self._flaps,
+                                  "reopening (attempt %d)", self.name, up, self._flaps,
                                   time.monotonic() - down_since, attempt)
                 else:
                     log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,

@@ -195,3 +195,21 @@ def test_a_stream_that_drops_every_connection_backs_off_and_says_so_in_few_lines
     assert len(warnings) <= 5, run.stderr
     assert "failed again 0 s after reconnecting (3 reconnects in" in warnings[-1], run.stderr
     assert int(re.search(r"reconnects: (\d+);", run.stderr)[1]) >= 5 and len(run.out) >= 5
+
+
+def test_a_stream_that_drops_every_few_seconds_is_reopened_at_once_in_few_lines(int8_model, jpegs):
+    """A camera that ends each session after 2 s of video (30 frames at 15 FPS) is reopened at once, as before:
+    only a connection that held for less than the back-off waits it out; its lines stay few all the same."""
+    server = MjpegServer(jpegs, [("send", 30)] * 1000, fps=15)
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json", "--stream-timeout", 2)
+        wait_for(lambda: server.connections >= 6, 120, "six connections")
+        run.stop(signal.SIGTERM)
+    finally:
+        server.close()
+    assert run.proc.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    warnings = [line for line in run.err if "WARNING" in line]
+    assert len(warnings) <= 5, run.stderr  # was 15
+    assert all("failed again 2 s after" in line for line in warnings[3:]), run.stderr
+    times = [json.loads(line)["time"] for line in run.out]
+    assert max(b - a for a, b in zip(times, times[1:])) < 3.0  # no back-off pause (the fifth would be 4 s)
