@@ -317,12 +317,14 @@ class CaptureSource:
                     if at_end or not length:
                         break
                     if failures >= self.failures_before_reopen:  # not a frame skipped: the clip ends here
-                        self.stats.ended_at, self.stats.length = max(1, int(_position(cap))), int(length)
-                        log.warning("%s: %s", self.name, self.stats.ended_early)
+                        self._ended_early(cap, length)
                         break
                     continue
                 if not at_end and failures < self.failures_before_reopen:
                     continue  # a live source may fail a read or two before it recovers by itself
+                if length and not at_end:  # a looping file unreadable from some frame on: each pass ends there
+                    self._ended_early(cap, length)
+                    at_end = True
                 flapping = self.live and self._flapping()  # a camera or stream: a looping file never pauses
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
@@ -337,6 +339,12 @@ class CaptureSource:
             if cap is not None:
                 cap.release()
             self._publish(_END)
+
+    def _ended_early(self, cap: Any, length: float) -> None:
+        """A file is unreadable from the current frame on: said once (a looping file's every pass ends there)."""
+        if not self.stats.ended_at:
+            self.stats.ended_at, self.stats.length = max(1, int(_position(cap))), int(length)
+            log.warning("%s: %s", self.name, self.stats.ended_early)
 
     @staticmethod
     def _skipped(cap: Any, read_to: float, failures: int) -> int:

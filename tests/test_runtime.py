@@ -478,3 +478,18 @@ def test_a_looping_file_that_disappears_is_retried_with_back_off_and_said(int8_m
     attempts = int(re.search(r"reconnected after (\d+) attempts", run.stderr)[1])
     assert attempts <= 6, run.stderr  # 0, 0.5, 1.5, 3.5 s...: a few attempts in 2 s, not thousands
     assert "reconnects: 1;" in run.stderr
+
+
+def test_a_looping_clip_cut_short_starts_over_where_it_breaks_said_once(int8_model, sample_clip, tmp_path):
+    """--loop over a clip unreadable from its middle on (a copy cut short): every pass ended as a camera
+    that stopped delivering, three warning lines and a counted reconnect per pass (the fleet's flapping-camera
+    alert fired on a file). Now each pass ends there as at the clip's end, said once, as without --loop."""
+    data = sample_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = _runtime("--source", cut, "--loop", "--model", int8_model, "--json", "--max-frames", 300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == 300  # two passes and more
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "the clip ended at frame" in warnings[0], proc.stderr
+    assert "reconnects: 0;" in proc.stderr and "(unreadable from there); reconnects" in proc.stderr
