@@ -9,9 +9,8 @@ are logged. Network streams have open and read timeouts, and a stream that ends 
 reconnect), never an end of file. A source that fails again within :data:`STABLE_SECONDS` of each
 reconnect (a camera that drops every connection after a frame, a snapshot URL) stays one outage: its lines
 stay few, and a connection that held for less than the back-off waits it out, so the back-off grows: not a
-reconnect and three lines per frame. Nothing here blocks the
-caller for more than a fraction of a second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even
-while a stream stalls.
+reconnect and three lines per frame. Nothing here blocks the caller for more than a fraction of a second,
+so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
 """
 from __future__ import annotations
 
