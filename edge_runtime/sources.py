@@ -6,8 +6,11 @@ small bounded queue. Cameras and streams use a capture thread that keeps only th
 results never lag behind the scene; when the device stops delivering or disconnects it is reopened
 with exponential back-off while the process keeps running, and attempts 1, 2, 4, 8... of each outage
 are logged. Network streams have open and read timeouts, and a stream that ends is a dropped connection (a warning and a
-reconnect), never an end of file. Nothing here blocks the caller for more than a fraction of a
-second, so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
+reconnect), never an end of file. A source that fails again within :data:`STABLE_SECONDS` of each
+reconnect (a camera that drops every connection after a frame, a snapshot URL) stays one outage: its lines
+stay few, and a connection that held for less than the back-off waits it out, so the back-off grows: not a
+reconnect and three lines per frame. Nothing here blocks the caller for more than a fraction of a second,
+so a stop request (SIGTERM, Ctrl-C) is obeyed promptly even while a stream stalls.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 _END = object()
 _POLL = 0.1  # seconds between checks of a stop request while waiting
 STREAM_TIMEOUT = 10.0  # seconds: open and read timeout of network streams
+STABLE_SECONDS = 30.0  # a live source that fails again sooner after a reconnect is still the same outage
 
 
 def quiet_opencv() -> None:
@@ -144,6 +148,9 @@ class CaptureSource:
         self._latest: Any = None
         self._cond = threading.Condition()
         self._too_large: str | None = None  # the frame size of a source over the pixel budget
+        self._up_since: float | None = None  # when the last reconnect succeeded (time.monotonic())
+        self._outage: tuple[float, int, float] | None = None  # (down since, attempts, next delay) of the last one
+        self._flaps = 0  # reconnects of that outage that failed again within STABLE_SECONDS
         self._cap = self._open_first(startup_attempts)
         self._thread = threading.Thread(target=self._run, name=f"capture:{name}", daemon=True)
         self._thread.start()
@@ -197,27 +204,63 @@ class CaptureSource:
                 delay = min(delay * 2, self.backoff[1])
         raise SourceError(f"cannot open {self.name}")
 
-    def _reopen(self, quiet: bool = False) -> Any | None:
-        delay = self.backoff[0]
+    def _flapping(self) -> bool:
+        """A camera or stream failed again within STABLE_SECONDS of its last reconnect: the same outage goes on."""
+        return self._outage is not None and self._up_since is not None \
+            and time.monotonic() - self._up_since < STABLE_SECONDS
+
+    def _reopen(self, quiet: bool = False, resume: bool = False) -> Any | None:
+        """Reopen with back-off; ``resume``: the last reconnect did not hold, so its outage's back-off and
+        attempt count go on (the back-off waited first when the connection held for less) and only attempts
+        2, 4, 8... are said.
+        ``quiet``: a looping file starting over, said only when it cannot be opened again (then an outage)."""
         log_reconnect = log.debug if quiet else log.warning
-        down_since, attempt = time.monotonic(), 0
+        if resume and self._outage:
+            (down_since, attempt, delay), up = self._outage, time.monotonic() - self._up_since
+            self._flaps += 1
+            if up < delay:  # it held for less than the back-off: wait it out (one that delivered a while: at once)
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, self.backoff[1])
+        else:
+            down_since, attempt, delay, resume = time.monotonic(), 0, self.backoff[0], False
         while not self._stop.is_set():
             self.stats.attempts += 1
             attempt += 1
             if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: a day-long outage logs ~14 lines, not 10,000
-                log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,
-                              time.monotonic() - down_since)
+                if resume:
+                    log_reconnect("%s: failed again %.0f s after reconnecting (%d reconnects in %.0f s did not hold); "
+                                  "reopening (attempt %d)", self.name, up, self._flaps,
+                                  time.monotonic() - down_since, attempt)
+                else:
+                    log_reconnect("%s: reopening (attempt %d, down %.0f s)", self.name, attempt,
+                                  time.monotonic() - down_since)
             cap = self._try_open()
             if cap is not None:
-                if quiet:
+                if quiet and attempt == 1:
                     return cap  # restarting a looping file is not a reconnect
                 self.stats.reconnects += 1
-                log_reconnect("%s: reconnected after %d attempts (down %.0f s)", self.name, attempt,
-                              time.monotonic() - down_since)
+                if not resume:
+                    log_reconnect("%s: reconnected after %d attempts (down %.0f s)", self.name, attempt,
+                                  time.monotonic() - down_since)
+                self._up_since, self._outage = time.monotonic(), (down_since, attempt, delay)
                 return cap
+            if quiet and attempt == 1:  # deleted, replaced, its storage gone: retried with back-off, not in a spin
+                log_reconnect = log.warning
+                log.warning("%s: cannot open the file again to start it over (--loop); retrying", self.name)
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])
         return None
+
+    def _stable(self, now: float) -> None:
+        """A frame at ``now``: once the source has delivered for STABLE_SECONDS since its last reconnect,
+        that outage is over (and said to be, when reconnects failed again meanwhile)."""
+        if now - self._up_since >= STABLE_SECONDS:
+            if self._flaps:
+                log.warning("%s: delivering again for %.0f s; the %d reconnects before this one (over %.0f s) each "
+                            "failed again within %.0f s", self.name, now - self._up_since, self._flaps,
+                            self._up_since - self._outage[0], STABLE_SECONDS)
+            self._outage, self._flaps = None, 0
 
     def _publish(self, frame: Any) -> None:
         """Hand ``frame`` (a (frame, arrival time) pair, or _END) to :meth:`read`."""
@@ -258,7 +301,10 @@ class CaptureSource:
                 if ok:
                     failures = 0
                 if ok and _valid(frame):
-                    self._publish((frame, time.monotonic()))
+                    now = time.monotonic()
+                    if self._outage is not None:
+                        self._stable(now)
+                    self._publish((frame, now))
                     continue
                 if ok:  # decoded, but nothing usable: a corrupt frame
                     self.stats.corrupt += 1
@@ -270,18 +316,21 @@ class CaptureSource:
                     if at_end or not length:
                         break
                     if failures >= self.failures_before_reopen:  # not a frame skipped: the clip ends here
-                        self.stats.ended_at, self.stats.length = max(1, int(_position(cap))), int(length)
-                        log.warning("%s: %s", self.name, self.stats.ended_early)
+                        self._ended_early(cap, length)
                         break
                     continue
                 if not at_end and failures < self.failures_before_reopen:
                     continue  # a live source may fail a read or two before it recovers by itself
+                if length and not at_end:  # a looping file unreadable from some frame on: each pass ends there
+                    self._ended_early(cap, length)
+                    at_end = True
+                flapping = self.live and self._flapping()  # a camera or stream: a looping file never pauses
                 if at_end:  # a looping file: start again, nothing went wrong
                     log.debug("%s: end of file, starting again", self.name)
-                else:
+                elif not flapping:
                     log.warning("%s stopped delivering frames; reconnecting", self.name)
                 cap.release()
-                cap = self._reopen(quiet=at_end)
+                cap = self._reopen(quiet=at_end, resume=flapping)
                 failures = 0
                 if cap is None:
                     break
@@ -289,6 +338,12 @@ class CaptureSource:
             if cap is not None:
                 cap.release()
             self._publish(_END)
+
+    def _ended_early(self, cap: Any, length: float) -> None:
+        """A file is unreadable from the current frame on: said once (a looping file's every pass ends there)."""
+        if not self.stats.ended_at:
+            self.stats.ended_at, self.stats.length = max(1, int(_position(cap))), int(length)
+            log.warning("%s: %s", self.name, self.stats.ended_early)
 
     @staticmethod
     def _skipped(cap: Any, read_to: float, failures: int) -> int:
@@ -575,8 +630,9 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         except SourceError:
             if stop is not None and stop.is_set():
                 raise
-            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({startup_attempts} attempts, each given up "
-                                    f"to {stream_timeout:g} s for video: --stream-timeout)") from None
+            tries = f"{startup_attempts} attempts, each" if startup_attempts > 1 else "1 attempt,"
+            raise SourceUnavailable(f"cannot open stream {masked(spec)} ({tries} given up to {stream_timeout:g} s "
+                                    "for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, stop=stop)
@@ -596,7 +652,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
                              reconnect=True, backoff=(0.05, 1.0), stop=stop)
     try:  # a named pipe too: read as a file (every frame, in order) that ends when its writer closes it
         return CaptureSource(lambda: cv2.VideoCapture(str(path)), str(path), latest=False, reconnect=loop,
-                             backoff=(0.0, 0.0) if loop else backoff, stop=stop)
+                             backoff=backoff, stop=stop)  # (its first attempt is at once: no pause at a loop's end)
     except SourceTooLarge:
         raise
     except SourceError:

@@ -1,6 +1,7 @@
 """The edge runtime on real video and photos with the real converted model."""
 import io
 import json
+import re
 import os
 import signal
 import subprocess
@@ -454,3 +455,41 @@ def test_interpreter_agreement_on_a_subset_inside_one_half(int8_model, val500_di
     r = run_module("tools.interpreter_agreement", "compare", tmp_path / "b.json", tmp_path / "b.json",
                    "--min-agreement", 0.995)
     assert r.returncode == 2 and one_error_line(r) == "error: the dumps hold no val items to compare"
+
+
+def test_a_looping_file_that_disappears_is_retried_with_back_off_and_said(int8_model, sample_clip, tmp_path):
+    """--loop whose file is gone at its end (deleted, replaced, its storage unmounted): the capture thread tried
+    to open it again with no pause and said nothing (a core at 100% for as long as the run went on, /healthz down
+    with no line why). Now it is an outage: one warning, the back-off of a reconnect, and a reconnect once the
+    file is back."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(sample_clip.read_bytes())
+    run = Process("edge_runtime", "--source", clip, "--loop", "--model", int8_model, "--json")
+    try:
+        wait_for(lambda: run.out, 60, "the first result")
+        clip.unlink()  # the file being read stays readable to its end (an open file), then cannot be opened
+        wait_for(lambda: "cannot open the file again" in run.stderr, 60, "the loop's end")
+        time.sleep(2)
+        clip.write_bytes(sample_clip.read_bytes())
+        wait_for(lambda: "reconnected after" in run.stderr, 60, "the file back")
+    finally:
+        run.stop(signal.SIGTERM)
+    assert run.proc.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    attempts = int(re.search(r"reconnected after (\d+) attempts", run.stderr)[1])
+    assert attempts <= 6, run.stderr  # 0, 0.5, 1.5, 3.5 s...: a few attempts in 2 s, not thousands
+    assert "reconnects: 1;" in run.stderr
+
+
+def test_a_looping_clip_cut_short_starts_over_where_it_breaks_said_once(int8_model, sample_clip, tmp_path):
+    """--loop over a clip unreadable from its middle on (a copy cut short): every pass ended as a camera
+    that stopped delivering, three warning lines and a counted reconnect per pass (the fleet's flapping-camera
+    alert fired on a file). Now each pass ends there as at the clip's end, said once, as without --loop."""
+    data = sample_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = _runtime("--source", cut, "--loop", "--model", int8_model, "--json", "--max-frames", 300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == 300  # two passes and more
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "the clip ended at frame" in warnings[0], proc.stderr
+    assert "reconnects: 0;" in proc.stderr and "(unreadable from there); reconnects" in proc.stderr

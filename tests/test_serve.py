@@ -26,7 +26,7 @@ import pytest
 from edge_runtime import serve
 from edge_runtime.interpreter import find_backend
 from edge_runtime.metadata import read_model_info
-from realworld import MjpegServer, clip_jpegs, wait_for
+from realworld import MjpegServer, SilentServer, clip_jpegs, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-5f2a9c1e"
@@ -627,3 +627,22 @@ def test_a_stream_missing_at_start_is_waited_for_while_serving(int8_model, sampl
             camera.close()
         assert rt.stop() == 0, rt.stderr
     assert "Traceback" not in rt.stderr, rt.stderr
+
+
+def test_a_source_missing_for_long_is_said_at_rounds_1_2_4_8_only(int8_model):
+    """Waiting under --serve for a stream that is not there said three lines a round (two start-up retries and
+    the wait), a round a minute: 130,000 lines a month into the journal for a camera unplugged at a remote site.
+    Now the rounds after the first make one attempt each, and only rounds 1, 2, 4, 8... are said."""
+    camera = SilentServer()  # accepts and never answers: each attempt is given up after --stream-timeout
+    rt = Runtime(int8_model, camera.url, "--stream-timeout", "1")
+    try:
+        wait_for(lambda: "trying again in 10 s" in rt.stderr, 60, "the second round")
+        second = len(camera.accepted)
+        wait_for(lambda: len(camera.accepted) > second, 30, "the third round")
+        time.sleep(2)  # its attempt given up, as its wait begins
+    finally:
+        assert rt.stop() == 0, rt.stderr
+        camera.close()
+    said = [line for line in rt.lines if camera.url in line]
+    assert len(said) == 4, rt.stderr  # round 1: two retries and the wait; round 2: the wait; round 3: nothing
+    assert second == 4 and "(1 attempt, given up to 1 s for video" in said[-1], rt.stderr

@@ -2,6 +2,7 @@
 its connection open, drops, or never answers; SIGTERM and Ctrl-C end the runtime within 2 s in every
 state, with the recording finished and no traceback."""
 import json
+import re
 import signal
 
 import cv2
@@ -174,3 +175,41 @@ def test_a_source_is_required_from_a_flag_or_the_environment(capsys):
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
         "error: one of the arguments --camera --source is required (or $EDGE_RUNTIME_SOURCE)")
     assert parse_with_source(build_parser(), ["--camera", "0"], environ={"EDGE_RUNTIME_SOURCE": "x.mp4"}).source is None
+
+
+def test_a_stream_that_drops_every_connection_backs_off_and_says_so_in_few_lines(int8_model, jpegs):
+    """A camera that drops every connection after one frame (its client limit, a snapshot URL): each reconnect
+    held for one frame, so the runtime reconnected at once, for ever, with three warning lines per frame (75 a
+    second into the journal, 25 connections a second to the camera). Now reconnects that fail again within
+    30 s are one outage: its back-off goes on growing and only attempts 1, 2, 4, 8... are said."""
+    server = MjpegServer(jpegs, [("send", 1)] * 1000)
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json", "--stream-timeout", 2)
+        wait_for(lambda: server.connections >= 6, 60, "six connections")  # about 7.5 s: 0.5 + 1 + 2 + 4
+        run.stop(signal.SIGTERM)
+    finally:
+        server.close()
+    assert run.proc.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    warnings = [line for line in run.err if "WARNING" in line]
+    # stopped delivering, reopening (attempt 1), reconnected; failed again at attempts 2 and 4 (was 15 lines)
+    assert len(warnings) <= 5, run.stderr
+    assert "failed again 0 s after reconnecting (3 reconnects in" in warnings[-1], run.stderr
+    assert int(re.search(r"reconnects: (\d+);", run.stderr)[1]) >= 5 and len(run.out) >= 5
+
+
+def test_a_stream_that_drops_every_few_seconds_is_reopened_at_once_in_few_lines(int8_model, jpegs):
+    """A camera that ends each session after 2 s of video (30 frames at 15 FPS) is reopened at once, as before:
+    only a connection that held for less than the back-off waits it out; its lines stay few all the same."""
+    server = MjpegServer(jpegs, [("send", 30)] * 1000, fps=15)
+    try:
+        run = Process("edge_runtime", "--source", server.url, "--model", int8_model, "--json", "--stream-timeout", 2)
+        wait_for(lambda: server.connections >= 6, 120, "six connections")
+        run.stop(signal.SIGTERM)
+    finally:
+        server.close()
+    assert run.proc.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    warnings = [line for line in run.err if "WARNING" in line]
+    assert len(warnings) <= 5, run.stderr  # was 15
+    assert all("failed again 2 s after" in line for line in warnings[3:]), run.stderr
+    times = [json.loads(line)["time"] for line in run.out]
+    assert max(b - a for a, b in zip(times, times[1:])) < 3.0  # no back-off pause (the fifth would be 4 s)
