@@ -19,16 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.evaluation import shows_top5
-from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive, same_file
+from edge_runtime.fileio import atomic_write, atomic_write_many, same_file
 
 from .artifact import artifact_record, finish_artifact, finish_graph, float_onnx_sibling, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
@@ -39,9 +36,8 @@ from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
 from .validate import Gates, labelled_images, unlabelled_views, validate
+from .workdir import remove_stale_work_dirs, work_dir
 
-WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
-_WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
 WORK_BYTES, WORK_PER_FLOAT_BYTE = 48 << 20, 10  # free space a conversion needs (measured: 46 MB at most)
 
 
@@ -124,8 +120,8 @@ def convert(opts: ConvertOptions) -> dict:
     check = unlabelled_views(calib, Path(opts.check or default_check_dir()), src.preprocessing)
     progress(f"calibration: {len(calib.images)} images -> {len(calib.views)} views, {len(calib.held_out)} held "
              f"out, {len(calib.skipped)} skipped; check: {len(check.views)} views")
-    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent)).resolve()
-    try:  # onnx2tf runs with its own working directory: absolute paths
+    # also removed on SIGTERM (the command line turns it into an exception) and Ctrl-C
+    with work_dir(out.parent) as work:  # onnx2tf runs with its own working directory: absolute paths
         # --quiet: TensorFlow's and TFLite's own lines (absl, oneDNN, CUDA, XNNPACK...) go to a log in the
         # working folder, not the terminal; a failure is still one line (raised after the redirect ends)
         with native_stderr_to(work / "tensorflow.log") if opts.quiet else contextlib.nullcontext():
@@ -164,8 +160,6 @@ def convert(opts: ConvertOptions) -> dict:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
                             + hint, report)
         write_artifact(out, final, float_onnx, float_tflite)
-    finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
-        shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
     return report
 
@@ -281,18 +275,6 @@ def check_space(folder: Path, float_weight_bytes: int) -> None:
     if free < need:
         raise ConvertError(f"{folder}: {free / 1e6:.1f} MB free, about {need / 1e6:.0f} MB needed for the "
                            "conversion's working files and outputs")
-
-
-def remove_stale_work_dirs(folder: Path) -> list[str]:
-    """Remove working folders that conversions killed before they could clean up left in ``folder``
-    (``.convert-PID-*`` whose process is gone). Returns the names removed."""
-    removed = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        m = _WORK_DIR.match(entry.name)
-        if m and entry.is_dir() and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
-    return removed
 
 
 def sibling_paths(out: Path) -> tuple[Path, Path]:
