@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
                           check=args.check, val=args.val, val_half=args.val_half,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
-                          report=args.report, quiet=args.quiet)
+                          report=args.report, quiet=args.quiet, command=getattr(args, "command", None))
     try:
         report = convert(opts)
     except GateError as e:

@@ -32,6 +32,7 @@ from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
 from .outputs import check_no_clash, check_output_path
+from .provenance import digests, environment
 from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
@@ -75,6 +76,7 @@ class ConvertOptions:
     # output
     report: Path | None = None
     quiet: bool = False
+    command: list[str] | None = None  # the command line's arguments, recorded in the report
 
     def quantize_settings(self) -> QuantizeSettings:
         return QuantizeSettings(self.input_type, self.percentile, self.output_margin, self.bias_correction)
@@ -152,7 +154,9 @@ def convert(opts: ConvertOptions) -> dict:
                             "float_tflite": len(float_tflite), "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),
                   "total_seconds": round(time.perf_counter() - progress.t0, 1),
-                  "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation)}
+                  "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation),
+                  "sha256": digests({"int8_tflite": final, "float_tflite": float_tflite, "float_onnx": float_onnx}),
+                  "command": opts.command, "environment": environment()}
         if opts.report:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
