@@ -21,9 +21,9 @@ from edge_runtime.evaluation import DatasetError
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import PreprocessingError
 
-from .errors import STOP, ConvertError, GateError, ProcessError, Terminated
+from edge_runtime.flags import GATE_MISSED
 
-GATE_MISSED = 3  # exit code: a validation gate was missed (the report is written, the artifact is not)
+from .errors import STOP, ConvertError, GateError, ProcessError, Terminated
 
 SUBCOMMANDS = ("evaluate", "tflite", "compress", "train")
 
