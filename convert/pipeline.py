@@ -189,16 +189,18 @@ def check_int8_out(path: str | Path, flag: str = "--out") -> Path:
     return out
 
 
-def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool) -> dict:
-    """``weights`` through the converter with its default settings and gates (validated on ``val``, else
-    the weights' own validation folder); its figures for the calling command's report.
+def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool, min_agreement: float = 0.95,
+            max_top1_drop: float = 1.0) -> dict:
+    """``weights`` through the converter with its default settings and the given gates (validated on ``val``,
+    else the weights' own validation folder); its figures for the calling command's report.
 
     Raises:
         ConvertError: as :func:`convert` (GateError when a gate is missed: nothing is written).
     """
     if not quiet:
         print(f"{weights} -> int8 TFLite (the converter's defaults and gates)", file=sys.stderr, flush=True)
-    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet))
+    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet, min_agreement=min_agreement,
+                                  max_top1_drop=max_top1_drop))
     v = conv["validation"].get("val", {})
     return {"out": str(out), "bytes": conv["sizes"]["int8_tflite"], "top1": v.get("int8_top1"),
             "top1_float": v.get("float_top1"), "top1_drop": v.get("top1_drop"),
@@ -240,11 +242,11 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     for name in remove_stale_work_dirs(out.parent):
         progress(f"removed {name}, left by a conversion that was killed")
     ranges = {"--percentile": (opts.percentile, 50.0, 100.0), "--output-margin": (opts.output_margin, 1.0, 100.0),
-              "--equalize": (opts.equalize, 0.0, 1.0), "--bias-correction": (opts.bias_correction, 0.0, 1.0),
-              "--min-agreement": (opts.min_agreement, 0.0, 1.0), "--max-top1-drop": (opts.max_top1_drop, 0.0, 100.0)}
+              "--equalize": (opts.equalize, 0.0, 1.0), "--bias-correction": (opts.bias_correction, 0.0, 1.0)}
     for flag, (value, low, high) in ranges.items():
         if value is not None and not low <= value <= high:  # also false for NaN
             raise ConvertError(f"{flag} {value}: {low:g}..{high:g} expected")
+    check_gates(opts.min_agreement, opts.max_top1_drop)
     if not opts.calib_scales or not all(0.5 <= v <= 8 for v in opts.calib_scales):
         raise ConvertError(f"--calib-scales {opts.calib_scales}: scales between 0.5 and 8 expected")
     if opts.input_type not in ("uint8", "int8", "float32"):
@@ -258,6 +260,17 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     if opts.val is not None and not Path(opts.val).is_dir():  # its labels are checked once the classes are known
         raise ConvertError(f"--val {opts.val}: not a folder of labelled images")
     return out
+
+
+def check_gates(min_agreement: float | None, max_top1_drop: float | None) -> None:
+    """The gates are in range (checked before the work: ``train`` and ``compress`` before theirs).
+
+    Raises:
+        ConvertError: naming the flag, e.g. ``--min-agreement 95.0: 0..1 expected`` (a fraction).
+    """
+    for flag, value, high in (("--min-agreement", min_agreement, 1.0), ("--max-top1-drop", max_top1_drop, 100.0)):
+        if value is not None and not 0.0 <= value <= high:  # also false for NaN
+            raise ConvertError(f"{flag} {value}: 0..{high:g} expected")
 
 
 def check_writable(out: Path, others: tuple[Path | None, ...] = ()) -> None:
