@@ -411,6 +411,22 @@ def test_train_tflite_gate_missed_exits_3_and_takes_the_converters_gates(run_dir
     assert f"the run in {copy} is kept" in err and not int8.exists() and (copy / "best.pt").is_file()
 
 
+def test_plots_under_a_read_only_home_print_nothing(tmp_path):
+    """A CI container's home is often read-only: matplotlib then warned on two lines ("Matplotlib created a
+    temporary cache directory ...") in every training run, --quiet or not. The curves are drawn by the real
+    function in a process of its own, its home a read-only tmpfs; its temporary folder is removed after."""
+    script = ("import sys; from pathlib import Path; from convert.train.report import plot_curves; "
+              "plot_curves(Path(sys.argv[1]), [dict(epoch=e, phase='head', train_loss=1.0 / e, val_loss=1.2 / e, "
+              "train_top1=50.0 + e, val_top1=45.0 + e) for e in (1, 2)])")
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in _env().items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    with small_filesystem(tmp_path / "home", read_only=True) as home:
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "curves.png")], capture_output=True,
+                              text=True, env={**env, "HOME": str(home), "TMPDIR": str(tmp_path / "tmp")}, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG" and list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
     """/proc takes no new file though os.access says root may write there: --tflite and --report into it
     failed only when training had ended. Creating a file is tried up front (no data needed to get there)."""
