@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
 
+from .cli_tflite import add_gate_flags
 from .errors import ConvertError
 
 EXAMPLES = """examples:
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated(p, "--limit", "--sensitivity-limit", "sensitivity_limit", type=positive_int)
     p.add_argument("--tflite", type=Path, help="also convert the container to an int8 .tflite here and report it")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
+    add_gate_flags(p, " of --tflite")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .compress.pipeline import DEFAULT_BUDGET, CompressOptions, compress
     from .outputs import check_no_clash, check_output_path
-    from .pipeline import check_int8_out, int8_outputs, to_int8, weights_file
+    from .pipeline import check_gates, check_int8_out, int8_outputs, to_int8, weights_file
 
     check_no_clash([("--out", args.out), ("--report", args.report),
                     *(int8_outputs(args.tflite, "--tflite") if args.tflite else [])],
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
+        check_gates(args.min_agreement, args.max_top1_drop)
     fixed = [flag for flag, given in (("--bits", args.bits), ("--sparsity", args.sparsity),
                                       ("--lossless", args.lossless)) if given]
     if args.size_budget is not None and fixed:
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                                       sensitivity=args.sensitivity, limit=args.sensitivity_limit,
                                       quiet=args.quiet))
     if args.tflite:
-        report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet)
+        report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, args.min_agreement,
+                                 args.max_top1_drop)
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"

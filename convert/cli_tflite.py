@@ -38,6 +38,15 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
+def add_gate_flags(p: argparse.ArgumentParser, what: str = "") -> None:
+    """The converter's gates (``tflite``; ``train``/``compress --tflite``, ``what`` naming their conversion)."""
+    p.add_argument("--min-agreement", type=float, default=0.95,
+                   help=f"gate{what}: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
+                        "on --val, else on the unlabelled check views)")
+    p.add_argument("--max-top1-drop", type=float, default=1.0,
+                   help=f"gate{what}: maximum top-1 drop in points on --val (default 1.0)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tflite", help="convert to a fully int8 TFLite file with embedded metadata",
                        description="PyTorch or ONNX classifier -> ONNX -> onnx2tf -> fully int8 TFLite, "
@@ -69,11 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the score head's type (default uint8: what MediaPipe Tasks and other stock clients "
                         "read; the arithmetic stays integer; float32 adds one float multiply at the end)")
     p.add_argument("--report", type=Path, help="write the validation report as JSON here")
-    p.add_argument("--min-agreement", type=float, default=0.95,
-                   help="gate: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
-                        "on --val, else on the unlabelled check views)")
-    p.add_argument("--max-top1-drop", type=float, default=1.0,
-                   help="gate: maximum top-1 drop in points on --val (default 1.0)")
+    add_gate_flags(p)
     p.add_argument("--no-gates", action="store_true", help="report the figures but never fail on them")
     p.add_argument("--equalize", type=float, default=0.5,
                    help="cross-layer range equalization strength for SqueezeNet models, 0 to disable (default 0.5)")
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                           check=args.check, val=args.val, val_half=args.val_half,
                           min_agreement=None if args.no_gates else args.min_agreement,
                           max_top1_drop=None if args.no_gates else args.max_top1_drop,
-                          report=args.report, quiet=args.quiet)
+                          report=args.report, quiet=args.quiet, command=getattr(args, "command", None))
     try:
         report = convert(opts)
     except GateError as e:

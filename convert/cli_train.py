@@ -10,7 +10,8 @@ from edge_runtime.fileio import inside
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
-from .errors import ConvertError
+from .cli_tflite import add_gate_flags
+from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
   python -m convert train --data photos/ --out runs/parcel --epochs 10 --input-size 128
@@ -76,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tflite", type=Path, metavar="OUT.tflite",
                    help="then convert best.pt to an int8 .tflite here (the converter's defaults and gates, "
                         "validated on the run's validation images): what `convert tflite --weights RUN/best.pt` does")
+    add_gate_flags(p, " of --tflite")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     # it only takes effect before torch is first imported, which is here for the CLI.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .outputs import check_no_clash, check_output_path
-    from .pipeline import check_int8_out, int8_outputs, to_int8, weights_file
+    from .pipeline import check_gates, check_int8_out, int8_outputs, to_int8, weights_file
     from .train import TrainOptions, train
     from .train.setup import RUN_FILES, WORK_FOLDERS
 
@@ -124,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
+        check_gates(args.min_agreement, args.max_top1_drop)
 
     summary = train(TrainOptions(
         data=args.data, out=args.out, val=args.val, val_split=args.val_split, test=args.test, arch=args.arch,
@@ -138,11 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.tflite:  # after the run's reports: a failed conversion leaves the run whole and says so
         best = Path(args.out) / "best.pt"
         try:
-            summary["int8"] = to_int8(best, args.tflite, None, args.quiet)
-        except ConvertError as e:
-            raise ConvertError(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
-                               f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, "
-                               "--val DIR)") from None
+            summary["int8"] = to_int8(best, args.tflite, None, args.quiet, args.min_agreement, args.max_top1_drop)
+        except ConvertError as e:  # a missed gate stays one (exit code 3)
+            kind, extra = (GateError, (e.report,)) if isinstance(e, GateError) else (ConvertError, ())
+            raise kind(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
+                       f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, "
+                       "--val DIR)", *extra) from None
     if args.report:
         from edge_runtime.fileio import atomic_write
 

@@ -19,29 +19,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.evaluation import shows_top5
-from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive, same_file
+from edge_runtime.fileio import atomic_write, atomic_write_many, same_file
 
 from .artifact import artifact_record, finish_artifact, finish_graph, float_onnx_sibling, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
 from .calibration_data import default_calib_dir, default_check_dir
 from .errors import ConvertError, GateError, check_stop
 from .outputs import check_no_clash, check_output_path
+from .provenance import digests, environment
 from .float_graphs import float_graphs
 from .quantize import QuantizeSettings, quantize
 from .source import OnnxInput, float_bytes, load_source
 from .validate import Gates, labelled_images, unlabelled_views, validate
+from .workdir import remove_stale_work_dirs, work_dir
 
-WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
-_WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
 WORK_BYTES, WORK_PER_FLOAT_BYTE = 48 << 20, 10  # free space a conversion needs (measured: 46 MB at most)
 
 
@@ -79,6 +76,7 @@ class ConvertOptions:
     # output
     report: Path | None = None
     quiet: bool = False
+    command: list[str] | None = None  # the command line's arguments, recorded in the report
 
     def quantize_settings(self) -> QuantizeSettings:
         return QuantizeSettings(self.input_type, self.percentile, self.output_margin, self.bias_correction)
@@ -124,8 +122,8 @@ def convert(opts: ConvertOptions) -> dict:
     check = unlabelled_views(calib, Path(opts.check or default_check_dir()), src.preprocessing)
     progress(f"calibration: {len(calib.images)} images -> {len(calib.views)} views, {len(calib.held_out)} held "
              f"out, {len(calib.skipped)} skipped; check: {len(check.views)} views")
-    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent)).resolve()
-    try:  # onnx2tf runs with its own working directory: absolute paths
+    # also removed on SIGTERM (the command line turns it into an exception) and Ctrl-C
+    with work_dir(out.parent) as work:  # onnx2tf runs with its own working directory: absolute paths
         # --quiet: TensorFlow's and TFLite's own lines (absl, oneDNN, CUDA, XNNPACK...) go to a log in the
         # working folder, not the terminal; a failure is still one line (raised after the redirect ends)
         with native_stderr_to(work / "tensorflow.log") if opts.quiet else contextlib.nullcontext():
@@ -156,7 +154,9 @@ def convert(opts: ConvertOptions) -> dict:
                             "float_tflite": len(float_tflite), "int8_tflite": len(final)},
                   "conversion_seconds": round(conversion_s, 1),
                   "total_seconds": round(time.perf_counter() - progress.t0, 1),
-                  "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation)}
+                  "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation),
+                  "sha256": digests({"int8_tflite": final, "float_tflite": float_tflite, "float_onnx": float_onnx}),
+                  "command": opts.command, "environment": environment()}
         if opts.report:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:
@@ -164,8 +164,6 @@ def convert(opts: ConvertOptions) -> dict:
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
                             + hint, report)
         write_artifact(out, final, float_onnx, float_tflite)
-    finally:  # also on SIGTERM (the command line turns it into an exception) and Ctrl-C
-        shutil.rmtree(work, ignore_errors=True)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
     return report
 
@@ -191,16 +189,18 @@ def check_int8_out(path: str | Path, flag: str = "--out") -> Path:
     return out
 
 
-def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool) -> dict:
-    """``weights`` through the converter with its default settings and gates (validated on ``val``, else
-    the weights' own validation folder); its figures for the calling command's report.
+def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool, min_agreement: float = 0.95,
+            max_top1_drop: float = 1.0) -> dict:
+    """``weights`` through the converter with its default settings and the given gates (validated on ``val``,
+    else the weights' own validation folder); its figures for the calling command's report.
 
     Raises:
         ConvertError: as :func:`convert` (GateError when a gate is missed: nothing is written).
     """
     if not quiet:
         print(f"{weights} -> int8 TFLite (the converter's defaults and gates)", file=sys.stderr, flush=True)
-    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet))
+    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet, min_agreement=min_agreement,
+                                  max_top1_drop=max_top1_drop))
     v = conv["validation"].get("val", {})
     return {"out": str(out), "bytes": conv["sizes"]["int8_tflite"], "top1": v.get("int8_top1"),
             "top1_float": v.get("float_top1"), "top1_drop": v.get("top1_drop"),
@@ -242,11 +242,11 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     for name in remove_stale_work_dirs(out.parent):
         progress(f"removed {name}, left by a conversion that was killed")
     ranges = {"--percentile": (opts.percentile, 50.0, 100.0), "--output-margin": (opts.output_margin, 1.0, 100.0),
-              "--equalize": (opts.equalize, 0.0, 1.0), "--bias-correction": (opts.bias_correction, 0.0, 1.0),
-              "--min-agreement": (opts.min_agreement, 0.0, 1.0), "--max-top1-drop": (opts.max_top1_drop, 0.0, 100.0)}
+              "--equalize": (opts.equalize, 0.0, 1.0), "--bias-correction": (opts.bias_correction, 0.0, 1.0)}
     for flag, (value, low, high) in ranges.items():
         if value is not None and not low <= value <= high:  # also false for NaN
             raise ConvertError(f"{flag} {value}: {low:g}..{high:g} expected")
+    check_gates(opts.min_agreement, opts.max_top1_drop)
     if not opts.calib_scales or not all(0.5 <= v <= 8 for v in opts.calib_scales):
         raise ConvertError(f"--calib-scales {opts.calib_scales}: scales between 0.5 and 8 expected")
     if opts.input_type not in ("uint8", "int8", "float32"):
@@ -260,6 +260,17 @@ def check_options(opts: ConvertOptions, progress: Progress) -> Path:
     if opts.val is not None and not Path(opts.val).is_dir():  # its labels are checked once the classes are known
         raise ConvertError(f"--val {opts.val}: not a folder of labelled images")
     return out
+
+
+def check_gates(min_agreement: float | None, max_top1_drop: float | None) -> None:
+    """The gates are in range (checked before the work: ``train`` and ``compress`` before theirs).
+
+    Raises:
+        ConvertError: naming the flag, e.g. ``--min-agreement 95.0: 0..1 expected`` (a fraction).
+    """
+    for flag, value, high in (("--min-agreement", min_agreement, 1.0), ("--max-top1-drop", max_top1_drop, 100.0)):
+        if value is not None and not 0.0 <= value <= high:  # also false for NaN
+            raise ConvertError(f"{flag} {value}: 0..{high:g} expected")
 
 
 def check_writable(out: Path, others: tuple[Path | None, ...] = ()) -> None:
@@ -281,18 +292,6 @@ def check_space(folder: Path, float_weight_bytes: int) -> None:
     if free < need:
         raise ConvertError(f"{folder}: {free / 1e6:.1f} MB free, about {need / 1e6:.0f} MB needed for the "
                            "conversion's working files and outputs")
-
-
-def remove_stale_work_dirs(folder: Path) -> list[str]:
-    """Remove working folders that conversions killed before they could clean up left in ``folder``
-    (``.convert-PID-*`` whose process is gone). Returns the names removed."""
-    removed = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        m = _WORK_DIR.match(entry.name)
-        if m and entry.is_dir() and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
-    return removed
 
 
 def sibling_paths(out: Path) -> tuple[Path, Path]:

@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from edge_runtime.evaluation import progress_every
+
 from .errors import ConvertError
 
 # onnx2tf fetches this file from the network for image-shaped inputs unless it is in the working
@@ -191,7 +193,7 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
                 v = v[:: v.size // 50_000]
             v_lo, v_hi = np.percentile(v, (100 - percentile, percentile))
             lo[j], hi[j] = min(lo[j], v_lo), max(hi[j], v_hi)
-        if progress and (k + 1) % 50 == 0:
+        if progress and (k + 1) % progress_every(len(crops)) == 0:
             progress(f"range statistics {k + 1}/{len(crops)}")
     del interp
     changed = 0

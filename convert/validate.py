@@ -15,11 +15,12 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.evaluation import DatasetError, LabelledImages, evaluate, find_labelled_images, split_by_class
+from edge_runtime.evaluation import (DatasetError, LabelledImages, evaluate, find_labelled_images, progress_every,
+                                     split_by_class)
 from edge_runtime.preprocess import Preprocessing
 
 from .calibration import HOLDOUT_EVERY, CalibrationSet
-from .errors import ConvertError
+from .errors import ConvertError, check_stop
 from .fidelity import check_views, half_figures, labelled_figures, unlabelled_figures
 from .source import Source
 
@@ -152,11 +153,17 @@ CHECK_PROGRESS_EVERY = 200  # check views between progress lines (680 views take
 
 
 def predict_views(predict: Predict, views: np.ndarray, what: str, progress: Callable[[str], None]) -> np.ndarray:
-    """``predict`` over ``views`` in chunks, with a progress line ``WHAT N/TOTAL`` after each."""
+    """``predict`` over ``views`` in chunks, with a progress line ``WHAT N/TOTAL`` after each (after each
+    :func:`~edge_runtime.evaluation.progress_every` views on a long pass) and the last."""
     scores = []
+    every = progress_every(len(views), least=CHECK_PROGRESS_EVERY)
     for i in range(0, len(views), CHECK_PROGRESS_EVERY):
         scores.append(predict(views[i:i + CHECK_PROGRESS_EVERY]))
-        progress(f"{what} {min(i + CHECK_PROGRESS_EVERY, len(views))}/{len(views)}")
+        done = min(i + CHECK_PROGRESS_EVERY, len(views))
+        if done % every == 0 or done == len(views):
+            progress(f"{what} {done}/{len(views)}")
+        else:
+            check_stop()
     return np.concatenate(scores) if scores else predict(views)
 
 

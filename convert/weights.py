@@ -11,6 +11,7 @@ import dataclasses
 import io
 import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,14 @@ def register_container(magic: bytes, fmt: str, loader: ContainerLoader) -> None:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """``$XDG_CACHE_HOME/squeezenet-edge/weights`` (``~/.cache`` without it). A CI job's user often has no home
+    (no ``$HOME`` and no passwd entry: ``~`` stays ``~``, a folder of that name in the working directory): then
+    ``squeezenet-edge-UID/`` in the temporary folder, whose files are checked by their sha256 as any cached file."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative (the XDG specification ignores those)
+        home = os.path.expanduser("~")
+        base = (os.path.join(home, ".cache") if os.path.isabs(home)
+                else os.path.join(tempfile.gettempdir(), f"squeezenet-edge-{os.getuid()}"))
     return Path(base) / "squeezenet-edge" / "weights"
 
 
@@ -127,7 +135,12 @@ def _download(url: str, dest: Path, record: WeightsRecord,
         raise WeightsError(str(e)) from None
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise WeightsError(f"{url}: more than {MAX_CHECKPOINT_BYTES} bytes, refusing")
-    atomic_write(dest, data, check=lambda tmp: _verify(tmp, record))
+    try:
+        atomic_write(dest, data, check=lambda tmp: _verify(tmp, record))
+    except OSError as e:  # a CI job's home is often read-only
+        raise WeightsError(f"{dest.parent}: cannot keep the downloaded {record.file_name} there ({e.strerror}); "
+                           f"set $XDG_CACHE_HOME to a writable folder, or put the file in a directory named by "
+                           f"${ENV_DIR}") from None
 
 
 def resolve(name: str, download: bool = True, fetch: Callable[[str], bytes] | None = None) -> Path:

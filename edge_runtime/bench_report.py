@@ -113,8 +113,9 @@ def compare(results: list[dict], reference: dict, tolerance: float) -> tuple[lis
 
 def plot(results: list[dict], path: Path) -> str | None:
     try:
-        import matplotlib
-        matplotlib.use("Agg")
+        from .plotting import matplotlib_agg
+
+        matplotlib_agg()
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed"

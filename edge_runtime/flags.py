@@ -18,6 +18,10 @@ The same flag means the same thing everywhere:
     --jpeg-quality Q JPEG quality 1-100 of what is encoded (the runtime's MJPEG view, capture's photos)
 
 Old spellings keep working for one release, with a one-line deprecation warning on stderr.
+
+Exit codes, the same in every command: 0 done; 2 a flag, an input or an output a person must fix;
+GATE_MISSED (3) a quality gate missed (the converter's --min-agreement / --max-top1-drop, the benchmark's
+--fail-on-regression); Python's 1 with a traceback is a bug (the runtime's own codes: README, systemd).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import sys
 from pathlib import Path
 
 TOP_K = 5
+GATE_MISSED = 3  # exit code: a quality gate was missed (told apart from bad input, 2, and a crash, 1)
 
 
 class _Deprecated(argparse.Action):

@@ -90,7 +90,7 @@ def test_reference_regression_and_atomic_results(bench_run, int8_model, tmp_path
     (tmp_path / "keep.json").write_text("previous results")
     proc = _bench("--model", int8_model, "--runs", "5", "--min-seconds", "0", "--reference", tmp_path / "ref.json",
                   "--fail-on-regression", "--report", tmp_path / "keep.json")
-    assert proc.returncode == 1 and "regression:" in proc.stdout
+    assert proc.returncode == 3 and "regression:" in proc.stdout  # a gate missed: not a crash (1), not bad input (2)
     assert "note: reference measured on" not in proc.stdout  # same machine: no cross-machine note
     assert json.loads((tmp_path / "keep.json").read_text())["results"]  # replaced whole, never partial
     bad = _bench("--model", tmp_path / "ref.json", "--runs", "5", "--min-seconds", "0", "--report", tmp_path / "x.json")

@@ -181,7 +181,7 @@ def test_fail_on_regression_fails_when_nothing_was_compared(artifact_set, tmp_pa
     other.write_bytes(artifact_set.read_bytes())
     r = _bench("--model", other, "--threads", 1, "--reference", ROOT / "benchmarks" / "reference-x86_64-2core.json",
                "--fail-on-regression")
-    assert r.returncode == 1 and "error: no case matches a case of --reference" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 3 and "error: no case matches a case of --reference" in r.stderr, r.stderr[-2000:]
 
 
 def test_sigterm_while_measuring_is_one_line(artifact_set, tmp_path):

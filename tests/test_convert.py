@@ -215,6 +215,7 @@ def test_gate_failure_keeps_the_previous_artifact(tmp_path, run_dir):
     proc = _run(["--weights", str(run_dir / "best.pt"), "--out", str(out), *QUICK, "--min-agreement", "1",
                  "--report", str(tmp_path / "r.json")])
     err = one_error_line(proc)
+    assert proc.returncode == 3, proc.returncode  # a missed gate, told apart from bad input (2) and a crash (1)
     report = json.loads((tmp_path / "r.json").read_text())
     agreement = report["validation"]["val"]["agreement"]
     assert agreement < 100 and report["gates"]["failed"][0] == f"top-1 agreement {agreement:.1f}% < 100.0%"
@@ -224,6 +225,28 @@ def test_gate_failure_keeps_the_previous_artifact(tmp_path, run_dir):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.startswith("convert-")]
     assert report["gates"]["passed"] is False and report["validation"]["val"]["images"] == 300
     assert "| gates | FAILED: top-1 agreement" in proc.stdout  # the table comes from the error's report
+
+
+def test_report_names_what_made_the_bytes(trained_converted):
+    """A CI job comparing artifacts reads why they differ in the report: each output's sha256, the command,
+    the packages, the CPU and the variables that pick the kernels (the report had sizes alone)."""
+    import hashlib
+    from importlib import metadata
+
+    from convert.provenance import KERNEL_ENV
+
+    out = Path(trained_converted["out"])
+    onnx_path, tflite_path = sibling_paths(out)
+    assert trained_converted["sha256"] == {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in
+                                           (("int8_tflite", out), ("float_tflite", tflite_path),
+                                            ("float_onnx", onnx_path))}
+    command = trained_converted["command"]
+    assert command[0] == "tflite" and command[command.index("--out") + 1] == str(out), command
+    env = trained_converted["environment"]
+    for name in ("torch", "tensorflow", "onnx2tf", "onnxruntime", "numpy"):
+        assert env["packages"][name] == metadata.version(name), name
+    assert env["cpu"] and env["cores"] == os.cpu_count() and env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["env"] == {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
 
 
 def test_reproducible_and_offline(tmp_path, run_dir, trained_converted, offline_env):

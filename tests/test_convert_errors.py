@@ -4,13 +4,15 @@ behind (SIGTERM, kill -9), outputs that follow the umask, and non-finite weights
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import QUICK
-from edge_runtime.fileio import atomic_write, atomic_write_many
+from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
 from realworld import ROOT, Process, convert_main as _main, one_error_line, run_module, small_filesystem, wait_for
 
 
@@ -151,6 +153,37 @@ def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     assert not list(tmp_path.glob(".convert-*"))  # removed by the next run
     assert out.read_bytes() == b"an earlier artifact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three_photos", "tiny.onnx", "tiny_int8.tflite"]
+
+
+def test_a_live_conversion_in_another_container_keeps_its_working_folder(tmp_path):
+    """Two CI jobs in containers (process-id namespaces of their own) convert into one shared folder. The
+    second's clean-up of killed runs' folders judged by the process id in the name, which names no process
+    in its namespace: it removed the first's working folder and the first failed (`error: .../equalized.onnx:
+    No such file or directory`). The first is stopped (SIGSTOP) while the second runs, so no timing decides."""
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "a_int8.tflite"
+    ns = 'echo 4190000 > /proc/sys/kernel/ns_last_pid && "$@"'  # its process id: 4190001, none here
+    first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", ns, "sh", sys.executable,
+                              "-m", "convert", "tflite", "--onnx", model, "--out", out, "--no-gates", *QUICK],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: list(tmp_path.glob(".convert-*")), 240, "the first conversion's working folder")
+        os.killpg(first.pid, signal.SIGSTOP)
+        (work,) = tmp_path.glob(".convert-*")
+        assert not pid_alive(int(work.name.split("-")[1])), work  # the id names no process in this namespace
+        few = tmp_path / "three_photos"
+        few.mkdir()
+        for name in ("skimage_coffee.jpg", "opencv_orange.jpg", "opencv_baboon.jpg"):
+            (few / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
+        second = _convert("tflite", "--onnx", model, "--out", tmp_path / "b_int8.tflite", "--calib", few)
+        assert "at least 20 expected" in one_error_line(second)  # it got past the clean-up
+        assert work.is_dir() and "removed" not in second.stderr, second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert out.stat().st_size > 0 and not list(tmp_path.glob(".convert-*"))
 
 
 @pytest.mark.parametrize("own_check", [False, True])

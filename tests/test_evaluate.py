@@ -107,3 +107,20 @@ def test_a_wordnet_named_file_in_a_sub_folder_is_skipped_for_its_folder(val500_d
         f"sub/{second.name} (in the sub-folder sub, which is not a class of the model: files named by WordNet id "
         "are read by their name only at the top of the folder, a file in a sub-folder by the sub-folder's name)",
         "sub/photo.jpg (its folder sub is not a class of the model)"]
+
+
+
+def test_a_long_pass_prints_about_twenty_progress_lines(trained_converted, fmnist, tmp_path):
+    """A CI log of a large --val: a line every 50 images gave ImageNet's 50,000 images 1,000 lines per model.
+    1,100 images (the Fashion-MNIST test images, each linked under 2.2 names; the trained run's small
+    artifact) now give 11 lines, the last at 1100/1100 (22 before)."""
+    files = sorted(p for p in (fmnist / "test").rglob("*.png"))
+    for k in range(1100):
+        f = files[k % len(files)]
+        (tmp_path / f.parent.name).mkdir(exist_ok=True)
+        (tmp_path / f.parent.name / f"{f.stem}_{k}{f.suffix}").symlink_to(f)
+    proc = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", trained_converted["out"], "--val",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("evaluated ")]
+    assert lines == [f"evaluated {n}/1100 images" for n in range(100, 1101, 100)], lines

@@ -46,6 +46,79 @@ def test_offline_message(monkeypatch, tmp_path):
     assert not any((tmp_path / "squeezenet-edge" / "weights").glob("*"))  # nothing partial left
 
 
+def _local_mirror(dc_net_file, folder: Path):
+    """An HTTP server on 127.0.0.1 holding the release file at its public path ($SQUEEZENET_EDGE_MIRROR)."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(W.WEIGHTS["deep-compression"].url)
+    copy = folder / url.netloc / url.path.strip("/")
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(dc_net_file.read_bytes())
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(folder), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_ci_user_without_a_home_downloads_into_no_tilde_folder(dc_net_file, tmp_path):
+    """A CI container's user often has no $HOME and no passwd entry (docker --user 1234): `~` stayed `~`,
+    and the download went to a folder named `~` in the working directory (a source checkout). Now the
+    cache is a folder of the temporary directory. Real process, real download from a local mirror;
+    passwd lookups see a passwd file without this user (a mount namespace: root, as CI runs)."""
+    import subprocess
+    import sys
+
+    job = tmp_path / "checkout"
+    job.mkdir()
+    (tmp_path / "passwd").write_text("".join(line for line in Path("/etc/passwd").read_text().splitlines(True)
+                                             if line.split(":")[2:3] != [str(os.getuid())]))
+    (tmp_path / "nsswitch.conf").write_text("passwd: files\ngroup: files\n")
+    server = _local_mirror(dc_net_file, tmp_path / "www")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME", W.ENV_DIR)}
+    env.update(SQUEEZENET_EDGE_MIRROR=f"http://127.0.0.1:{server.server_port}/", TMPDIR=str(tmp_path / "tmp"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    (tmp_path / "tmp").mkdir()
+    script = ("import os; from convert.weights import resolve; "
+              "print(os.path.expanduser('~')); print(resolve('deep-compression'))")
+    mounts = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/nsswitch.conf && shift 2 && "$@"'
+    try:
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh",
+                               tmp_path / "passwd", tmp_path / "nsswitch.conf", sys.executable, "-c", script],
+                              cwd=job, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    home, path = proc.stdout.split()
+    assert home == "~"  # the situation: no home to be found
+    assert list(job.iterdir()) == []  # nothing written into the checkout
+    assert Path(path).is_relative_to(tmp_path / "tmp") and Path(path).read_bytes() == dc_net_file.read_bytes()
+
+
+
+def test_a_read_only_cache_says_where_else_to_keep_the_weights(dc_net_file, monkeypatch, tmp_path):
+    """A read-only home (a CI container's): the download cannot be kept there. It ended in `error: /ro: Read-only
+    file system`; now the one line says which variables fix it."""
+    from realworld import small_filesystem
+
+    monkeypatch.delenv(W.ENV_DIR, raising=False)
+    with small_filesystem(tmp_path / "home", read_only=True) as home:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+        with pytest.raises(WeightsError) as e:
+            W.resolve("deep-compression", fetch=lambda url: dc_net_file.read_bytes())
+    assert str(e.value) == (f"{home / 'squeezenet-edge' / 'weights'}: cannot keep the downloaded "
+                            "compressed_SqueezeNet.net there (Read-only file system); set $XDG_CACHE_HOME to a "
+                            "writable folder, or put the file in a directory named by $SQUEEZENET_EDGE_WEIGHTS_DIR")
+
+
 def test_wrong_sha256(dc_net_file, monkeypatch, tmp_path):
     bad = tmp_path / "compressed_SqueezeNet.net"
     data = bytearray(dc_net_file.read_bytes())

@@ -14,9 +14,9 @@ V10 = dict(version="1_0", bypass="none", base_e=128, incr_e=128, freq=2)
 
 
 def _pyplot():
-    import matplotlib
+    from edge_runtime.plotting import matplotlib_agg
 
-    matplotlib.use("Agg")
+    matplotlib_agg()
     import matplotlib.pyplot as plt
 
     return plt

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.fileio import atomic_write
+from edge_runtime.plotting import matplotlib_agg
 
 COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
            "seconds", "images_per_s")
@@ -47,9 +48,7 @@ def _save_figure(fig, path: Path) -> None:
 
 def plot_curves(path: Path, rows: list[dict]) -> None:
     """Loss and top-1 against epoch, train and validation, phases shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    matplotlib_agg()
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
@@ -79,6 +78,7 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
 def undrawable(texts: list[str]) -> tuple[str, list[str]]:
     """(the plots' font, the ``texts`` holding a character it has no glyph for: drawn as empty boxes). Debian's
     fonts-dejavu covers Latin, Greek and Cyrillic, not CJK; no font is ever downloaded."""
+    matplotlib_agg()
     from matplotlib import font_manager
 
     font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
@@ -88,9 +88,7 @@ def undrawable(texts: list[str]) -> tuple[str, list[str]]:
 def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> None:
     """Row-normalized confusion matrix (rows: true class), counts in the cells when it stays legible.
     Matplotlib's warning per character its font cannot draw is kept off the console (see :func:`undrawable`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    matplotlib_agg()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
         _plot_confusion(path, confusion, classes, title)
