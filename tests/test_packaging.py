@@ -62,7 +62,7 @@ def test_shell_scripts_parse_and_arm_check_refuses_bad_arguments(tmp_path):
         r = subprocess.run(["bash", *arm, *args], capture_output=True, text=True, timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
-    # not root (as root: run as nobody, on copies it can read): exit 3, which .ci/run reports and passes over
+    # not root (as root: run as nobody, on copies it can read): exit 77, which .ci/run reports and passes over
     nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if os.geteuid() == 0 else []
     with tempfile.TemporaryDirectory() as folder:
         os.chmod(folder, 0o755)
@@ -71,4 +71,4 @@ def test_shell_scripts_parse_and_arm_check_refuses_bad_arguments(tmp_path):
         r = subprocess.run([*nobody, "bash", f"{folder}/arm_check.sh", f"{folder}/model.tflite", folder],
                            capture_output=True, text=True, timeout=60)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 3 and len(lines) == 1 and "cannot emulate arm64 here: needs root" in lines[0], r.stderr
+    assert r.returncode == 77 and len(lines) == 1 and "cannot emulate arm64 here: needs root" in lines[0], r.stderr

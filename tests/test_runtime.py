@@ -446,6 +446,13 @@ def test_interpreter_agreement_on_a_subset_inside_one_half(int8_model, val500_di
                    "--min-agreement", 0.995)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "val report half: no items" in r.stdout and "val tune half: same top-1" in r.stdout, r.stdout
+    # one photo decided otherwise (as another interpreter might): a missed gate, exit 3 as in every command
+    other = json.loads((tmp_path / "a.json").read_text())
+    other["backend"], other["val"]["top1"][0] = "other", other["val"]["top1"][0] + 1
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    r = run_module("tools.interpreter_agreement", "compare", tmp_path / "a.json", tmp_path / "c.json",
+                   "--min-agreement", 0.995)
+    assert r.returncode == 3 and one_error_line(r).startswith("error: val ") and "66.7% < 99.5%" in r.stderr, r.stderr
     # nothing readable at all is no agreement: refused, not passed
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -9,8 +9,8 @@
 # timings mean nothing for a Pi: this checks arithmetic, not speed. Needs root (debootstrap, chroot,
 # binfmt_misc), and access to Debian's archive (apt-get, debootstrap) and PyPI (pip); the arm64 root is
 # kept in WORKDIR/arm64-root and reused.
-# Exit status: 0 the same top-1 (gates met), 1 not, 2 bad arguments, 3 this machine cannot emulate arm64
-# (not root, or the kernel refuses binfmt_misc: an unprivileged container); .ci/run says so and goes on.
+# Exit status: 0 the same top-1 (gates met), 3 not (a gate missed), 2 bad arguments, 77 this machine cannot
+# emulate arm64 (not root, or the kernel refuses binfmt_misc: an unprivileged container): .ci/run says so.
 # Usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]     (WORKDIR default: build/arm64)
 #   EVERY=N    every Nth image of VAL_DIR, in name order (default 5: on val500, 50 of each half; 1: all)
 #   CLIP=path  a video whose frames are classified too (default samples/sample_clip.mp4; empty: none)
@@ -30,7 +30,7 @@ ROOT="$WORK/arm64-root"
 [ -d "$VAL" ] || { echo "arm_check: error: no image folder at $VAL" >&2; exit 2; }
 [[ "$EVERY" =~ ^[1-9][0-9]*$ ]] || { echo "arm_check: error: EVERY=$EVERY: a positive whole number expected" >&2; exit 2; }
 [ -z "$CLIP" ] || [ -f "$CLIP" ] || { echo "arm_check: error: no video at CLIP=$CLIP" >&2; exit 2; }
-cannot() { echo "arm_check: cannot emulate arm64 here: $1" >&2; exit 3; }
+cannot() { echo "arm_check: cannot emulate arm64 here: $1" >&2; exit 77; }
 [ "$(id -u)" -eq 0 ] || cannot "needs root (debootstrap, chroot, binfmt_misc)"
 mkdir -p "$WORK"
 export PYTHONDONTWRITEBYTECODE=1  # no root-owned __pycache__ left in the project

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded
-from edge_runtime.flags import deprecated, threads_arg
+from edge_runtime.flags import GATE_MISSED, deprecated, threads_arg
 
 MAX_DUMP_BYTES = 16 << 20  # a dump of 500 images and a few thousand frames is well under 1 MB
 
@@ -131,7 +131,7 @@ def compare(args: argparse.Namespace) -> int:
                                   f"{100 * args.min_agreement:.1f}%")
     if failed:
         print("error: " + "; ".join(failed), file=sys.stderr)
-        return 1
+        return GATE_MISSED
     return 0
 
 
