@@ -155,8 +155,9 @@ def convert(opts: ConvertOptions) -> dict:
                   "conversion_seconds": round(conversion_s, 1),
                   "total_seconds": round(time.perf_counter() - progress.t0, 1),
                   "calibration": calibration, "validation": validation, "gates": opts.gates().judge(validation),
-                  "sha256": digests({"int8_tflite": final, "float_tflite": float_tflite, "float_onnx": float_onnx}),
                   "command": opts.command, "environment": environment()}
+        if not report["gates"]["failed"]:  # the outputs it writes (a missed gate writes none)
+            report["sha256"] = digests({"int8_tflite": final, "float_tflite": float_tflite, "float_onnx": float_onnx})
         if opts.report:
             atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
         if report["gates"]["failed"]:

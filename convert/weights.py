@@ -7,9 +7,11 @@ variable ``SQUEEZENET_EDGE_WEIGHTS_DIR``; the per-user cache; a download from th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -98,16 +100,35 @@ def register_container(magic: bytes, fmt: str, loader: ContainerLoader) -> None:
     CONTAINER_LOADERS[magic] = (fmt, loader)
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/squeezenet-edge/weights`` (``~/.cache`` without it). A CI job's user often has no home
-    (no ``$HOME`` and no passwd entry: ``~`` stays ``~``, a folder of that name in the working directory): then
-    ``squeezenet-edge-UID/`` in the temporary folder, whose files are checked by their sha256 as any cached file."""
+def cache_base() -> Path:
+    """The project's cache folder: ``$XDG_CACHE_HOME/squeezenet-edge`` (``~/.cache`` without it). A CI job's user
+    often has no home (no ``$HOME`` and no passwd entry: ``~`` stays ``~``, a folder of that name in the working
+    directory): then ``squeezenet-edge-UID/`` in the temporary folder, made private (0700) and refused unless it
+    is this user's own real folder that no one else may write (another user could make it first and swap a file
+    between its check and its use). The weights (:func:`cache_dir`) and the tests' data cache live in it.
+
+    Raises:
+        WeightsError: that temporary folder is not this user's private folder.
+    """
     base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):  # unset, or relative (the XDG specification ignores those)
-        home = os.path.expanduser("~")
-        base = (os.path.join(home, ".cache") if os.path.isabs(home)
-                else os.path.join(tempfile.gettempdir(), f"squeezenet-edge-{os.getuid()}"))
-    return Path(base) / "squeezenet-edge" / "weights"
+    if os.path.isabs(base):  # (the XDG specification ignores a relative one)
+        return Path(base) / "squeezenet-edge"
+    home = os.path.expanduser("~")
+    if os.path.isabs(home):
+        return Path(home) / ".cache" / "squeezenet-edge"
+    private = Path(tempfile.gettempdir()) / f"squeezenet-edge-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        private.mkdir(mode=0o700)
+    st = private.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise WeightsError(f"{private}: not a private folder of this user (no home to keep a cache in); "
+                           "set $XDG_CACHE_HOME to a folder of yours")
+    return private / "squeezenet-edge"
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``weights/`` in :func:`cache_base`."""
+    return cache_base() / "weights"
 
 
 def _verify(path: Path, record: WeightsRecord) -> str:

@@ -8,6 +8,7 @@ no process in the other's namespace), so the id alone took a running conversion'
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -21,6 +22,7 @@ from edge_runtime.fileio import pid_alive
 WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
 _WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
 LOCK_NAME = "lock"  # held by the live run
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's errors on a filesystem that has no locks
 
 
 @contextlib.contextmanager
@@ -33,7 +35,11 @@ def work_dir(folder: Path) -> Iterator[Path]:
     lock = None
     try:
         lock = open(staging / LOCK_NAME, "w")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:  # a filesystem without locks (some FUSE, SMB, 9p mounts): the process id rule
+            if e.errno not in NO_LOCKS:
+                raise
         os.rename(staging, work)
         yield work
     finally:
@@ -53,8 +59,8 @@ def _abandoned(folder: Path, pid: int) -> bool:
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
+        except OSError as e:
+            return e.errno in NO_LOCKS and pid != os.getpid() and not pid_alive(pid)
         return True
 
 

@@ -270,7 +270,7 @@ def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Servic
             service.waiting, rounds = str(e), rounds + 1
             if rounds & (rounds - 1) == 0:  # rounds 1, 2, 4, 8...
                 print(f"warning: {e}; trying again in {delay:.0f} s (--serve keeps the process up; said again "
-                      f"after {2 * rounds} rounds)", file=sys.stderr, flush=True)
+                      f"at round {2 * rounds})", file=sys.stderr, flush=True)
             if stop.wait(delay):
                 raise _Stopped("opening the source") from None
             delay = min(2 * delay, WAIT_MAX)

@@ -233,7 +233,7 @@ def test_report_names_what_made_the_bytes(trained_converted):
     import hashlib
     from importlib import metadata
 
-    from convert.provenance import KERNEL_ENV
+    from convert.provenance import KERNEL_ENV, environment
 
     out = Path(trained_converted["out"])
     onnx_path, tflite_path = sibling_paths(out)
@@ -247,6 +247,10 @@ def test_report_names_what_made_the_bytes(trained_converted):
         assert env["packages"][name] == metadata.version(name), name
     assert env["cpu"] and env["cores"] == os.cpu_count() and env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["env"] == {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
+    # a kernel variable set is recorded (the suite sets none: asked of the function itself)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert environment()["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
 def test_reproducible_and_offline(tmp_path, run_dir, trained_converted, offline_env):

@@ -168,7 +168,9 @@ def test_a_live_conversion_in_another_container_keeps_its_working_folder(tmp_pat
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: list(tmp_path.glob(".convert-*")), 240, "the first conversion's working folder")
+        wait_for(lambda: list(tmp_path.glob(".convert-*")) or first.poll() is not None, 240,
+                 "the first conversion's working folder")
+        assert first.poll() is None, first.communicate()[1][-2000:]  # (unshare refused: said, not waited for)
         os.killpg(first.pid, signal.SIGSTOP)
         (work,) = tmp_path.glob(".convert-*")
         assert not pid_alive(int(work.name.split("-")[1])), work  # the id names no process in this namespace

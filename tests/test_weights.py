@@ -240,3 +240,32 @@ def test_hostile_arch_kwargs_are_one_line_before_anything_is_built(tmp_path):
                  ("compress", "--weights", path, "--out", tmp_path / "m.sqz")):
         assert "training record field 'arch_kwargs'" in one_error_line(convert_main(*args))
     assert not list(tmp_path.glob("m*"))
+
+
+def test_a_cache_folder_in_the_temporary_folder_must_be_this_users_own(tmp_path, monkeypatch):
+    """Without a home the cache is squeezenet-edge-UID/ in the shared temporary folder, a name anyone can
+    guess: another user could make it first and swap a file between its sha256 check and its loading. It is
+    made 0700, and refused in one line unless it is this user's own real folder that no one else may write."""
+    import stat
+    import tempfile
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no home to be found (as in the test above)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    private = tmp_path / f"squeezenet-edge-{os.getuid()}"
+    assert W.cache_dir() == private / "squeezenet-edge" / "weights"
+    assert stat.S_IMODE(private.lstat().st_mode) == 0o700
+    private.chmod(0o777)  # made by someone else, open to all
+    with pytest.raises(W.WeightsError, match="not a private folder of this user"):
+        W.cache_dir()
+    private.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    private.symlink_to(tmp_path / "elsewhere")  # a link to a folder someone else chose
+    with pytest.raises(W.WeightsError, match="not a private folder of this user"):
+        W.cache_dir()
+    if os.geteuid() == 0:  # another user's folder, however private
+        private.unlink()
+        private.mkdir(mode=0o700)
+        os.chown(private, 65534, 65534)
+        with pytest.raises(W.WeightsError, match="not a private folder of this user"):
+            W.cache_dir()

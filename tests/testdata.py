@@ -35,8 +35,9 @@ def shared_dir() -> Path:
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "squeezenet-edge" / "test-data"
+    from convert.weights import cache_base  # the weights' own rule: no home, a private folder in the temp folder
+
+    return cache_base() / "test-data"
 
 
 def manifest() -> list[dict]:

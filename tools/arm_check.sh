@@ -10,7 +10,8 @@
 # binfmt_misc), and access to Debian's archive (apt-get, debootstrap) and PyPI (pip); the arm64 root is
 # kept in WORKDIR/arm64-root and reused.
 # Exit status: 0 the same top-1 (gates met), 3 not (a gate missed), 2 bad arguments, 77 this machine cannot
-# emulate arm64 (not root, or the kernel refuses binfmt_misc: an unprivileged container): .ci/run says so.
+# emulate arm64 (neither root nor password-less sudo, or a kernel that refuses binfmt_misc: an unprivileged
+# container): .ci/run says so.
 # Usage: tools/arm_check.sh MODEL.tflite VAL_DIR [WORKDIR]     (WORKDIR default: build/arm64)
 #   EVERY=N    every Nth image of VAL_DIR, in name order (default 5: on val500, 50 of each half; 1: all)
 #   CLIP=path  a video whose frames are classified too (default samples/sample_clip.mp4; empty: none)
@@ -31,7 +32,10 @@ ROOT="$WORK/arm64-root"
 [[ "$EVERY" =~ ^[1-9][0-9]*$ ]] || { echo "arm_check: error: EVERY=$EVERY: a positive whole number expected" >&2; exit 2; }
 [ -z "$CLIP" ] || [ -f "$CLIP" ] || { echo "arm_check: error: no video at CLIP=$CLIP" >&2; exit 2; }
 cannot() { echo "arm_check: cannot emulate arm64 here: $1" >&2; exit 77; }
-[ "$(id -u)" -eq 0 ] || cannot "needs root (debootstrap, chroot, binfmt_misc)"
+if [ "$(id -u)" -ne 0 ]; then  # as tools/setup.sh: a CI user with password-less sudo runs it as root
+  sudo -n true 2>/dev/null || cannot "needs root or password-less sudo (debootstrap, chroot, binfmt_misc)"
+  exec sudo -n --preserve-env=EVERY,CLIP,X86_PYTHON bash "$PROJECT/tools/arm_check.sh" "$MODEL" "$VAL" "$WORK"
+fi
 mkdir -p "$WORK"
 export PYTHONDONTWRITEBYTECODE=1  # no root-owned __pycache__ left in the project
 
@@ -46,8 +50,7 @@ if [ -n "$missing" ]; then
 fi
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
   || cannot "the kernel refuses to mount binfmt_misc (an unprivileged container?)"
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
-  || cannot "update-binfmts cannot register qemu-aarch64"
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64  # a failure here fails
 
 if [ ! -x "$ROOT/usr/bin/python3" ] || [ ! -e "$ROOT/.complete" ]; then
   echo "arm_check: making the arm64 root in $ROOT (a few minutes: its second stage runs emulated)" >&2
