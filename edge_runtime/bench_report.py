@@ -150,8 +150,6 @@ def plot(results: list[dict], path: Path) -> str | None:
     return None
 
 
-
-
 def add_agreement(results: list[dict]) -> str | None:
     """Top-1 agreement of every case with the first case, the first model's (in place). When that
     case measured no accuracy (it failed), no agreement is given: returns a note saying so."""

@@ -109,7 +109,6 @@ def test_a_wordnet_named_file_in_a_sub_folder_is_skipped_for_its_folder(val500_d
         "sub/photo.jpg (its folder sub is not a class of the model)"]
 
 
-
 def test_a_long_pass_prints_about_twenty_progress_lines(trained_converted, fmnist, tmp_path):
     """A CI log of a large --val: a line every 50 images gave ImageNet's 50,000 images 1,000 lines per model.
     1,100 images (the Fashion-MNIST test images, each linked under 2.2 names; the trained run's small

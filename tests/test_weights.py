@@ -103,7 +103,6 @@ def test_a_ci_user_without_a_home_downloads_into_no_tilde_folder(dc_net_file, tm
     assert Path(path).is_relative_to(tmp_path / "tmp") and Path(path).read_bytes() == dc_net_file.read_bytes()
 
 
-
 def test_a_read_only_cache_says_where_else_to_keep_the_weights(dc_net_file, monkeypatch, tmp_path):
     """A read-only home (a CI container's): the download cannot be kept there. It ended in `error: /ro: Read-only
     file system`; now the one line says which variables fix it."""

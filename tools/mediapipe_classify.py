@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.mediapipe_classify", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="the .tflite artifact")
