@@ -141,16 +141,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tflite:  # after the run's reports: a failed conversion leaves the run whole and says so
         best = Path(args.out) / "best.pt"
         try:
-            summary["int8"] = to_int8(best, args.tflite, None, args.quiet, args.min_agreement, args.max_top1_drop)
-        except ConvertError as e:  # a missed gate stays one (exit code 3)
-            kind, extra = (GateError, (e.report,)) if isinstance(e, GateError) else (ConvertError, ())
-            raise kind(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
-                       f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, "
-                       "--val DIR)", *extra) from None
-    if args.report:
-        from edge_runtime.fileio import atomic_write
-
-        atomic_write(args.report, json.dumps(summary, indent=1) + "\n")
+            summary["int8"] = to_int8(best, args.tflite, None, args.quiet, args.min_agreement, args.max_top1_drop,
+                                      args.report)
+        except ConvertError as e:
+            text = (f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
+                    f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, --val DIR)")
+            if not isinstance(e, GateError):
+                raise ConvertError(text) from None
+            summary["int8"] = {**e.report, "error": text}  # a missed gate's figures go in --report too
+            _write(args.report, summary)
+            raise GateError(text, e.report) from None  # a missed gate stays one (exit code 3)
+    _write(args.report, summary)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -171,3 +172,11 @@ def run(args: argparse.Namespace) -> int:
                                                     f"agreement with the float model {i['agreement']:.1f}%")
             print(f"{i['out']}: {i['bytes']:,} bytes{figures}")
     return 0
+
+
+def _write(path: Path | None, summary: dict) -> None:
+    """``summary`` as JSON at ``path`` (if given), atomically."""
+    if path:
+        from edge_runtime.fileio import atomic_write
+
+        atomic_write(path, json.dumps(summary, indent=1) + "\n")
