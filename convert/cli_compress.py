@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
 
-from .cli_tflite import add_gate_flags
+from .cli_tflite import add_gate_flags, gates_of
 from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
@@ -49,12 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated(p, "--limit", "--sensitivity-limit", "sensitivity_limit", type=positive_int)
     p.add_argument("--tflite", type=Path, help="also convert the container to an int8 .tflite here and report it")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
-    add_gate_flags(p, " of --tflite")
+    add_gate_flags(p, "--tflite")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    gates = gates_of(args)  # given without --tflite: refused before any work
     from .compress.pipeline import DEFAULT_BUDGET, CompressOptions, compress
     from .outputs import check_no_clash, check_output_path
     from .pipeline import check_gates, check_int8_out, int8_outputs, to_int8, weights_file
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
-        check_gates(args.min_agreement, args.max_top1_drop)
+        check_gates(*gates)
     fixed = [flag for flag, given in (("--bits", args.bits), ("--sparsity", args.sparsity),
                                       ("--lossless", args.lossless)) if given]
     if args.size_budget is not None and fixed:
@@ -86,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
                                       quiet=args.quiet))
     if args.tflite:
         try:
-            report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, args.min_agreement,
-                                     args.max_top1_drop, args.report)
+            report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, *gates, args.report)
         except GateError as e:  # the container is written: the report says so and holds the int8 figures
             text = (f"{e}; the container {report['out']} is kept: convert it with `python -m convert tflite "
                     f"--weights {report['out']} --out {args.tflite}` once that is mended")
