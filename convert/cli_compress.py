@@ -7,8 +7,8 @@ from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
 
-from .cli_tflite import add_gate_flags
-from .errors import ConvertError
+from .cli_tflite import add_gate_flags, gates_of
+from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
   python -m convert compress --weights deep-compression --out build/squeezenet1_0.sqz --lossless
@@ -49,12 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated(p, "--limit", "--sensitivity-limit", "sensitivity_limit", type=positive_int)
     p.add_argument("--tflite", type=Path, help="also convert the container to an int8 .tflite here and report it")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
-    add_gate_flags(p, " of --tflite")
+    add_gate_flags(p, "--tflite")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    gates = gates_of(args)  # given without --tflite: refused before any work
     from .compress.pipeline import DEFAULT_BUDGET, CompressOptions, compress
     from .outputs import check_no_clash, check_output_path
     from .pipeline import check_gates, check_int8_out, int8_outputs, to_int8, weights_file
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
-        check_gates(args.min_agreement, args.max_top1_drop)
+        check_gates(*gates)
     fixed = [flag for flag, given in (("--bits", args.bits), ("--sparsity", args.sparsity),
                                       ("--lossless", args.lossless)) if given]
     if args.size_budget is not None and fixed:
@@ -85,8 +86,14 @@ def run(args: argparse.Namespace) -> int:
                                       sensitivity=args.sensitivity, limit=args.sensitivity_limit,
                                       quiet=args.quiet))
     if args.tflite:
-        report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, args.min_agreement,
-                                 args.max_top1_drop)
+        try:
+            report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, *gates, args.report)
+        except GateError as e:  # the container is written: the report says so and holds the int8 figures
+            text = (f"{e}; the container {report['out']} is kept: convert it with `python -m convert tflite "
+                    f"--weights {report['out']} --out {args.tflite}` once that is mended")
+            report["int8"] = {**e.report, "error": text}
+            _write(args.report, report)
+            raise GateError(text, e.report) from None  # still exit code 3
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"
@@ -99,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"| model | bytes | top-1 |\n| --- | --- | --- |\n| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
               f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
               f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    if args.report:
+    _write(args.report, report)
+    return 0
+
+
+def _write(path: Path | None, report: dict) -> None:
+    """``report`` as JSON at ``path`` (if given), atomically."""
+    if path:
         from edge_runtime.fileio import atomic_write
 
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.report, (json.dumps(report, indent=1) + "\n").encode())
-    return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(report, indent=1) + "\n").encode())

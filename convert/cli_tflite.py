@@ -38,13 +38,33 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def add_gate_flags(p: argparse.ArgumentParser, what: str = "") -> None:
-    """The converter's gates (``tflite``; ``train``/``compress --tflite``, ``what`` naming their conversion)."""
-    p.add_argument("--min-agreement", type=float, default=0.95,
+GATE_DEFAULTS = {"--min-agreement": 0.95, "--max-top1-drop": 1.0}
+
+
+def add_gate_flags(p: argparse.ArgumentParser, of: str | None = None) -> None:
+    """The converter's gates: ``tflite``'s, or those of the conversion flag ``of`` (``train``/``compress
+    --tflite``), which then default to None so that :func:`gates_of` can refuse them without it."""
+    what = f" of {of}" if of else ""
+    p.add_argument("--min-agreement", type=float, default=None if of else GATE_DEFAULTS["--min-agreement"],
                    help=f"gate{what}: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
                         "on --val, else on the unlabelled check views)")
-    p.add_argument("--max-top1-drop", type=float, default=1.0,
+    p.add_argument("--max-top1-drop", type=float, default=None if of else GATE_DEFAULTS["--max-top1-drop"],
                    help=f"gate{what}: maximum top-1 drop in points on --val (default 1.0)")
+
+
+def gates_of(args: argparse.Namespace, of: str = "--tflite") -> tuple[float, float]:
+    """The gates of the conversion flag ``of`` (see :func:`add_gate_flags`), the converter's defaults where
+    not given.
+
+    Raises:
+        ConvertError: a gate given without ``of`` (nothing would be converted, the gate silently ignored).
+    """
+    values = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in GATE_DEFAULTS}
+    given = [flag for flag, value in values.items() if value is not None]
+    if given and getattr(args, of[2:].replace("-", "_")) is None:
+        raise ConvertError(f"{', '.join(given)}: only with {of} (gates of its int8 conversion; without {of} "
+                           "nothing is converted)")
+    return tuple(GATE_DEFAULTS[flag] if value is None else value for flag, value in values.items())
 
 
 def register(sub: argparse._SubParsersAction) -> None:

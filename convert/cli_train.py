@@ -10,7 +10,7 @@ from edge_runtime.fileio import inside
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
-from .cli_tflite import add_gate_flags
+from .cli_tflite import add_gate_flags, gates_of
 from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tflite", type=Path, metavar="OUT.tflite",
                    help="then convert best.pt to an int8 .tflite here (the converter's defaults and gates, "
                         "validated on the run's validation images): what `convert tflite --weights RUN/best.pt` does")
-    add_gate_flags(p, " of --tflite")
+    add_gate_flags(p, "--tflite")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -103,6 +103,8 @@ def _conversion_preflight(tflite: Path):
 def run(args: argparse.Namespace) -> int:
     import os
 
+    gates = gates_of(args)  # given without --tflite: refused before any work
+
     # Idle OpenMP threads sleep instead of spinning. On a busy machine (2 cores shared by several
     # jobs) spinning threads make torch 3.6x slower with 2 threads (40 vs 147 images/s, measured);
     # it only takes effect before torch is first imported, which is here for the CLI.
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, "--report")
     if args.tflite:
         check_int8_out(args.tflite, "--tflite")
-        check_gates(args.min_agreement, args.max_top1_drop)
+        check_gates(*gates)
 
     summary = train(TrainOptions(
         data=args.data, out=args.out, val=args.val, val_split=args.val_split, test=args.test, arch=args.arch,
@@ -141,16 +143,16 @@ def run(args: argparse.Namespace) -> int:
     if args.tflite:  # after the run's reports: a failed conversion leaves the run whole and says so
         best = Path(args.out) / "best.pt"
         try:
-            summary["int8"] = to_int8(best, args.tflite, None, args.quiet, args.min_agreement, args.max_top1_drop)
-        except ConvertError as e:  # a missed gate stays one (exit code 3)
-            kind, extra = (GateError, (e.report,)) if isinstance(e, GateError) else (ConvertError, ())
-            raise kind(f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
-                       f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, "
-                       "--val DIR)", *extra) from None
-    if args.report:
-        from edge_runtime.fileio import atomic_write
-
-        atomic_write(args.report, json.dumps(summary, indent=1) + "\n")
+            summary["int8"] = to_int8(best, args.tflite, None, args.quiet, *gates, args.report)
+        except ConvertError as e:
+            text = (f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
+                    f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, --val DIR)")
+            if not isinstance(e, GateError):
+                raise ConvertError(text) from None
+            summary["int8"] = {**e.report, "error": text}  # a missed gate's figures go in --report too
+            _write(args.report, summary)
+            raise GateError(text, e.report) from None  # a missed gate stays one (exit code 3)
+    _write(args.report, summary)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -171,3 +173,11 @@ def run(args: argparse.Namespace) -> int:
                                                     f"agreement with the float model {i['agreement']:.1f}%")
             print(f"{i['out']}: {i['bytes']:,} bytes{figures}")
     return 0
+
+
+def _write(path: Path | None, summary: dict) -> None:
+    """``summary`` as JSON at ``path`` (if given), atomically."""
+    if path:
+        from edge_runtime.fileio import atomic_write
+
+        atomic_write(path, json.dumps(summary, indent=1) + "\n")

@@ -191,17 +191,28 @@ def check_int8_out(path: str | Path, flag: str = "--out") -> Path:
 
 
 def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool, min_agreement: float = 0.95,
-            max_top1_drop: float = 1.0) -> dict:
+            max_top1_drop: float = 1.0, report: Path | None = None) -> dict:
     """``weights`` through the converter with its default settings and the given gates (validated on ``val``,
-    else the weights' own validation folder); its figures for the calling command's report.
+    else the weights' own validation folder); its figures for the calling command's report (``report``, the
+    path a missed gate's message names).
 
     Raises:
-        ConvertError: as :func:`convert` (GateError when a gate is missed: nothing is written).
+        ConvertError: as :func:`convert`; GateError when a gate is missed (nothing is written), its ``report``
+            these same figures, for the calling command's report.
     """
     if not quiet:
         print(f"{weights} -> int8 TFLite (the converter's defaults and gates)", file=sys.stderr, flush=True)
-    conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet, min_agreement=min_agreement,
-                                  max_top1_drop=max_top1_drop))
+    try:
+        conv = convert(ConvertOptions(out=out, weights=str(weights), val=val, quiet=quiet,
+                                      min_agreement=min_agreement, max_top1_drop=max_top1_drop))
+    except GateError as e:  # the conversion writes no report of its own here: the calling command's holds it
+        raise GateError(str(e).replace("(report: not written)", f"(report: {report or 'not written'})"),
+                        _int8_figures(e.report, out)) from None
+    return _int8_figures(conv, out)
+
+
+def _int8_figures(conv: dict, out: Path) -> dict:
+    """The part of a conversion report (:func:`convert`'s) that ``train``/``compress --tflite`` report."""
     v = conv["validation"].get("val", {})
     return {"out": str(out), "bytes": conv["sizes"]["int8_tflite"], "top1": v.get("int8_top1"),
             "top1_float": v.get("float_top1"), "top1_drop": v.get("top1_drop"),

@@ -24,25 +24,14 @@ def _version(name: str) -> str | None:
 
 
 def environment() -> dict:
-    """The machine and the software a conversion ran on: CPU and its int8 instruction sets (as the
-    benchmark records them), Python, the packages of :data:`PACKAGES` that are installed, the variables
-    of :data:`KERNEL_ENV` that are set."""
-    from edge_runtime.bench import INT8_ISA
+    """The machine and the software a conversion ran on: CPU and its int8 instruction sets (the benchmark's
+    own record of them, :func:`edge_runtime.bench.cpu_record`), Python, the packages of :data:`PACKAGES` that
+    are installed, the variables of :data:`KERNEL_ENV` that are set."""
+    from edge_runtime.bench import cpu_record
 
-    cpu, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model", "Hardware") and not cpu:
-                    cpu = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    cpu, isa = cpu_record()
     packages = {name: v for name in PACKAGES if (v := _version(name)) is not None}
-    return {"cpu": cpu or platform.processor(), "isa": sorted(flags & INT8_ISA), "cores": os.cpu_count(),
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
             "arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
             "packages": packages, "env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}}
 

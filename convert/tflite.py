@@ -176,6 +176,7 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
     lo = np.zeros(len(stat))
     top = np.zeros(len(stat))
     bottom = np.zeros(len(stat))
+    every = progress_every(len(crops))
     for k, crop in enumerate(crops):
         interp.set_tensor(inp, crop[None].astype(np.float32))
         interp.invoke()
@@ -193,7 +194,7 @@ def set_ranges(calibrated: bytes, crops: np.ndarray, percentile: float, output_m
                 v = v[:: v.size // 50_000]
             v_lo, v_hi = np.percentile(v, (100 - percentile, percentile))
             lo[j], hi[j] = min(lo[j], v_lo), max(hi[j], v_hi)
-        if progress and (k + 1) % progress_every(len(crops)) == 0:
+        if progress and ((k + 1) % every == 0 or k + 1 == len(crops)):  # and the last, as the other passes
             progress(f"range statistics {k + 1}/{len(crops)}")
     del interp
     changed = 0

@@ -89,12 +89,9 @@ def sibling(int8_path: Path, kind: str) -> Path:
 INT8_ISA = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
 
 
-def machine() -> dict:
-    """The machine record: CPU, cores, OS, Python, package versions, frequency governor."""
-    import cv2
-
-    from .interpreter import backend_version, find_backend
-
+def cpu_record() -> tuple[str, list[str]]:
+    """The CPU's name and its int8 instruction sets (of :data:`INT8_ISA`), from /proc/cpuinfo: the one reading
+    of it, for the benchmark's machine record and the converter's report alike."""
     info: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
@@ -104,9 +101,18 @@ def machine() -> dict:
     except OSError:
         pass
     # x86: "model name"; Raspberry Pi: "Model" (the board) or "Hardware"; x86's lowercase "model" is a number
-    cpu = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or ""
+    name = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or ""
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    isa = sorted(flags & INT8_ISA)
+    return name, sorted(flags & INT8_ISA)
+
+
+def machine() -> dict:
+    """The machine record: CPU, cores, OS, Python, package versions, frequency governor."""
+    import cv2
+
+    from .interpreter import backend_version, find_backend
+
+    cpu, isa = cpu_record()
     governor = None
     try:
         governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()

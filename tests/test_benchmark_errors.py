@@ -266,3 +266,20 @@ def test_a_model_path_that_is_a_folder_and_a_streams_password_in_the_report(tmp_
     assert report["results"][0]["error"] == f"{tmp_path}: a folder, not a model file (a .tflite file expected)"
     assert report["settings"]["source"] == "rtsp://admin:***@127.0.0.1:9/stream"
     assert "S3cret" not in proc.stdout + proc.stderr + (tmp_path / "r.json").read_text()
+
+
+def test_the_converter_and_the_benchmark_record_a_pi_alike(monkeypatch):
+    """The converter's report read /proc/cpuinfo on its own and took its first of "Model"/"Hardware": on a
+    Raspberry Pi (Hardware listed first) it named the SoC where the benchmark named the board. One reading now."""
+    import io
+
+    from convert.provenance import environment
+    from edge_runtime import bench
+
+    pi5 = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
+           "asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n\nHardware\t: BCM2835\n"
+           "Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
+    monkeypatch.setattr(bench, "open", lambda path: io.StringIO(pi5), raising=False)
+    assert bench.cpu_record() == ("Raspberry Pi 5 Model B Rev 1.0", ["asimddp"])
+    env = environment()
+    assert (env["cpu"], env["isa"]) == ("Raspberry Pi 5 Model B Rev 1.0", ["asimddp"])

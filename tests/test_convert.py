@@ -109,7 +109,8 @@ def test_long_phases_print_progress(converted):
     err = (Path(converted["out"]).parent / "stderr.txt").read_text()
     views = converted["validation"]["unlabelled"]["views"]
     for line in ("calibration statistics 16/96", "calibration statistics 96/96", "weight rounding 24/26 layers",
-                 "range statistics 50/384", f"unlabelled check views, float model 200/{views}",
+                 "range statistics 50/384", "range statistics 384/384",
+                 f"unlabelled check views, float model 200/{views}",
                  f"unlabelled check views, float model {views}/{views}",
                  f"unlabelled check views, int8 model {views}/{views}"):
         assert re.search(r"^\[ *\d+\.\ds\] " + re.escape(line) + "$", err, re.M), line

@@ -114,6 +114,16 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --arch: only with --weights (an ONNX file carries its own architecture)")
 
+    # the gates of train/compress --tflite were ignored without it: refused before any work (nothing is read)
+    for command, argv in (("train", ["--data", tmp_path / "none", "--out", tmp_path / "run", "--min-agreement", "0.9"]),
+                          ("compress", ["--weights", "deep-compression", "--out", tmp_path / "x.sqz",
+                                        "--max-top1-drop", "2", "--min-agreement", "0.9"])):
+        proc = convert_main(command, *argv)
+        flags = "--min-agreement" if command == "train" else "--min-agreement, --max-top1-drop"
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"error: {flags}: only with --tflite (gates of its int8 conversion; without --tflite nothing is converted)")
+    assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.parametrize("main, argv, expect", [
     ("edge_runtime.cli", ["--image", "x.jpg", "--threshold", "nan"], "--threshold: 'nan': a probability from 0 to 1"),

@@ -405,10 +405,14 @@ def test_train_tflite_gate_missed_exits_3_and_takes_the_converters_gates(run_dir
             *SETTINGS, "--tflite", str(int8)]
     assert convert_main([*argv, "--min-agreement", "95"]) == 2  # a percentage for a fraction: before any work
     assert capsys.readouterr().err.strip() == "error: --min-agreement 95.0: 0..1 expected"
-    assert convert_main([*argv, "--min-agreement", "1"]) == 3
+    report = tmp_path / "report.json"  # a miss wrote no --report: it holds the int8 figures as on success
+    assert convert_main([*argv, "--min-agreement", "1", "--report", str(report)]) == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: top-1 agreement ") and "< 100.0%" in err and len(err.splitlines()) == 1, err
     assert f"the run in {copy} is kept" in err and not int8.exists() and (copy / "best.pt").is_file()
+    assert f"(report: {report})" in err, err
+    gates = json.loads(report.read_text())["int8"]["gates"]
+    assert not gates["passed"] and gates["min_agreement"] == 1.0 and gates["failed"][0] in err, gates
 
 
 def test_plots_under_a_read_only_home_print_nothing(tmp_path):

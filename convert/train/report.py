@@ -144,10 +144,6 @@ def versions() -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from edge_runtime.bench import cpu_record  # the benchmark's and the converter's reading: a Pi's board too
+
+    return cpu_record()[0]
