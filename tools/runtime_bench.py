@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from edge_runtime.bench import cpu_record
 from edge_runtime.fileio import atomic_write, outputs_problem
 from edge_runtime.flags import deprecated, json_path_to_report, positive_int, threads_arg
 
@@ -323,7 +324,7 @@ def first_frame_in_browser(model: Path, source: str, reps: int) -> dict:
 
 
 def serve_figures(args) -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    cpu = cpu_record()[0] or "unknown"  # (a Pi's board, where x86's "model name" is missing)
     res = {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "load_before": os.getloadavg(),
            "fps": serve_cost(args.model, args.source, args.threads, args.max_frames, args.reps),
            "rss": serve_rss(args.model, args.source, 8.0),
