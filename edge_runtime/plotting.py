@@ -4,8 +4,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -36,7 +38,17 @@ def matplotlib_agg():
             folder = tempfile.mkdtemp(prefix="matplotlib-")
             atexit.register(shutil.rmtree, folder, True)
             os.environ["MPLCONFIGDIR"] = folder
-    import matplotlib
+    # Ctrl-C or SIGTERM held until the native modules are loaded: an exception raised by the signal's handler
+    # inside one's initialisation became its "ImportError: initialization failed" (not a stop), and the
+    # half-loaded module aborted the interpreter at exit (a Fatal Python error, not exit code 143)
+    main = threading.current_thread() is threading.main_thread()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401 (its native modules, here)
+    finally:
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     return matplotlib

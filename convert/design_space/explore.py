@@ -33,6 +33,7 @@ from edge_runtime.fileio import folder_clash_problem, sha256_file
 from edge_runtime.intervals import wilson
 from edge_runtime.metadata import read_model_info
 
+from ..errors import check_stop
 from .. import peers  # noqa: F401 (registers the workstation peers with the harness)
 from . import plots, report
 from . import results as R
@@ -212,6 +213,7 @@ def run_variant(opts: SweepOptions, variant: Variant, train_dir: Path, test_dir:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 (one variant's failure is recorded; the sweep goes on)
+        check_stop()  # a SIGTERM whose exception a native module turned into its own error: a stop, not a failure
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         row.update(status="failed", error=f"{stage}: {text}"[:500])
     return row
