@@ -7,6 +7,7 @@ from pathlib import Path
 from edge_runtime.flags import CHANNEL_ORDER_HELP, RESIZE_HELP, input_size_arg, resize_arg
 
 from .errors import ConvertError
+from .validate import Gates
 
 EXAMPLES = """examples:
   # the Deep Compression SqueezeNet v1.0, validated on labelled images, gates on:
@@ -38,7 +39,7 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-GATE_DEFAULTS = {"--min-agreement": 0.95, "--max-top1-drop": 1.0}
+GATE_DEFAULTS = {"--min-agreement": Gates.min_agreement, "--max-top1-drop": Gates.max_top1_drop}
 
 
 def add_gate_flags(p: argparse.ArgumentParser, of: str | None = None) -> None:
@@ -46,10 +47,11 @@ def add_gate_flags(p: argparse.ArgumentParser, of: str | None = None) -> None:
     --tflite``), which then default to None so that :func:`gates_of` can refuse them without it."""
     what = f" of {of}" if of else ""
     p.add_argument("--min-agreement", type=float, default=None if of else GATE_DEFAULTS["--min-agreement"],
-                   help=f"gate{what}: minimum top-1 agreement int8 vs float, as a fraction (default 0.95; "
+                   help=f"gate{what}: minimum top-1 agreement int8 vs float, as a fraction (default "
+                        f"{Gates.min_agreement}; "
                         "on --val, else on the unlabelled check views)")
     p.add_argument("--max-top1-drop", type=float, default=None if of else GATE_DEFAULTS["--max-top1-drop"],
-                   help=f"gate{what}: maximum top-1 drop in points on --val (default 1.0)")
+                   help=f"gate{what}: maximum top-1 drop in points on --val (default {Gates.max_top1_drop})")
 
 
 def gates_of(args: argparse.Namespace, of: str = "--tflite") -> tuple[float, float]:

@@ -71,8 +71,8 @@ class ConvertOptions:
     check: Path | None = None  # unlabelled photos for the gates without --val (default: check_data/)
     val: Path | None = None
     val_half: str | None = None  # "tune" | "report": only that half (by class) of --val
-    min_agreement: float | None = 0.95  # fraction, top-1 agreement int8 vs float
-    max_top1_drop: float | None = 1.0  # points
+    min_agreement: float | None = Gates.min_agreement  # fraction, top-1 agreement int8 vs float
+    max_top1_drop: float | None = Gates.max_top1_drop  # points
     # output
     report: Path | None = None
     quiet: bool = False
@@ -190,8 +190,8 @@ def check_int8_out(path: str | Path, flag: str = "--out") -> Path:
     return out
 
 
-def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool, min_agreement: float = 0.95,
-            max_top1_drop: float = 1.0, report: Path | None = None) -> dict:
+def to_int8(weights: Path, out: Path, val: Path | None, quiet: bool, min_agreement: float = Gates.min_agreement,
+            max_top1_drop: float = Gates.max_top1_drop, report: Path | None = None) -> dict:
     """``weights`` through the converter with its default settings and the given gates (validated on ``val``,
     else the weights' own validation folder); its figures for the calling command's report (``report``, the
     path a missed gate's message names).
