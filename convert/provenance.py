@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from importlib import metadata
 
 # The packages whose kernels and graph rewriting decide the artifact's bytes (and the runtime's checks)
@@ -24,16 +23,13 @@ def _version(name: str) -> str | None:
 
 
 def environment() -> dict:
-    """The machine and the software a conversion ran on: CPU and its int8 instruction sets (the benchmark's
-    own record of them, :func:`edge_runtime.bench.cpu_record`), Python, the packages of :data:`PACKAGES` that
-    are installed, the variables of :data:`KERNEL_ENV` that are set."""
-    from edge_runtime.bench import cpu_record
+    """The machine and the software a conversion ran on: the benchmark's record of the host
+    (:func:`edge_runtime.bench.host`: CPU and its int8 instruction sets, cores, OS, Python), the packages of
+    :data:`PACKAGES` that are installed, the variables of :data:`KERNEL_ENV` that are set."""
+    from edge_runtime.bench import host
 
-    cpu, isa = cpu_record()
     packages = {name: v for name in PACKAGES if (v := _version(name)) is not None}
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
-            "arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
-            "packages": packages, "env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}}
+    return {**host(), "packages": packages, "env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}}
 
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:

@@ -106,13 +106,20 @@ def cpu_record() -> tuple[str, list[str]]:
     return name, sorted(flags & INT8_ISA)
 
 
+def host() -> dict:
+    """What every record of a run names: the CPU and its int8 instruction sets (:func:`cpu_record`), cores,
+    architecture, OS, Python (the benchmark's :func:`machine` and the converter's report build on it)."""
+    cpu, isa = cpu_record()
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
+            "python": platform.python_version()}
+
+
 def machine() -> dict:
-    """The machine record: CPU, cores, OS, Python, package versions, frequency governor."""
+    """The machine record: :func:`host`, the interpreter, numpy and OpenCV versions, frequency governor."""
     import cv2
 
     from .interpreter import backend_version, find_backend
 
-    cpu, isa = cpu_record()
     governor = None
     try:
         governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
@@ -123,8 +130,7 @@ def machine() -> dict:
         version = backend_version(backend)
     except Exception as e:  # noqa: BLE001 (reported, not fatal)
         backend, version = f"none ({e})", ""
-    rec = {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
-           "python": platform.python_version(), "interpreter": backend, "interpreter_version": version,
+    rec = {**host(), "interpreter": backend, "interpreter_version": version,
            "numpy": np.__version__, "opencv": cv2.__version__, "governor": governor}
     if governor and governor != "performance":
         rec["warning"] = f"CPU frequency governor is '{governor}', not 'performance': latencies may vary"
