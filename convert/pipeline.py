@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.evaluation import shows_top5
-from edge_runtime.fileio import atomic_write, atomic_write_many, same_file
+from edge_runtime.fileio import atomic_write_many, same_file
 
 from .artifact import artifact_record, finish_artifact, finish_graph, float_onnx_sibling, float_sibling
 from .calibration import DEFAULT_SCALES, calibration_set
@@ -158,13 +158,14 @@ def convert(opts: ConvertOptions) -> dict:
                   "command": opts.command, "environment": environment()}
         if not report["gates"]["failed"]:  # the outputs it writes (a missed gate writes none)
             report["sha256"] = digests({"int8_tflite": final, "float_tflite": float_tflite, "float_onnx": float_onnx})
-        if opts.report:
-            atomic_write(Path(opts.report), (json.dumps(report, indent=2) + "\n").encode())
+        report_file = {Path(opts.report): (json.dumps(report, indent=2) + "\n").encode()} if opts.report else {}
         if report["gates"]["failed"]:
+            if report_file:
+                atomic_write_many(report_file)
             hint = "" if validation.get("val") else OWN_CHECK_HINT if opts.check else UNLABELLED_HINT
             raise GateError("; ".join(report["gates"]["failed"]) + f" (report: {opts.report or 'not written'})"
                             + hint, report)
-        write_artifact(out, final, float_onnx, float_tflite)
+        write_artifact(out, final, float_onnx, float_tflite, report_file)
     progress(f"wrote {out} ({len(final)} bytes)", check=False)
     return report
 
@@ -349,12 +350,15 @@ def sibling_record(out: Path) -> dict[str, str]:
     return {"float_onnx": onnx_path.name, "float_tflite": tflite_path.name}
 
 
-def write_artifact(out: Path, artifact: bytes, float_onnx: bytes, float_tflite: bytes) -> None:
-    """The artifact and its float siblings (finished by :func:`convert.artifact.float_sibling` and
-    :func:`convert.artifact.float_onnx_sibling`), replaced together or not at all."""
+def write_artifact(out: Path, artifact: bytes, float_onnx: bytes, float_tflite: bytes,
+                   report: dict[Path, bytes] | None = None) -> None:
+    """The artifact, its float siblings (finished by :func:`convert.artifact.float_sibling` and
+    :func:`convert.artifact.float_onnx_sibling`) and its report (``{path: bytes}``), replaced together or not at
+    all (two conversions into one folder at once leave one's whole set, never one's report beside the other's
+    artifact)."""
     check_stop()
     onnx_out, tflite_out = sibling_paths(out)
-    atomic_write_many({onnx_out: float_onnx, tflite_out: float_tflite, out: artifact})
+    atomic_write_many({**(report or {}), onnx_out: float_onnx, tflite_out: float_tflite, out: artifact})
 
 
 def _with_ci(figures: dict, key: str, unit: str) -> str:

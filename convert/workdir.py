@@ -8,7 +8,6 @@ no process in the other's namespace), so the id alone took a running conversion'
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -17,12 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edge_runtime.fileio import pid_alive
+from edge_runtime.fileio import NO_LOCKS, pid_alive
 
 WORK_PREFIX = ".convert-"  # the working folder beside the output: .convert-PID-XXXXXXXX
 _WORK_DIR = re.compile(r"^\.convert-(\d+)-[A-Za-z0-9_]+$")
 LOCK_NAME = "lock"  # held by the live run
-NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's errors on a filesystem that has no locks
 
 
 @contextlib.contextmanager
@@ -49,19 +47,18 @@ def work_dir(folder: Path) -> Iterator[Path]:
 
 
 def _abandoned(folder: Path, pid: int) -> bool:
-    """No live run holds ``folder``: its lock is free (or, in a folder from before the lock, its process is gone)."""
+    """No live run holds ``folder``: its lock is free (or, in a folder from before the lock or on a filesystem
+    without locks, its process is gone)."""
     try:
-        f = open(folder / LOCK_NAME, "r+")
-    except FileNotFoundError:
-        return pid != os.getpid() and not pid_alive(pid)
-    except OSError:
-        return False
-    with f:
-        try:
+        with open(folder / LOCK_NAME, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            return e.errno in NO_LOCKS and pid != os.getpid() and not pid_alive(pid)
         return True
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno not in NO_LOCKS:
+            return False  # held by a live run (EWOULDBLOCK), or unreadable: left alone
+    return pid != os.getpid() and not pid_alive(pid)
 
 
 def remove_stale_work_dirs(folder: Path) -> list[str]:

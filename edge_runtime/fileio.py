@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import secrets
 import signal
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's errors on a filesystem that has no locks
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -40,9 +44,11 @@ def atomic_write(path: str | Path, data: bytes | str, check: Callable[[Path], No
 
 def atomic_write_many(files: dict[Path, bytes | str],
                       check: dict[Path, Callable[[Path], None]] | None = None) -> None:
-    """Write a set of files that belong together (an artifact and its siblings): every one goes to
-    a temporary file first, and only when all are written (and checked) are they renamed into
-    place, so a failure (a full disk, a folder in the way) replaces none of them.
+    """Write a set of files that belong together (an artifact, its siblings and its report): every one
+    goes to a temporary file first, and only when all are written (and checked) are they renamed into
+    place, so a failure (a full disk, a folder in the way) replaces none of them. The renames hold a lock
+    on each folder (:func:`_folders_locked`): two processes writing the same set at once leave one's set
+    whole, never one's artifact beside the other's report.
 
     Raises:
         OSError: naming the output path whose writing failed (never the temporary file).
@@ -63,7 +69,8 @@ def atomic_write_many(files: dict[Path, bytes | str],
                     os.fsync(f.fileno())
             if check and check.get(path) is not None:
                 check[path](tmp)
-        with _signals_held():  # a SIGTERM or Ctrl-C now would leave half the set renamed
+        # a SIGTERM or Ctrl-C now would leave half the set renamed
+        with _signals_held(), _folders_locked({p.parent for p in temps}):
             for path, tmp in temps.items():
                 with _naming(path):
                     os.replace(tmp, path)
@@ -73,6 +80,24 @@ def atomic_write_many(files: dict[Path, bytes | str],
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _folders_locked(folders) -> Iterator[None]:
+    """An exclusive lock on each of ``folders`` (taken in one order: no deadlock between two sets) while the
+    block runs; a folder that takes no lock (a filesystem without locks, no read permission) goes without."""
+    with contextlib.ExitStack() as held:
+        for folder in sorted(str(f) for f in folders):
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            held.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # NO_LOCKS, or a lock the folder refuses: the set is still written
+                pass
+        yield
 
 
 @contextlib.contextmanager

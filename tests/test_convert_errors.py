@@ -235,6 +235,37 @@ def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
         assert (sd / "a_int8.tflite").read_bytes() == b"old"
 
 
+def test_two_sets_written_into_one_folder_at_once_leave_one_whole_set(tmp_path):
+    """Two conversions finishing together in one folder: each renames its set (artifact, siblings, report)
+    under the folder's lock, so the files end up all one run's, never one's report beside the other's
+    artifact. Here the folder's lock is held while both sets are ready: neither renames anything until it
+    is released (without the lock each would rename at once), then one set wins whole."""
+    import fcntl
+    import threading
+
+    names = ("m_int8.tflite", "m_float.tflite", "m_float.onnx", "report.json")
+    for name in names:
+        (tmp_path / name).write_text("old")
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        writers = [threading.Thread(target=atomic_write_many, args=({tmp_path / n: run for n in names},))
+                   for run in ("run A", "run B")]
+        for w in writers:
+            w.start()
+        renamed = lambda: {(tmp_path / n).read_text() for n in names} != {"old"}  # noqa: E731
+        wait_for(lambda: len(list(tmp_path.glob(".*"))) == 2 * len(names) or renamed(), 30, "both sets written")
+        for w in writers:
+            w.join(0.5)
+        assert not renamed() and all(w.is_alive() for w in writers)
+    finally:
+        os.close(folder)  # releases the lock
+    for w in writers:
+        w.join(30)
+    assert {(tmp_path / n).read_text() for n in names} in ({"run A"}, {"run B"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
 def test_an_output_nobody_can_create_is_refused_before_the_work(tmp_path, weights_env):
     """/proc takes no new file, even from root, whom access() lets write anywhere: `compress --report` there
     wrote the container, printed success, then failed; `tflite --report` failed after the whole conversion,
