@@ -34,6 +34,7 @@ class RunOptions:
     record_segment: float = 0.0  # seconds of video per recorded file (0: one file)
     record_keep: int = 0  # with segments: keep only the newest N (0: all)
     log_interval: float = 1.0  # seconds between headless text lines
+    json_interval: float = 0.0  # seconds between --json lines (0: every frame)
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -98,6 +99,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     stats, fps_meter = RunStats(), FpsMeter()
     t_start = time.perf_counter()
     last_log: float | None = None  # the first result is shown at once, then one every log_interval
+    last_json: float | None = None  # likewise with json_interval
     recorder = None
     try:
         out = LineOutput(opts.out, stop)
@@ -130,7 +132,9 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
             name = _file_name(source)
             record = result_record(stats.frames, preds, infer_ms, fps, name) if opts.json_lines or observer else None
             if opts.json_lines:
-                out.write(json.dumps(record) + "\n")
+                if name or last_json is None or t1 - last_json >= opts.json_interval:  # (a folder: every file)
+                    out.write(json.dumps(record) + "\n")
+                    last_json = t1
             elif not opts.display and (name or last_log is None or t1 - last_log >= opts.log_interval):
                 # (a folder's frames: every file)
                 out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: {summary_line(preds, infer_ms, fps)}\n")

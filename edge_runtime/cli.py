@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hide labels below this probability (default 0)")
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
     p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
+    p.add_argument("--json-interval", type=seconds_arg, default=0.0, metavar="SECONDS",
+                   help="with --json: at most one line per SECONDS, the first at once (default 0: every frame; "
+                        "an image folder: every file; /predictions and /events keep every frame)")
     p.add_argument("--max-frames", type=positive_int, help="stop after N classified frames")
     p.add_argument("--record", type=Path, metavar="OUT.mp4",
                    help="record the annotated frames (.mp4, .mkv, .ts, .avi); finished only when closed: "
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = app.RunOptions(top_k=args.top_k, threshold=args.threshold, max_frames=args.max_frames,
                           json_lines=args.json, display=display, record=args.record,
                           record_segment=args.record_segment, record_keep=args.record_keep,
-                          log_interval=args.log_interval)
+                          log_interval=args.log_interval, json_interval=args.json_interval)
     service = source = None
     try:
         try:
@@ -292,6 +295,7 @@ def _flags_without_effect(args: argparse.Namespace) -> str | None:
         and not is_image_file(args.source)
     rules = (("--record-segment", args.record_segment, "--record", args.record is not None),
              ("--record-keep", args.record_keep, "--record-segment", bool(args.record_segment)),
+             ("--json-interval", args.json_interval, "--json", args.json),
              ("--picamera", args.picamera, "--camera N", args.camera is not None),
              ("--disconnect-seconds", args.disconnect_seconds, "--disconnect-every", bool(args.disconnect_every)),
              ("--loop", args.loop, "a video file as --source", video_file),

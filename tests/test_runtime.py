@@ -85,6 +85,28 @@ def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
         "frame 1 (opencv_orange.jpg)", "frame 2 (skimage_chelsea.jpg)", "frame 3 (skimage_coffee.jpg)"]
 
 
+def test_json_interval_thins_the_lines_of_a_stream_not_of_a_folder(int8_model, sample_clip, tmp_path):
+    """`--json` into a fleet's journal is a line per frame (about 470 MB a day at 15 FPS): `--json-interval S`
+    writes the first result at once, then at most one line per S seconds (its frame number tells how many
+    frames it stands for); a folder's files are each written, and the flag without --json is refused."""
+    from edge_runtime.cli import _flags_without_effect, build_parser
+
+    def lines(source, interval):
+        out = io.StringIO()
+        stats = app.run(Classifier(int8_model), open_source(str(source)),
+                        app.RunOptions(top_k=1, max_frames=12, json_lines=True, json_interval=interval, out=out))
+        return stats.frames, [json.loads(line)["frame"] for line in out.getvalue().splitlines()]
+
+    assert lines(sample_clip, 0.0) == (12, list(range(1, 13)))
+    assert lines(sample_clip, 3600.0) == (12, [1])
+    for name in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "opencv_orange.jpg"):
+        (tmp_path / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
+    assert lines(tmp_path, 3600.0) == (3, [1, 2, 3])
+    refused = _flags_without_effect(build_parser().parse_args(["--camera", "0", "--json-interval", "1"]))
+    assert refused == "--json-interval: only with --json (it would have no effect)"
+    assert _flags_without_effect(build_parser().parse_args(["--camera", "0", "--json", "--json-interval", "1"])) is None
+
+
 def test_a_file_name_of_other_bytes_is_shown_not_a_traceback(int8_model, tmp_path):
     """A photo named in Latin-1 (an unzipped Windows archive: 'caf\\xe9.jpg') in a folder source: headless text
     names every file, and the lines to a pipe went out as UTF-8 with no room for the undecodable byte: a
