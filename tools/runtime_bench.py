@@ -359,8 +359,9 @@ def main(argv=None) -> int:
     deprecated(p, "--frames", "--max-frames", "max_frames", type=positive_int)
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
-    p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
-                   help="print the figures as JSON on stdout")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                   help="print the figures as JSON on stdout (--json FILE: the deprecated spelling of "
+                        "--report FILE)")
     p.add_argument("--report", type=Path, help="write the figures as JSON here")
     p.add_argument("--serve", action="store_true",
                    help="measure the web service instead: FPS with 0/1/2 MJPEG clients, RSS, first frame in a browser")
