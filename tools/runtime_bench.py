@@ -351,8 +351,10 @@ def serve_figures(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.runtime_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite", help="int8 .tflite")
-    p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"), help="video clip")
+    p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite",
+                   help="int8 .tflite (default build/squeezenet1_0_int8.tflite)")
+    p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"),
+                   help="video clip (default samples/sample_clip.mp4)")
     p.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
     p.add_argument("--max-frames", type=positive_int, default=3000,
                    help="frames of the throughput run (default 3000)")
