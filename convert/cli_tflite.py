@@ -42,16 +42,16 @@ def _scales(text: str) -> tuple[float, ...]:
 GATE_DEFAULTS = {"--min-agreement": Gates.min_agreement, "--max-top1-drop": Gates.max_top1_drop}
 
 
-def add_gate_flags(p: argparse.ArgumentParser, of: str | None = None) -> None:
+def add_gate_flags(p: argparse.ArgumentParser, of: str | None = None, labelled: str = "--val") -> None:
     """The converter's gates: ``tflite``'s, or those of the conversion flag ``of`` (``train``/``compress
-    --tflite``), which then default to None so that :func:`gates_of` can refuse them without it."""
+    --tflite``), which then default to None so that :func:`gates_of` can refuse them without it.
+    ``labelled`` names the labelled images they are judged on (the unlabelled check views without any)."""
     what = f" of {of}" if of else ""
     p.add_argument("--min-agreement", type=float, default=None if of else GATE_DEFAULTS["--min-agreement"],
                    help=f"gate{what}: minimum top-1 agreement int8 vs float, as a fraction (default "
-                        f"{Gates.min_agreement}; "
-                        "on --val, else on the unlabelled check views)")
+                        f"{Gates.min_agreement}; on {labelled}, else on the unlabelled check views)")
     p.add_argument("--max-top1-drop", type=float, default=None if of else GATE_DEFAULTS["--max-top1-drop"],
-                   help=f"gate{what}: maximum top-1 drop in points on --val (default {Gates.max_top1_drop})")
+                   help=f"gate{what}: maximum top-1 drop in points on {labelled} (default {Gates.max_top1_drop})")
 
 
 def gates_of(args: argparse.Namespace, of: str = "--tflite") -> tuple[float, float]:

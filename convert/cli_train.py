@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tflite", type=Path, metavar="OUT.tflite",
                    help="then convert best.pt to an int8 .tflite here (the converter's defaults and gates, "
                         "validated on the run's validation images): what `convert tflite --weights RUN/best.pt` does")
-    add_gate_flags(p, "--tflite")
+    add_gate_flags(p, "--tflite", labelled="the run's validation images")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 

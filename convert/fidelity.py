@@ -58,8 +58,9 @@ CHECK_SCALES = (1.0, 1.3, 1.7, 2.2)
 
 
 def group_of(path: Path) -> str:
-    """Views of one file, and files named ``<clip>_<frame number>``, form one correlated group."""
-    return re.sub(r"_\d+$", "", Path(path).stem)
+    """Views of one file, and files named ``<clip>_<frame number>`` (or ``<clip>_f<frame number>``, the
+    trainer's frames of a clip: convert/train/data.py), form one correlated group."""
+    return re.sub(r"_f?\d+$", "", Path(path).stem)
 
 
 def check_views(paths: list[Path], pp) -> tuple[np.ndarray, list[str], list[str]]:

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="load the model even if its integrity checksum does not match (experiments only)")
     p.add_argument("--log-interval", type=seconds_arg, default=1.0,
-                   help="seconds between headless text lines (an image folder: a line per file)")
+                   help="seconds between headless text lines (default 1; an image folder: a line per file)")
     pre = p.add_argument_group("preprocessing of a plain .tflite without embedded metadata (refused for a "
                                "model that carries its own)")
     pre.add_argument("--resize", type=resize_arg, metavar="N|HxW",

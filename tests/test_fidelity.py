@@ -186,3 +186,21 @@ def test_one_pass_statistics_match_the_equalized_models_own(float_model):
     for conv in convs:
         a, b = derived[names[conv]], direct[conv]
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max())), names[conv]
+
+
+def test_the_trainers_frames_of_a_clip_are_one_correlated_group(sample_clip, tmp_path):
+    """A run trained on clips holds out frames the trainer names ``<clip>_f<frame>.png``: the unlabelled
+    check must count them as one clip, as it counts the check folder's ``<clip>_<frame>`` files (it counted
+    each such frame as an independent photo: an interval narrower than the data allows)."""
+    from convert.fidelity import check_views
+    from convert.train.data import extract_frames
+    from convert.weights import CAFFE_IMAGENET
+
+    frames = extract_frames(sample_clip, tmp_path, 30)
+    assert len(frames) == 6 and all(f.name.startswith(f"{sample_clip.stem}_f") for f in frames)
+    check = Path(__file__).resolve().parents[1] / "convert" / "check_data"
+    photos = [check / "opencv_vtest_0020.jpg", check / "opencv_vtest_0060.jpg", check / "opencv_plane.jpg"]
+    views, groups, skipped = check_views(frames + photos, CAFFE_IMAGENET)
+    assert not skipped and len(views) == len(groups) == 8 * 9  # four scales, each mirrored
+    assert set(groups[:48]) == {sample_clip.stem}
+    assert groups[48::8] == ["opencv_vtest", "opencv_vtest", "opencv_plane"]

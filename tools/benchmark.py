@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="video clip: adds end-to-end FPS through the runtime's frame loop")
     p.add_argument("--peers", type=_peers, default=[], help="comma-separated peers of the first model: "
                                                            f"{','.join(bench.PEERS)}")
-    p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
-                   help="print the results as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                   help="print the results as JSON on stdout, the table on stderr (--json FILE: the "
+                        "deprecated spelling of --report FILE)")
     p.add_argument("--report", type=Path, help="write the results as JSON here (atomically)")
     p.add_argument("--csv", type=Path, help="write the results as CSV here (atomically)")
     p.add_argument("--plot", type=Path, help="write a PNG plot (needs matplotlib)")

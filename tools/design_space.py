@@ -55,7 +55,8 @@ def parse(argv):
                                                    "(default: the trainer's)")
     p.add_argument("--seed", type=nonnegative_int, help=f"seed of every variant's training (default {D.seed})")
     p.add_argument("--threads", type=threads_arg, help=f"interpreter threads of the latency figures (default {D.threads}); "
-                                               "with --device-results, which of the device's thread counts to merge")
+                                               "with --device-results, which of the device's thread counts to merge "
+                                               "(default: the only one it measured)")
     p.add_argument("--rounds", type=positive_int, help=f"interleaved timing rounds over all variants (default {D.timing_rounds})")
     p.add_argument("--runs", type=positive_int, help=f"minimum timed invocations per variant and round (default {D.timing_runs})")
     p.add_argument("--min-seconds", type=seconds_arg,

@@ -351,16 +351,19 @@ def serve_figures(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.runtime_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite", help="int8 .tflite")
-    p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"), help="video clip")
+    p.add_argument("--model", type=Path, default=ROOT / "build" / "squeezenet1_0_int8.tflite",
+                   help="int8 .tflite (default build/squeezenet1_0_int8.tflite)")
+    p.add_argument("--source", default=str(ROOT / "samples" / "sample_clip.mp4"),
+                   help="video clip (default samples/sample_clip.mp4)")
     p.add_argument("--threads", type=threads_arg, default=2, help="interpreter threads (default 2)")
     p.add_argument("--max-frames", type=positive_int, default=3000,
                    help="frames of the throughput run (default 3000)")
     deprecated(p, "--frames", "--max-frames", "max_frames", type=positive_int)
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
-    p.add_argument("--json", nargs="?", const=True, default=None, metavar="",
-                   help="print the figures as JSON on stdout")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                   help="print the figures as JSON on stdout (--json FILE: the deprecated spelling of "
+                        "--report FILE)")
     p.add_argument("--report", type=Path, help="write the figures as JSON here")
     p.add_argument("--serve", action="store_true",
                    help="measure the web service instead: FPS with 0/1/2 MJPEG clients, RSS, first frame in a browser")

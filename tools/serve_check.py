@@ -8,6 +8,7 @@ how to enable it) and /healthz, then stop it with SIGTERM and check it exits cle
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import signal
@@ -50,7 +51,11 @@ def first_jpegs(url: str, n: int) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    model = (argv or sys.argv[1:])[0]
+    p = argparse.ArgumentParser(prog="python -m tools.serve_check", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m tools.serve_check build/squeezenet1_0_int8.tflite")
+    p.add_argument("model", metavar="MODEL.tflite", help="the int8 .tflite to serve (on samples/sample_clip.mp4)")
+    model = str(Path(p.parse_args(argv).model).resolve())  # the service runs in the project folder
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--source", "samples/sample_clip.mp4", "--loop",
                              "--model", model, "--headless", "--serve", "127.0.0.1:0"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
