@@ -57,10 +57,17 @@ def half_figures(f_scores: np.ndarray, q_scores: np.ndarray, targets) -> dict:
 CHECK_SCALES = (1.0, 1.3, 1.7, 2.2)
 
 
+# Camera and phone photo names (IMG_0001, DSC_0001, IMG_20241130_101502, PXL_20241130_101502123,
+# 20241130_101502): separate photos, not the frames of a clip called "IMG"
+_CAMERA_PHOTO = re.compile(r"(?:(?:IMG|DSC|DSCF|DSCN|PXL|MVIMG|PANO|CIMG|DJI|GOPR|PICT)_)?(?:\d{8}_)?\d+(?:_\d+)?")
+
+
 def group_of(path: Path) -> str:
     """Views of one file, and files named ``<clip>_<frame number>`` (or ``<clip>_f<frame number>``, the
-    trainer's frames of a clip: convert/train/data.py), form one correlated group."""
-    return re.sub(r"_f?\d+$", "", Path(path).stem)
+    trainer's frames of a clip: convert/train/data.py), form one correlated group; a camera's or phone's
+    photo name (:data:`_CAMERA_PHOTO`) is a photo of its own."""
+    stem = Path(path).stem
+    return stem if _CAMERA_PHOTO.fullmatch(stem) else re.sub(r"_f?\d+$", "", stem)
 
 
 def check_views(paths: list[Path], pp) -> tuple[np.ndarray, list[str], list[str]]:
