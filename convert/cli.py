@@ -11,7 +11,6 @@ import errno
 import importlib
 import io
 import os
-import select
 import signal
 import sys
 import threading
@@ -80,14 +79,6 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
     except (ConvertError, DatasetError, MetadataError, PreprocessingError, ModelError) as e:
         _say_error(str(e), shared=not isinstance(e, ProcessError))
         return 2
-    except BrokenPipeError as e:
-        if not _stdout_reader_gone():
-            _say_error(os_error_text(e))
-            return 2
-        # `... | head`: the reader has what it wanted; no error (as the runtime's closed pipe), and Python's own
-        # last flush of stdout at exit goes nowhere instead of failing
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except OSError as e:  # a full disk, a folder that went away during the run...
         _say_error(os_error_text(e))
         return 2
@@ -101,16 +92,6 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
         sys.unraisablehook = hook
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _stdout_reader_gone() -> bool:
-    """stdout is a pipe whose reader closed it (poll reports an error on the writing end)."""
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _fd, events in poller.poll(0))
-    except (OSError, ValueError):
-        return False
 
 
 def torchrun_rank() -> tuple[int, int]:

@@ -152,24 +152,3 @@ def test_input_sizes_and_grid_values_outside_the_design_space_are_one_line(capsy
     rc, err = _design_space(capsys, "--list", "--grid", "sr=1;base_e=2048;incr_e=0")  # was a traceback
     assert rc == 2 and err.startswith("error: --grid 'sr=1;base_e=2048;incr_e=0': sr1_e2048+0f2: 199,424,872 "
                                       "parameters, at most 100,000,000 expected") and len(err.splitlines()) == 1, err
-
-
-def test_a_listing_into_a_closed_pipe_is_no_error():
-    """`python -m tools.design_space --list | head -1` printed 'error: Broken pipe' and exited 2 (any command
-    of run_guarded whose stdout reader stopped reading): the reader had what it wanted, so it is exit 0 and
-    nothing on stderr, as the runtime does for a closed pipe. Here the pipe is closed before the first line."""
-    import os
-    import subprocess
-    import sys
-
-    from realworld import ROOT
-
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tools.design_space", "--list"], cwd=ROOT, stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    finally:
-        os.close(write)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
