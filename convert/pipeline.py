@@ -354,8 +354,8 @@ def write_artifact(out: Path, artifact: bytes, float_onnx: bytes, float_tflite: 
                    report: dict[Path, bytes] | None = None) -> None:
     """The artifact, its float siblings (finished by :func:`convert.artifact.float_sibling` and
     :func:`convert.artifact.float_onnx_sibling`) and its report (``{path: bytes}``), replaced together or not at
-    all (two conversions into one folder at once leave one's whole set, never one's report beside the other's
-    artifact)."""
+    all (two successful conversions into one folder at once leave one's whole set, never one's report beside the
+    other's artifact; a missed gate writes its report alone)."""
     check_stop()
     onnx_out, tflite_out = sibling_paths(out)
     atomic_write_many({**(report or {}), onnx_out: float_onnx, tflite_out: float_tflite, out: artifact})

@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -47,8 +48,8 @@ def atomic_write_many(files: dict[Path, bytes | str],
     """Write a set of files that belong together (an artifact, its siblings and its report): every one
     goes to a temporary file first, and only when all are written (and checked) are they renamed into
     place, so a failure (a full disk, a folder in the way) replaces none of them. The renames hold a lock
-    on each folder (:func:`_folders_locked`): two processes writing the same set at once leave one's set
-    whole, never one's artifact beside the other's report.
+    on each folder (:func:`_folders_locked`): two of this project's processes writing the same set at once
+    leave one's set whole, never one's artifact beside the other's report.
 
     Raises:
         OSError: naming the output path whose writing failed (never the temporary file).
@@ -69,8 +70,8 @@ def atomic_write_many(files: dict[Path, bytes | str],
                     os.fsync(f.fileno())
             if check and check.get(path) is not None:
                 check[path](tmp)
-        # a SIGTERM or Ctrl-C now would leave half the set renamed
-        with _signals_held(), _folders_locked({p.parent for p in temps}):
+        # the locks first (a wait for them can be stopped); a SIGTERM or Ctrl-C after would leave half the set renamed
+        with _folders_locked({p.parent for p in temps}), _signals_held():
             for path, tmp in temps.items():
                 with _naming(path):
                     os.replace(tmp, path)
@@ -82,21 +83,38 @@ def atomic_write_many(files: dict[Path, bytes | str],
                 os.unlink(tmp)
 
 
+LOCK_WAIT = 5.0  # seconds a set waits for another writer's lock on its folder before it goes without
+
+
 @contextlib.contextmanager
 def _folders_locked(folders) -> Iterator[None]:
-    """An exclusive lock on each of ``folders`` (taken in one order: no deadlock between two sets) while the
-    block runs; a folder that takes no lock (a filesystem without locks, no read permission) goes without."""
+    """An exclusive lock on each of ``folders`` while the block runs. Folders are told apart by the folder
+    itself (device and inode: ``build`` and its absolute path are one) and locked in that order, so two sets
+    never wait for each other. The lock is a courtesy between this project's writers: a folder held by
+    anything else for longer than :data:`LOCK_WAIT` (``flock DIR cmd`` around the whole command), a
+    filesystem without locks (NFS refuses them on a folder) or a folder that cannot be read goes without."""
     with contextlib.ExitStack() as held:
-        for folder in sorted(str(f) for f in folders):
+        fds: dict[tuple[int, int], int] = {}
+        for folder in folders:
             try:
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 continue
             held.callback(os.close, fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:  # NO_LOCKS, or a lock the folder refuses: the set is still written
-                pass
+            st = os.fstat(fd)
+            fds.setdefault((st.st_dev, st.st_ino), fd)
+        deadline = time.monotonic() + LOCK_WAIT
+        for _key, fd in sorted(fds.items()):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break  # held by something else for long: written without it
+                    time.sleep(0.02)
+                except OSError:  # NO_LOCKS, or a lock the folder refuses: written without it
+                    break
         yield
 
 

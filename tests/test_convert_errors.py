@@ -266,6 +266,24 @@ def test_two_sets_written_into_one_folder_at_once_leave_one_whole_set(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
+def test_one_folder_named_two_ways_in_a_set_is_locked_once(tmp_path, monkeypatch):
+    """`--out build/m.tflite --report $PWD/build/report.json`: the folder lock took 'build' and its absolute
+    path for two folders, and the second flock waited for ever on the first (SIGTERM held, only kill -9
+    ended it). One folder is one lock however it is named: the set is written without waiting."""
+    import time
+
+    from edge_runtime import fileio
+
+    (tmp_path / "build").mkdir()
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    atomic_write_many({Path("build/m_int8.tflite"): b"model", tmp_path / "build" / "report.json": b"{}",
+                       Path("build/../build/m_float.tflite"): b"float"})
+    assert time.monotonic() - t0 < fileio.LOCK_WAIT  # (it would give up the lock after LOCK_WAIT, not hang)
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == ["m_float.tflite", "m_int8.tflite",
+                                                                       "report.json"]
+
+
 def test_an_output_nobody_can_create_is_refused_before_the_work(tmp_path, weights_env):
     """/proc takes no new file, even from root, whom access() lets write anywhere: `compress --report` there
     wrote the container, printed success, then failed; `tflite --report` failed after the whole conversion,
