@@ -57,9 +57,11 @@ def half_figures(f_scores: np.ndarray, q_scores: np.ndarray, targets) -> dict:
 CHECK_SCALES = (1.0, 1.3, 1.7, 2.2)
 
 
-# Camera and phone photo names (IMG_0001, DSC_0001, IMG_20241130_101502, PXL_20241130_101502123,
-# 20241130_101502): separate photos, not the frames of a clip called "IMG"
-_CAMERA_PHOTO = re.compile(r"(?:(?:IMG|DSC|DSCF|DSCN|PXL|MVIMG|PANO|CIMG|DJI|GOPR|PICT)_)?(?:\d{8}_)?\d+(?:_\d+)?")
+# Camera and phone photo names (IMG_0001, dsc_0042, IMG_20241130_101502, PXL_20241130_101502123,
+# 20241130_101502): separate photos, not the frames of a clip called "IMG"; numbered frames of such a name's
+# video (IMG_1234_0001, 20241130_101502_0001) stay one clip
+_CAMERA_PHOTO = re.compile(r"(?:IMG|DSC|DSCF|DSCN|PXL|MVIMG|PANO|CIMG|DJI|PICT)_(?:\d{8}_)?\d+|\d{8}_\d{6}",
+                           re.IGNORECASE)
 
 
 def group_of(path: Path) -> str:

@@ -209,19 +209,21 @@ def test_the_trainers_frames_of_a_clip_are_one_correlated_group(sample_clip, tmp
 def test_a_cameras_photo_names_are_separate_photos(tmp_path):
     """A user's --check of phone and camera photos (IMG_0001.jpg, IMG_20241130_101502.jpg, ...) was taken for
     frames of one clip called 'IMG': one group, an interval of [18.7, 99.9] for 95% agreement and '1 photos
-    or clips' in the report. Those names are photos of their own; a capture session's frames (label_NNNNNN)
-    and ffmpeg's frame_NNNN stay one clip each."""
+    or clips' in the report. Those names are photos of their own; a capture session's frames (label_NNNNNN),
+    ffmpeg's frame_NNNN and the numbered frames of a phone's video (IMG_1234_0001) stay one clip each."""
     from convert.fidelity import check_views
     from convert.weights import CAFFE_IMAGENET
 
     calib = Path(__file__).resolve().parents[1] / "convert" / "calib_data"
     sources = sorted(calib.glob("skimage_*.jpg"))[:6]
-    names = ["IMG_0001.jpg", "IMG_0002.jpg", "DSC_0042.JPG", "IMG_20241130_101502.jpg",
+    names = ["IMG_0001.jpg", "IMG_0002.jpg", "dsc_0042.jpg", "IMG_20241130_101502.jpg",
              "PXL_20241130_101502123.jpg", "20241130_101503.jpg", "mug_000001.jpg", "mug_000002.jpg",
-             "frame_0001.jpg", "frame_0002.jpg"]
+             "frame_0001.jpg", "frame_0002.jpg", "IMG_1234_0001.jpg", "IMG_1234_0002.jpg",
+             "20241130_101502_0001.jpg", "20241130_101502_0002.jpg", "0_000001.jpg", "0_000002.jpg"]
     for i, name in enumerate(names):
         (tmp_path / name).write_bytes(sources[i % len(sources)].read_bytes())
     _, groups, skipped = check_views(sorted(tmp_path.iterdir()), CAFFE_IMAGENET)
     assert not skipped and len(groups) == 8 * len(names)
-    assert sorted(set(groups)) == sorted(["IMG_0001", "IMG_0002", "DSC_0042", "IMG_20241130_101502",
-                                          "PXL_20241130_101502123", "20241130_101503", "mug", "frame"])
+    assert sorted(set(groups)) == sorted(["IMG_0001", "IMG_0002", "dsc_0042", "IMG_20241130_101502",
+                                          "PXL_20241130_101502123", "20241130_101503", "mug", "frame",
+                                          "IMG_1234", "20241130_101502", "0"])  # the last three: a video's frames
