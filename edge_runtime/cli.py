@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=probability_arg, default=0.0,
                    help="hide labels below this probability (default 0)")
     p.add_argument("--headless", action="store_true", help="no window (forced when no display is available)")
-    p.add_argument("--json", action="store_true", help="one JSON line per classified frame on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON line per classified frame on stdout (see --json-interval)")
     p.add_argument("--json-interval", type=seconds_arg, default=0.0, metavar="SECONDS",
                    help="with --json: at most one line per SECONDS, the first at once (default 0: every frame; "
                         "an image folder: every file; /predictions and /events keep every frame)")

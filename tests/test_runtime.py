@@ -85,7 +85,7 @@ def test_folder_source_skips_corrupt_images(int8_model, tmp_path):
         "frame 1 (opencv_orange.jpg)", "frame 2 (skimage_chelsea.jpg)", "frame 3 (skimage_coffee.jpg)"]
 
 
-def test_json_interval_thins_the_lines_of_a_stream_not_of_a_folder(int8_model, sample_clip, tmp_path):
+def test_json_interval_thins_the_lines_of_a_stream_not_of_a_folder(int8_model, sample_clip, tmp_path, monkeypatch):
     """`--json` into a fleet's journal is a line per frame (about 470 MB a day at 15 FPS): `--json-interval S`
     writes the first result at once, then at most one line per S seconds (its frame number tells how many
     frames it stands for); a folder's files are each written, and the flag without --json is refused."""
@@ -99,6 +99,13 @@ def test_json_interval_thins_the_lines_of_a_stream_not_of_a_folder(int8_model, s
 
     assert lines(sample_clip, 0.0) == (12, list(range(1, 13)))
     assert lines(sample_clip, 3600.0) == (12, [1])
+    # the loop's clock made to advance 1 s per reading (a reading before the run, two per frame: frame k
+    # ends at 2k + 1 s): at most one line per 3 s is frames 1, 3 (7 s), 5 (11 s), 7, 9, 11
+    ticks = iter(range(1, 1000))
+    monkeypatch.setattr(app, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: float(next(ticks))),
+                                                         "time": staticmethod(time.time)}))
+    assert lines(sample_clip, 3.0) == (12, [1, 3, 5, 7, 9, 11])
+    monkeypatch.undo()
     for name in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "opencv_orange.jpg"):
         (tmp_path / name).write_bytes((ROOT / "calib_data" / name).read_bytes())
     assert lines(tmp_path, 3600.0) == (3, [1, 2, 3])
