@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from edge_runtime.flags import deprecated, positive_int
 
-from .cli_tflite import add_gate_flags, gates_of
+from .cli_tflite import add_gate_flags, gates_of, missed_gate, write_report
 from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
@@ -89,11 +88,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             report["int8"] = to_int8(Path(report["out"]), args.tflite, args.val, args.quiet, *gates, args.report)
         except GateError as e:  # the container is written: the report says so and holds the int8 figures
-            text = (f"{e}; the container {report['out']} is kept: convert it with `python -m convert tflite "
-                    f"--weights {report['out']} --out {args.tflite}` once that is mended")
-            report["int8"] = {**e.report, "error": text}
-            _write(args.report, report)
-            raise GateError(text, e.report) from None  # still exit code 3
+            raise missed_gate(e, f"the container {report['out']} is kept: convert it with `python -m convert "
+                                 f"tflite --weights {report['out']} --out {args.tflite}` once that is mended",
+                              report, args.report) from None
     line = f"{report['out']}: {report['bytes']:,} bytes, decodes in {report['decode_seconds']:.2f} s"
     if "top1_compressed" in report:
         line += f"; top-1 {report['top1_compressed']:.1f}% (uncompressed {report['top1_float']:.1f}%)"
@@ -106,14 +103,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"| model | bytes | top-1 |\n| --- | --- | --- |\n| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
               f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
               f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    _write(args.report, report)
+    write_report(args.report, report)
     return 0
-
-
-def _write(path: Path | None, report: dict) -> None:
-    """``report`` as JSON at ``path`` (if given), atomically."""
-    if path:
-        from edge_runtime.fileio import atomic_write
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(report, indent=1) + "\n").encode())

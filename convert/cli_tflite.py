@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from edge_runtime.flags import CHANNEL_ORDER_HELP, RESIZE_HELP, input_size_arg, resize_arg
 
-from .errors import ConvertError
+from .errors import ConvertError, GateError
 from .validate import Gates
 
 EXAMPLES = """examples:
@@ -67,6 +68,24 @@ def gates_of(args: argparse.Namespace, of: str = "--tflite") -> tuple[float, flo
         raise ConvertError(f"{', '.join(given)}: only with {of} (gates of its int8 conversion; without {of} "
                            "nothing is converted)")
     return tuple(GATE_DEFAULTS[flag] if value is None else value for flag, value in values.items())
+
+
+def write_report(path: Path | None, report: dict) -> None:
+    """``report`` as JSON at ``path`` (if given), atomically: ``train``'s and ``compress``'s --report."""
+    if path:
+        from edge_runtime.fileio import atomic_write
+
+        atomic_write(path, json.dumps(report, indent=1) + "\n")
+
+
+def missed_gate(e: GateError, kept: str, report: dict, path: Path | None) -> GateError:
+    """A gate of ``train``/``compress --tflite`` missed: ``e``'s line with ``kept`` (what is kept, and how to
+    convert it later) and the int8 figures go in the command's ``report``, written to ``path``; returns the
+    error to raise (a missed gate stays one: exit code 3)."""
+    text = f"{e}; {kept}"
+    report["int8"] = {**e.report, "error": text}
+    write_report(path, report)
+    return GateError(text, e.report)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

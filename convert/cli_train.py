@@ -10,7 +10,7 @@ from edge_runtime.fileio import inside
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
-from .cli_tflite import add_gate_flags, gates_of
+from .cli_tflite import add_gate_flags, gates_of, missed_gate, write_report
 from .errors import ConvertError, GateError
 
 EXAMPLES = """examples:
@@ -145,14 +145,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary["int8"] = to_int8(best, args.tflite, None, args.quiet, *gates, args.report)
         except ConvertError as e:
-            text = (f"{e}; the run in {args.out} is kept: convert it with `python -m convert tflite "
-                    f"--weights {best} --out {args.tflite}` once that is mended (--calib DIR, --val DIR)")
-            if not isinstance(e, GateError):
-                raise ConvertError(text) from None
-            summary["int8"] = {**e.report, "error": text}  # a missed gate's figures go in --report too
-            _write(args.report, summary)
-            raise GateError(text, e.report) from None  # a missed gate stays one (exit code 3)
-    _write(args.report, summary)
+            kept = (f"the run in {args.out} is kept: convert it with `python -m convert tflite --weights {best} "
+                    f"--out {args.tflite}` once that is mended (--calib DIR, --val DIR)")
+            if isinstance(e, GateError):  # its figures go in --report too
+                raise missed_gate(e, kept, summary, args.report) from None
+            raise ConvertError(f"{e}; {kept}") from None
+    write_report(args.report, summary)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -173,11 +171,3 @@ def run(args: argparse.Namespace) -> int:
                                                     f"agreement with the float model {i['agreement']:.1f}%")
             print(f"{i['out']}: {i['bytes']:,} bytes{figures}")
     return 0
-
-
-def _write(path: Path | None, summary: dict) -> None:
-    """``summary`` as JSON at ``path`` (if given), atomically."""
-    if path:
-        from edge_runtime.fileio import atomic_write
-
-        atomic_write(path, json.dumps(summary, indent=1) + "\n")
