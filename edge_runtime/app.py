@@ -98,8 +98,7 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
     stop = stop or threading.Event()
     stats, fps_meter = RunStats(), FpsMeter()
     t_start = time.perf_counter()
-    last_log: float | None = None  # the first result is shown at once, then one every log_interval
-    last_json: float | None = None  # likewise with json_interval
+    last_line: float | None = None  # the first result is shown at once, then one every log_interval / json_interval
     recorder = None
     try:
         out = LineOutput(opts.out, stop)
@@ -131,14 +130,13 @@ def run(classifier: Classifier, source, opts: RunOptions, stop: threading.Event 
                 on_result(stats.frames, preds)
             name = _file_name(source)
             record = result_record(stats.frames, preds, infer_ms, fps, name) if opts.json_lines or observer else None
-            if opts.json_lines:
-                if name or last_json is None or t1 - last_json >= opts.json_interval:  # (a folder: every file)
-                    out.write(json.dumps(record) + "\n")
-                    last_json = t1
-            elif not opts.display and (name or last_log is None or t1 - last_log >= opts.log_interval):
-                # (a folder's frames: every file)
-                out.write(f"frame {stats.frames}{f' ({name})' if name else ''}: {summary_line(preds, infer_ms, fps)}\n")
-                last_log = t1
+            if opts.json_lines or not opts.display:  # a JSON or text line per file of a folder, else per interval
+                interval = opts.json_interval if opts.json_lines else opts.log_interval
+                if name or last_line is None or t1 - last_line >= interval:
+                    line = json.dumps(record) if opts.json_lines else \
+                        f"frame {stats.frames}{f' ({name})' if name else ''}: {summary_line(preds, infer_ms, fps)}"
+                    out.write(line + "\n")
+                    last_line = t1
             annotated = bool(opts.display or recorder)
             if annotated:
                 draw(frame, preds, infer_ms, fps)
