@@ -57,6 +57,13 @@ def deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: s
                         default=argparse.SUPPRESS, **kwargs)
 
 
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: ``what`` (e.g. "print the figures as JSON on stdout"); its old spelling ``--json PATH`` is
+    moved to ``--report PATH`` by :func:`json_path_to_report`."""
+    parser.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                        help=f"{what} (--json FILE: the deprecated spelling of --report FILE)")
+
+
 def json_path_to_report(args: argparse.Namespace) -> None:
     """The old spelling ``--json PATH`` (a ``--json`` declared with ``nargs="?"``) moved to ``--report
     PATH``, with the deprecation warning (in place)."""

@@ -16,8 +16,8 @@ from pathlib import Path
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
 from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded, same_file
-from edge_runtime.flags import (GATE_MISSED, MAX_THREADS, deprecated, json_path_to_report, nonnegative_float,
-                                nonnegative_int, positive_int, seconds_arg)
+from edge_runtime.flags import (GATE_MISSED, MAX_THREADS, add_json_flag, deprecated, json_path_to_report,
+                                nonnegative_float, nonnegative_int, positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
 
 try:  # the workstation peers register themselves; a device without convert/ has only the TFLite ones
@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="video clip: adds end-to-end FPS through the runtime's frame loop")
     p.add_argument("--peers", type=_peers, default=[], help="comma-separated peers of the first model: "
                                                            f"{','.join(bench.PEERS)}")
-    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
-                   help="print the results as JSON on stdout, the table on stderr (--json FILE: the "
-                        "deprecated spelling of --report FILE)")
+    add_json_flag(p, "print the results as JSON on stdout, the table on stderr")
     p.add_argument("--report", type=Path, help="write the results as JSON here (atomically)")
     p.add_argument("--csv", type=Path, help="write the results as CSV here (atomically)")
     p.add_argument("--plot", type=Path, help="write a PNG plot (needs matplotlib)")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edge_runtime.bench import cpu_record
 from edge_runtime.fileio import atomic_write, outputs_problem
-from edge_runtime.flags import deprecated, json_path_to_report, positive_int, threads_arg
+from edge_runtime.flags import add_json_flag, deprecated, json_path_to_report, positive_int, threads_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -361,9 +361,7 @@ def main(argv=None) -> int:
     deprecated(p, "--frames", "--max-frames", "max_frames", type=positive_int)
     p.add_argument("--soak-frames", type=int, default=10_000, help="frames of the soak (default 10000)")
     p.add_argument("--disconnect-every", type=int, default=1000, help="simulated disconnect interval (default 1000)")
-    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
-                   help="print the figures as JSON on stdout (--json FILE: the deprecated spelling of "
-                        "--report FILE)")
+    add_json_flag(p, "print the figures as JSON on stdout")
     p.add_argument("--report", type=Path, help="write the figures as JSON here")
     p.add_argument("--serve", action="store_true",
                    help="measure the web service instead: FPS with 0/1/2 MJPEG clients, RSS, first frame in a browser")
