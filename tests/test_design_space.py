@@ -152,3 +152,19 @@ def test_input_sizes_and_grid_values_outside_the_design_space_are_one_line(capsy
     rc, err = _design_space(capsys, "--list", "--grid", "sr=1;base_e=2048;incr_e=0")  # was a traceback
     assert rc == 2 and err.startswith("error: --grid 'sr=1;base_e=2048;incr_e=0': sr1_e2048+0f2: 199,424,872 "
                                       "parameters, at most 100,000,000 expected") and len(err.splitlines()) == 1, err
+
+
+def test_a_listing_whose_reader_left_is_quiet():
+    """`--list | head -1` said "error: Broken pipe" and exited 2: the reader here leaves before the first line
+    (its end of the pipe closed at once), so every write of the listing meets a closed pipe."""
+    import os
+    import subprocess
+    import sys
+
+    from realworld import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.design_space", "--list", "--grid", GRID], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err

@@ -89,11 +89,16 @@ def _list(args) -> int:
     size = args.input_size or SweepOptions.input_size
     variants = select(args.sweep, args.grid)
     check_input_size(variants, size)
-    print(f"{'variant':24} {'arch':30} {'params (10 classes)':>20} {'MMACs at ' + str(size):>14}")
+    lines = [f"{'variant':24} {'arch':30} {'params (10 classes)':>20} {'MMACs at ' + str(size):>14}"]
     for v in variants:
         arch, kw = v.arch()
         m = create_model(arch, num_classes=10, **kw)
-        print(f"{v.name:24} {arch:30} {parameters(m):20,} {macs(m, size) / 1e6:14.1f}")
+        lines.append(f"{v.name:24} {arch:30} {parameters(m):20,} {macs(m, size) / 1e6:14.1f}")
+    try:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--list | head -3`: the reader has what it wanted, as the runtime's closed output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (and Python's exit flush stays quiet)
     return 0
 
 
