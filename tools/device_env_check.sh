@@ -64,7 +64,8 @@ PY
   fi
 }
 
-check litert-numpy2 "numpy>=2" "opencv-python-headless>=4.10" "ai-edge-litert" "prometheus_client>=0.17"
+check litert-numpy2 -c tools/constraints.txt "numpy>=2" "opencv-python-headless>=4.10" "ai-edge-litert" \
+    "prometheus_client>=0.17"  # (the versions CI last passed with; the tflite-runtime stack's are pinned here)
 check tflite-runtime-numpy1 "numpy==1.26.4" "opencv-python-headless>=4.8,<4.11" "tflite-runtime==2.14.0"
 
 if [ -n "$VAL" ]; then

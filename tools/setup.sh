@@ -28,8 +28,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch is pinned exactly: a looser requirement pulls a multi-GB CUDA build.
-python -m pip install -q -e ".[convert,bench,dev]"
+# torch is pinned exactly: a looser requirement pulls a multi-GB CUDA build. The rest at the versions CI
+# last passed with (tools/constraints.txt), so a new upload to PyPI cannot change what this installs.
+python -m pip install -q -c tools/constraints.txt -e ".[convert,bench,dev]"
 # onnx2tf 1.x pins protobuf 4, which conflicts with tensorflow 2.21: install it without its pins
 # (its real dependencies are in the [convert] extra).
 python -m pip install -q --no-deps "onnx2tf==1.29.24"
