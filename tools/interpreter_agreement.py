@@ -3,10 +3,16 @@
 ``dump`` classifies labelled images and every frame of a clip with one interpreter (run it in each
 device environment; it needs only the runtime's dependencies); ``compare`` reads the dumps, prints
 the agreement of every pair and the exact ties at the top, and fails below the given gates.
+
+Each dump also records a digest of every input tensor and its OpenCV version: two environments' OpenCV
+(their FFmpeg) can decode a clip slightly otherwise (OpenCV 4.10 and 5.0 differ by up to 2 levels in a few
+pixels of an MPEG-4 clip's later frames, enough to move a near-tie), so ``compare`` says how many inputs
+differed and the agreement on the inputs that did not: the interpreters' own share of a difference.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,6 +31,7 @@ EXAMPLES = """examples:
 
 
 def dump(args: argparse.Namespace) -> int:
+    import cv2
     import numpy as np
 
     from edge_runtime.classify import Classifier, ModelError
@@ -45,36 +52,39 @@ def dump(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    def decide() -> tuple[int, bool]:
+    def decide() -> tuple[int, bool, str]:
+        """The top-1, whether it is an exact tie, and a digest of the input it was decided on."""
+        fed = hashlib.blake2b(clf.interpreter.get_tensor(clf.input_index).tobytes(), digest_size=8).hexdigest()
+        clf.invoke()
         scores = clf.raw_output()
         best = scores.max()
-        return int(np.argmax(scores)), bool(np.count_nonzero(scores == best) > 1)
+        return int(np.argmax(scores)), bool(np.count_nonzero(scores == best) > 1), fed
 
-    out: dict = {"backend": clf.backend + (" xnnpack" if clf.xnnpack else ""), "version": backend_version(clf.backend), "model": str(args.model)}
+    out: dict = {"backend": clf.backend + (" xnnpack" if clf.xnnpack else ""), "version": backend_version(clf.backend),
+                 "model": str(args.model), "opencv": cv2.__version__}
     if images is not None:
-        top, tied, names, targets = [], [], [], []
+        top, tied, inputs, names, targets = [], [], [], [], []
         for i, crop, *_ in iter_crops(images.paths, clf.preprocessing):
             if crop is None:
                 continue
             clf.set_crop(crop)
-            clf.invoke()
-            t, tie = decide()
-            top.append(t), tied.append(tie), names.append(images.paths[i].name), targets.append(images.targets[i])
-        out["val"] = {"files": names, "top1": top, "tied": tied, "targets": targets}
+            t, tie, fed = decide()
+            top.append(t), tied.append(tie), inputs.append(fed)
+            names.append(images.paths[i].name), targets.append(images.targets[i])
+        out["val"] = {"files": names, "top1": top, "tied": tied, "inputs": inputs, "targets": targets}
     if args.source:
         try:
             source = open_source(args.source)
         except SourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        top, tied = [], []
+        top, tied, inputs = [], [], []
         for frame in source:
             clf.set_frame(frame)
-            clf.invoke()
-            t, tie = decide()
-            top.append(t), tied.append(tie)
+            t, tie, fed = decide()
+            top.append(t), tied.append(tie), inputs.append(fed)
         source.close()
-        out["clip"] = {"frames": len(top), "top1": top, "tied": tied}
+        out["clip"] = {"frames": len(top), "top1": top, "tied": tied, "inputs": inputs}
     atomic_write(args.report, json.dumps(out))
     print(f"{clf.backend} {out['version']}: {len(out.get('val', {}).get('top1', []))} images, "
           f"{out.get('clip', {}).get('frames', 0)} frames -> {args.report}")
@@ -91,8 +101,24 @@ def _halves(dumps: list[dict]) -> list[dict]:
             continue
         for half in HALVES:
             keep = [i for i, t in enumerate(val["targets"]) if class_half(t) == half]
-            d[f"val {half} half"] = {k: [val[k][i] for i in keep] for k in ("top1", "tied")}
+            d[f"val {half} half"] = {k: [val[k][i] for i in keep] for k in ("top1", "tied", "inputs") if k in val}
     return dumps
+
+
+def _inputs_note(a: dict, b: dict, part: str) -> str:
+    """How many of ``part``'s inputs the two dumps' environments made otherwise (decoded or resized by
+    another OpenCV), and the agreement on the inputs they made alike; "" when none differ (or a dump
+    written before digests were recorded)."""
+    fa, fb = a[part].get("inputs"), b[part].get("inputs")
+    if not fa or not fb:
+        return ""
+    alike = [i for i, (x, y) in enumerate(zip(fa, fb)) if x == y]
+    if len(alike) == len(fa):
+        return ""
+    same = sum(a[part]["top1"][i] == b[part]["top1"][i] for i in alike)
+    versions = f"OpenCV {a.get('opencv', '?')} / {b.get('opencv', '?')}"
+    return (f"; {len(fa) - len(alike)} inputs differ ({versions}: decoded or resized otherwise), "
+            + (f"same top-1 on {100 * same / len(alike):.1f}% of the {len(alike)} alike" if alike else "none alike"))
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -125,7 +151,8 @@ def compare(args: argparse.Namespace) -> int:
         for i, a in enumerate(runs):
             for b in runs[i + 1:]:
                 same = sum(x == y for x, y in zip(a[part]["top1"], b[part]["top1"])) / n
-                print(f"{part}: same top-1 {a['backend']} / {b['backend']}: {100 * same:.1f}% of {n}")
+                print(f"{part}: same top-1 {a['backend']} / {b['backend']}: {100 * same:.1f}% of {n}"
+                      + _inputs_note(a, b, part))
                 if args.min_agreement is not None and same < args.min_agreement and part in ("val", "clip"):
                     failed.append(f"{part} {a['backend']}/{b['backend']} {100 * same:.1f}% < "
                                   f"{100 * args.min_agreement:.1f}%")
