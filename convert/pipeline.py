@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -124,9 +125,10 @@ def convert(opts: ConvertOptions) -> dict:
              f"out, {len(calib.skipped)} skipped; check: {len(check.views)} views")
     # also removed on SIGTERM (the command line turns it into an exception) and Ctrl-C
     with work_dir(out.parent) as work:  # onnx2tf runs with its own working directory: absolute paths
-        # --quiet: TensorFlow's and TFLite's own lines (absl, oneDNN, CUDA, XNNPACK...) go to a log in the
-        # working folder, not the terminal; a failure is still one line (raised after the redirect ends)
-        with native_stderr_to(work / "tensorflow.log") if opts.quiet else contextlib.nullcontext():
+        # TensorFlow's and TFLite's own lines go to a log in the working folder, not between the progress
+        # lines; without --quiet those that are not start-up or information lines are shown after it (a
+        # failure is still one line, raised after the redirect ends)
+        with native_stderr_to(work / "tensorflow.log", show=not opts.quiet):
             t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
             graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding,
                                   opts.split_squeeze, progress)
@@ -221,21 +223,58 @@ def _int8_figures(conv: dict, out: Path) -> dict:
             "unlabelled": conv["validation"].get("unlabelled"), "gates": conv["gates"]}
 
 
+# What TensorFlow and TFLite write on every conversion, to nobody's use: absl's note and its INFO lines
+# (oneDNN "slightly different numerical results", "Could not find cuda drivers", the CPU's instructions),
+# TFLite's XNNPACK line and the quantizer's settings. Their warnings and errors (W, E, F lines) are kept.
+NATIVE_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                          r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*"
+                          r"|To enable the following instructions: .*"
+                          r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+                          r"|fully_quantize: \d+, inference_type: .*")
+
+
 @contextlib.contextmanager
-def native_stderr_to(log_path: Path):
-    """Send file descriptor 2 (what C++ libraries write to, not only Python's sys.stderr) to ``log_path``."""
+def native_stderr_to(log_path: Path, show: bool = False):
+    """Send file descriptor 2 (what C++ libraries write to, not only Python's sys.stderr) to ``log_path``.
+
+    With ``show``, Python's own lines (progress, warnings) still reach stderr as they are written, and the
+    libraries' lines are written after them when the block ends (or fails), without :data:`NATIVE_NOISE`.
+    (A library that aborts the process leaves its last words in ``log_path`` only.)
+    """
     sys.stderr.flush()
+    python_stderr = sys.stderr
     saved = os.dup(2)
     try:
-        with open(log_path, "ab") as log:
+        with open(log_path, "a+b") as log:
+            start = log.seek(0, os.SEEK_END)
             os.dup2(log.fileno(), 2)
             try:
+                if show and _writes_to_fd2(python_stderr):  # (not when a caller has replaced sys.stderr)
+                    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                                      errors=python_stderr.errors)
                 yield
             finally:
+                if sys.stderr is not python_stderr:
+                    sys.stderr.close()
+                    sys.stderr = python_stderr
                 sys.stderr.flush()
                 os.dup2(saved, 2)
+                if show:
+                    log.seek(start)
+                    kept = [line for line in log.read().decode(errors="replace").splitlines()
+                            if line.strip() and not NATIVE_NOISE.fullmatch(line)]
+                    if kept:
+                        sys.stderr.write("\n".join(kept) + "\n")
+                        sys.stderr.flush()
     finally:
         os.close(saved)
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
 
 
 def check_options(opts: ConvertOptions, progress: Progress) -> Path:

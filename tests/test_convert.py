@@ -114,6 +114,12 @@ def test_long_phases_print_progress(converted):
                  f"unlabelled check views, float model {views}/{views}",
                  f"unlabelled check views, int8 model {views}/{views}"):
         assert re.search(r"^\[ *\d+\.\ds\] " + re.escape(line) + "$", err, re.M), line
+    # TensorFlow's own start-up and information lines stayed in the working folder's log: a conversion
+    # without --quiet printed nine among the progress lines ("Could not find cuda drivers on your machine",
+    # oneDNN's "slightly different numerical results" in a byte-reproducible conversion)
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda", "XNNPACK delegate", "fully_quantize"):
+        assert noise not in err, err
+    assert all(line.startswith(("[", "  ", "|")) for line in err.splitlines()), err
 
 
 def test_int8_top1_matches_float_on_real_photos(int8_model, float_model):
