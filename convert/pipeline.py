@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -125,9 +124,8 @@ def convert(opts: ConvertOptions) -> dict:
              f"out, {len(calib.skipped)} skipped; check: {len(check.views)} views")
     # also removed on SIGTERM (the command line turns it into an exception) and Ctrl-C
     with work_dir(out.parent) as work:  # onnx2tf runs with its own working directory: absolute paths
-        # TensorFlow's and TFLite's own lines go to a log in the working folder, not between the progress
-        # lines; without --quiet those that are not start-up or information lines are shown after it (a
-        # failure is still one line, raised after the redirect ends)
+        # TensorFlow's and TFLite's own lines: with --quiet into a log in the working folder; without, their
+        # start-up and information lines dropped (a failure is still one line, raised after the redirect ends)
         with native_stderr_to(work / "tensorflow.log", show=not opts.quiet):
             t_conv = time.perf_counter()  # conversion: everything from here to the int8 bytes, not validation
             graphs = float_graphs(src, calib.views, work, opts.equalize, opts.weight_rounding,
@@ -226,55 +224,65 @@ def _int8_figures(conv: dict, out: Path) -> dict:
 # What TensorFlow and TFLite write on every conversion, to nobody's use: absl's note and its INFO lines
 # (oneDNN "slightly different numerical results", "Could not find cuda drivers", the CPU's instructions),
 # TFLite's XNNPACK line and the quantizer's settings. Their warnings and errors (W, E, F lines) are kept.
-NATIVE_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-                          r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*"
-                          r"|To enable the following instructions: .*"
-                          r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
-                          r"|fully_quantize: \d+, inference_type: .*")
+NATIVE_NOISE = (r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*"
+                r"|To enable the following instructions: .*"
+                r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+                r"|fully_quantize: \d+, inference_type: .*")
+
+# The filter between file descriptor 2 and the real stderr: a process of its own, so that it still passes
+# on a library's last line when that library aborts this one (it ends at end of input, not at a signal:
+# Ctrl-C and SIGTERM reach the whole process group, and this process then says why it stopped through it).
+_FILTER = """
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+noise, out = re.compile(sys.argv[1].encode()), True
+for line in sys.stdin.buffer:
+    if out and not noise.fullmatch(line.rstrip(b"\\r\\n")):
+        try:
+            while line:
+                line = line[os.write(1, line):]
+        except OSError:  # a reader that left: keep reading, so that the converter never blocks on it
+            out = False
+"""
 
 
 @contextlib.contextmanager
 def native_stderr_to(log_path: Path, show: bool = False):
-    """Send file descriptor 2 (what C++ libraries write to, not only Python's sys.stderr) to ``log_path``.
-
-    With ``show``, Python's own lines (progress, warnings) still reach stderr as they are written, and the
-    libraries' lines are written after them when the block ends (or fails), without :data:`NATIVE_NOISE`.
-    (A library that aborts the process leaves its last words in ``log_path`` only.)
-    """
-    sys.stderr.flush()
-    python_stderr = sys.stderr
-    saved = os.dup(2)
+    """Send what C++ libraries write to file descriptor 2 (not only Python's sys.stderr) to ``log_path``;
+    with ``show``, through a filter to the real stderr instead, which drops :data:`NATIVE_NOISE` and passes
+    everything else (Python's own lines, the libraries' warnings and errors) as it is written."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # (stderr closed: sys.stderr is None)
+        sys.stderr.flush()
     try:
-        with open(log_path, "a+b") as log:
-            start = log.seek(0, os.SEEK_END)
-            os.dup2(log.fileno(), 2)
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (2>&-): nothing to redirect
+        yield
+        return
+    import subprocess
+
+    child = None
+    try:
+        if show:
+            child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, NATIVE_NOISE],
+                                     stdin=subprocess.PIPE, stdout=saved, stderr=saved)
+            target = child.stdin
+        else:
+            target = open(log_path, "ab")
+        with target:
+            os.dup2(target.fileno(), 2)
             try:
-                if show and _writes_to_fd2(python_stderr):  # (not when a caller has replaced sys.stderr)
-                    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
-                                      errors=python_stderr.errors)
                 yield
             finally:
-                if sys.stderr is not python_stderr:
-                    sys.stderr.close()
-                    sys.stderr = python_stderr
-                sys.stderr.flush()
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    sys.stderr.flush()
                 os.dup2(saved, 2)
-                if show:
-                    log.seek(start)
-                    kept = [line for line in log.read().decode(errors="replace").splitlines()
-                            if line.strip() and not NATIVE_NOISE.fullmatch(line)]
-                    if kept:
-                        sys.stderr.write("\n".join(kept) + "\n")
-                        sys.stderr.flush()
+        if child:  # its input has ended (unless a process started in the block still holds it): let it finish
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
     finally:
         os.close(saved)
-
-
-def _writes_to_fd2(stream) -> bool:
-    try:
-        return stream.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
-        return False
 
 
 def check_options(opts: ConvertOptions, progress: Progress) -> Path:

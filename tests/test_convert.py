@@ -482,3 +482,32 @@ def test_rounded_weights_are_placed_by_value(int8_model):
     wrong[5].flat[0] += 1
     with pytest.raises(ConvertError, match="convolution 5 of the TFLite graph is not the model's"):
         replace_conv_weights(data, expected, wrong)
+
+
+def test_native_stderr_filter_keeps_what_matters_and_survives_a_failing_stderr(tmp_path):
+    """What a conversion's libraries write to file descriptor 2 passes through a filter (convert.pipeline.
+    native_stderr_to): TensorFlow's start-up lines are dropped, Python's lines and a library's error kept in
+    order, and a library that aborts the process still has its last line shown. A stderr that fails (a full
+    disk) leaves stderr as it found it, and a logging handler made inside writes to the real one after."""
+    import subprocess
+    import sys
+
+    code = ("import logging, os, sys\nfrom pathlib import Path\nfrom convert.pipeline import native_stderr_to\n"
+            "with native_stderr_to(Path(sys.argv[1]), show=True):\n"
+            "    logging.getLogger('lib').addHandler(logging.StreamHandler())\n"
+            "    print('progress', file=sys.stderr)\n"
+            "    os.write(2, b'I0000 00:00:1796070820.224335    9283 port.cc:153] oneDNN custom operations are on.\\n'"
+            " b'E0000 00:00:1796070820.3    9283 kernel.cc:42] a real error\\n')\n"
+            "    print('more progress', file=sys.stderr)\n"
+            "    if sys.argv[2] == 'abort':\n        os.abort()\n"
+            "logging.getLogger('lib').error('after')\n"
+            "print(sys.stderr is sys.__stderr__, os.readlink('/proc/self/fd/2'))\n")
+    run = [sys.executable, "-c", code, tmp_path / "t.log"]
+    r = subprocess.run([*run, "-"], capture_output=True, text=True, cwd=ROOT)
+    assert r.stderr == "progress\nE0000 00:00:1796070820.3    9283 kernel.cc:42] a real error\nmore progress\nafter\n", \
+        r.stderr
+    r = subprocess.run([*run, "abort"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode < 0 and r.stderr.endswith("a real error\nmore progress\n"), (r.returncode, r.stderr)
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([*run, "-"], stdout=subprocess.PIPE, stderr=full, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and r.stdout == "True /dev/full\n", r.stdout

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prove the device runtime needs only numpy + OpenCV + a TFLite interpreter, on both device stacks:
-#   (a) ai-edge-litert with numpy 2 and the newest OpenCV (>= 4.10; 5.x at the time of writing), plus the
-#       optional prometheus_client (the metrics extra)
+#   (a) ai-edge-litert with numpy 2 and OpenCV >= 4.10, plus the optional prometheus_client (the metrics
+#       extra), at the versions CI last passed with (tools/constraints.txt: OpenCV 5.0 at the time of writing)
 #   (b) tflite-runtime 2.14 with numpy 1.26 and OpenCV 4.x (the Raspberry Pi OS Bookworm stack)
 # Each venv gets the project's edge_runtime only (no torch / tensorflow / onnx) and runs the real
 # runtime on the sample clip with a converted model, checking its output and that nothing heavy loaded.

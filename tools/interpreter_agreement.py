@@ -116,7 +116,8 @@ def _inputs_note(a: dict, b: dict, part: str) -> str:
     if len(alike) == len(fa):
         return ""
     same = sum(a[part]["top1"][i] == b[part]["top1"][i] for i in alike)
-    versions = f"OpenCV {a.get('opencv', '?')} / {b.get('opencv', '?')}"
+    va, vb = a.get("opencv", "?"), b.get("opencv", "?")
+    versions = f"OpenCV {va} / {vb}" if va != vb else f"OpenCV {va} in both"
     return (f"; {len(fa) - len(alike)} inputs differ ({versions}: decoded or resized otherwise), "
             + (f"same top-1 on {100 * same / len(alike):.1f}% of the {len(alike)} alike" if alike else "none alike"))
 
