@@ -253,13 +253,12 @@ def native_stderr_to(log_path: Path, show: bool = False):
     """Send what C++ libraries write to file descriptor 2 (not only Python's sys.stderr) to ``log_path``;
     with ``show``, through a filter to the real stderr instead, which drops :data:`NATIVE_NOISE` and passes
     everything else (Python's own lines, the libraries' warnings and errors) as it is written."""
-    with contextlib.suppress(AttributeError, OSError, ValueError):  # (stderr closed: sys.stderr is None)
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (2>&-): nothing to redirect
+    if sys.__stderr__ is None:  # started without a stderr (2>&-): fd 2 may be any file opened since
         yield
         return
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+    saved = os.dup(2)
     import subprocess
 
     child = None
