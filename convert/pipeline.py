@@ -256,16 +256,20 @@ def native_stderr_to(log_path: Path, show: bool = False):
     if sys.__stderr__ is None:  # started without a stderr (2>&-): fd 2 may be any file opened since
         yield
         return
+    import subprocess
+
     with contextlib.suppress(AttributeError, OSError, ValueError):
         sys.stderr.flush()
     saved = os.dup(2)
-    import subprocess
-
     child = None
     try:
         if show:
-            child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, NATIVE_NOISE],
-                                     stdin=subprocess.PIPE, stdout=saved, stderr=saved)
+            try:
+                child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, NATIVE_NOISE],
+                                         stdin=subprocess.PIPE, stdout=saved, stderr=saved)
+            except OSError:  # no process to be had (out of processes or memory): every line, as before
+                yield
+                return
             target = child.stdin
         else:
             target = open(log_path, "ab")
