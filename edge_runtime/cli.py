@@ -214,7 +214,9 @@ def _tell(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        from .fileio import discard_writes
+
+        discard_writes(sys.stderr)
 
 
 class _Stopped(Exception):

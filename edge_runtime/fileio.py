@@ -159,6 +159,16 @@ def free_name(path: Path, tag: str) -> Path:
     raise FileExistsError(f"{path}: no free name with .{tag}")
 
 
+def discard_writes(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: its reader went away (a broken pipe), and later
+    writes, Python's exit-time flush included, should neither fail nor say so."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
 def pid_alive(pid: int) -> bool:
     """A process with this id exists (ours or another user's)."""
     try:

@@ -98,7 +98,9 @@ def _list(args) -> int:
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # `--list | head -3`: the reader has what it wanted, as the runtime's closed output
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (and Python's exit flush stays quiet)
+        from edge_runtime.fileio import discard_writes
+
+        discard_writes(sys.stdout)
     return 0
 
 
