@@ -281,10 +281,10 @@ def native_stderr_to(log_path: Path, show: bool = False):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
                     sys.stderr.flush()
                 os.dup2(saved, 2)
-        if child:  # its input has ended (unless a process started in the block still holds it): let it finish
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=5)
     finally:
+        if child:  # its input has ended (unless a process started in the block holds it): it passes on what
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it holds before the caller's next line, also
+                child.wait(timeout=5)  # after an error or a signal (`terminated (SIGTERM)` came first)
         os.close(saved)
 
 

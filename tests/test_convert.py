@@ -500,12 +500,16 @@ def test_native_stderr_filter_keeps_what_matters_and_survives_a_failing_stderr(t
             " b'E0000 00:00:1796070820.3    9283 kernel.cc:42] a real error\\n')\n"
             "    print('more progress', file=sys.stderr)\n"
             "    if sys.argv[2] == 'abort':\n        os.abort()\n"
+            "    if sys.argv[2] == 'raise':\n        raise SystemExit('terminated')\n"
             "logging.getLogger('lib').error('after')\n"
             "print(sys.stderr is sys.__stderr__, os.readlink('/proc/self/fd/2'))\n")
     run = [sys.executable, "-c", code, tmp_path / "t.log"]
     r = subprocess.run([*run, "-"], capture_output=True, text=True, cwd=ROOT)
     assert r.stderr == "progress\nE0000 00:00:1796070820.3    9283 kernel.cc:42] a real error\nmore progress\nafter\n", \
         r.stderr
+    # an error or a signal inside: the lines before it come before its own (`terminated (SIGTERM)`)
+    r = subprocess.run([*run, "raise"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and r.stderr.endswith("a real error\nmore progress\nterminated\n"), r.stderr
     r = subprocess.run([*run, "abort"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode < 0 and r.stderr.endswith("a real error\nmore progress\n"), (r.returncode, r.stderr)
     with open("/dev/full", "w") as full:
