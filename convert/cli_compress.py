@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_runtime.fileio import write_result
 from edge_runtime.flags import deprecated, positive_int
 
 from .cli_tflite import add_gate_flags, gates_of, missed_gate, write_report
@@ -97,11 +98,12 @@ def run(args: argparse.Namespace) -> int:
         for half, h in report.get("halves", {}).items():
             line += (f"; {half} half: {h['top1_compressed']:.1f}% vs {h['top1_float']:.1f}% "
                      f"(drop {h['top1_drop']:.1f}, 95% CI {h['top1_drop_ci95'][0]:.1f} to {h['top1_drop_ci95'][1]:.1f})")
-    print(line)
     if "int8" in report and report["int8"]["top1"] is not None:
         i = report["int8"]
-        print(f"| model | bytes | top-1 |\n| --- | --- | --- |\n| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
-              f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
-              f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    write_report(args.report, report)
+        line += (f"\n| model | bytes | top-1 |\n| --- | --- | --- |\n"
+                 f"| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
+                 f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
+                 f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
+    write_report(args.report, report)  # before the result is shown: a reader that left must not cost the report
+    write_result(line)
     return 0

@@ -78,11 +78,10 @@ def run(args: argparse.Namespace) -> int:
         from edge_runtime.fileio import atomic_write
 
         atomic_write(args.report, record_json + "\n")
-    if args.json:
-        print(record_json)
-    else:
-        print(f"{name}: {result.figures_text()}  "
-              f"({result.n_used} images, {result.n_skipped} skipped)")
+    from edge_runtime.fileio import write_result
+
+    write_result(record_json if args.json else
+                 f"{name}: {result.figures_text()}  ({result.n_used} images, {result.n_skipped} skipped)")
     return 0
 
 

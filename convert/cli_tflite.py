@@ -195,6 +195,8 @@ def _labels(path: Path | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.fileio import write_result
+
     from .errors import GateError
     from .pipeline import ConvertOptions, convert, markdown_table
 
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = convert(opts)
     except GateError as e:
-        print(markdown_table(e.report))
+        write_result(markdown_table(e.report))
         raise
-    print(markdown_table(report))
+    write_result(markdown_table(report))
     return 0

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.fileio import inside
+from edge_runtime.fileio import inside, write_result
 from edge_runtime.flags import (RESIZE_HELP, lr_arg, nonnegative_int, positive_float, positive_int, resize_arg,
                                 square_size_arg)
 
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConvertError(f"{e}; {kept}") from None
     write_report(args.report, summary)
     if args.json:
-        print(json.dumps(summary))
+        write_result(json.dumps(summary))
     else:
         line = f"{args.out}: best epoch {summary['best_epoch']}"
         if summary["val_top1"] is not None:
@@ -164,10 +164,11 @@ def run(args: argparse.Namespace) -> int:
         tests = [p for p in summary["phases"] if p.get("test")]
         if tests:
             line += f"; test top-1 after {tests[-1]['phase']}: {tests[-1]['test']['top1']:.2f}%"
-        print(line + f"; {summary['train_seconds']:.0f} s of training")
+        line += f"; {summary['train_seconds']:.0f} s of training"
         if args.tflite:
             i = summary["int8"]
             figures = "" if i["top1"] is None else (f", validation top-1 {i['top1']:.2f}% (float {i['top1_float']:.2f}%), "
                                                     f"agreement with the float model {i['agreement']:.1f}%")
-            print(f"{i['out']}: {i['bytes']:,} bytes{figures}")
+            line += f"\n{i['out']}: {i['bytes']:,} bytes{figures}"
+        write_result(line)
     return 0

@@ -8,10 +8,11 @@ import hashlib
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's errors on a filesystem that has no locks
 
@@ -167,6 +168,19 @@ def discard_writes(stream) -> None:
         os.dup2(null, stream.fileno())
     finally:
         os.close(null)
+
+
+def write_result(text: str, stream: TextIO | None = None) -> None:
+    """A command's result (a table, a summary line, JSON) on ``stream`` (default stdout), in one write and
+    flushed. A reader that went away before it was read (``| head -1``) has what it wanted: the rest is dropped
+    and later writes go nowhere (:func:`discard_writes`), so the run ends with its own exit code and the files
+    it wrote; any other failure (a full disk behind ``>``) is raised."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        discard_writes(stream)
 
 
 def pid_alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
-from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded, same_file
+from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded, same_file, write_result
 from edge_runtime.flags import (GATE_MISSED, MAX_THREADS, add_json_flag, deprecated, json_path_to_report,
                                 nonnegative_float, nonnegative_int, positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
@@ -207,27 +207,24 @@ def _run(args: argparse.Namespace) -> int:
            "settings": {k: masked(v) if k == "source" else str(v) for k, v in vars(args).items()},
            "notes": notes + ([no_agreement] if no_agreement else []) + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
            "results": results}
-    text = sys.stderr if args.json else sys.stdout
-    print(bench_report.table(results), file=text)
-    for n in out["notes"] + ([out["machine"]["warning"]] if "warning" in out["machine"] else []):
-        print(f"note: {n}", file=text)
-    for r in results:
-        if "error" in r:
-            print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
-        if "pipeline" in r:
-            p = r["pipeline"]
-            print(f"{r['label']}: end-to-end {p['fps']:.1f} FPS over {p['frames']} frames = "
-                  f"{p['ratio']:.2f} of the invoke-only rate {p['invoke_only_fps']:.1f}/s", file=text)
-    if args.json:
-        print(json.dumps(out))
+    # the files first: a reader of the table that left (`| head -1`) must not cost them
     if args.report:
         atomic_write(args.report, json.dumps(out, indent=1) + "\n")
     if args.csv:
         atomic_write(args.csv, bench_report.to_csv(results))
-    if args.plot:
-        msg = bench_report.plot(results, args.plot)
-        if msg:
-            print(f"note: {msg}", file=text)
+    plotted = bench_report.plot(results, args.plot) if args.plot else None
+    shown = [bench_report.table(results)]
+    shown += [f"note: {n}" for n in out["notes"] + ([out["machine"]["warning"]] if "warning" in out["machine"] else [])]
+    shown += [f"{r['label']}: end-to-end {p['fps']:.1f} FPS over {p['frames']} frames = {p['ratio']:.2f} of the "
+              f"invoke-only rate {p['invoke_only_fps']:.1f}/s" for r in results if (p := r.get("pipeline"))]
+    shown += [f"note: {plotted}"] if plotted else []
+    text = sys.stderr if args.json else sys.stdout
+    write_result("\n".join(shown), text)
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
+    if args.json:
+        write_result(json.dumps(out))
     rc = 0 if all("error" not in r for r in results) else 2
     if reference is not None:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from edge_runtime.fileio import write_result
 from edge_runtime.flags import (lr_arg, nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg,
                                 threads_arg)
 
@@ -94,13 +95,7 @@ def _list(args) -> int:
         arch, kw = v.arch()
         m = create_model(arch, num_classes=10, **kw)
         lines.append(f"{v.name:24} {arch:30} {parameters(m):20,} {macs(m, size) / 1e6:14.1f}")
-    try:
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:  # `--list | head -3`: the reader has what it wanted, as the runtime's closed output
-        from edge_runtime.fileio import discard_writes
-
-        discard_writes(sys.stdout)
+    write_result("\n".join(lines))  # `--list | head -3`: the reader has what it wanted
     return 0
 
 
@@ -119,7 +114,7 @@ def _device(args) -> int:
     if args.budget_ms is not None:
         res["budget_ms"] = args.budget_ms
     finish(args.out, res, res.get("budget_ms"))
-    print(table(res))
+    write_result(table(res))
     print(f"merged {len(d['matched'])} variants measured on {d['machine'].get('cpu') or 'the device'} at "
           f"{d['threads']} threads" + (f"; not in this sweep: {', '.join(d['unmatched'])}" if d["unmatched"] else ""),
           file=sys.stderr)
@@ -151,9 +146,8 @@ def _sweep(args) -> int:
                                sweep=args.grid or args.sweep or "reduced", resume=args.resume, budget_ms=args.budget_ms,
                                quiet=args.quiet, convert_settings=convert_settings,
                                **{k: v for k, v in given.items() if v is not None}))
-    print(table(res))
-    if res.get("budget_ms") is not None:
-        print("\n" + recommendation(res, res["budget_ms"]))
+    budget = res.get("budget_ms")
+    write_result(table(res) + ("" if budget is None else "\n\n" + recommendation(res, budget)))
     for name in res["failed"]:
         row = next(r for r in res["variants"] if r["name"] == name)
         print(f"error: {name}: {row['error']}", file=sys.stderr)
