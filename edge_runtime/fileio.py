@@ -72,12 +72,12 @@ def atomic_write_many(files: dict[Path, bytes | str],
             if check and check.get(path) is not None:
                 check[path](tmp)
         # the locks first (a wait for them can be stopped); a SIGTERM or Ctrl-C after would leave half the set renamed
-        with _folders_locked({p.parent for p in temps}), _signals_held():
+        with _folders_locked({p.parent for p in temps}) as folders, _signals_held():
             for path, tmp in temps.items():
                 with _naming(path):
                     os.replace(tmp, path)
-        for folder in {p.parent for p in temps}:
-            fsync_path(folder)
+            for fd in folders:  # the renames reach the storage (a power cut keeps the new set)
+                os.fsync(fd)
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
@@ -88,8 +88,9 @@ LOCK_WAIT = 5.0  # seconds a set waits for another writer's lock on its folder b
 
 
 @contextlib.contextmanager
-def _folders_locked(folders) -> Iterator[None]:
-    """An exclusive lock on each of ``folders`` while the block runs. Folders are told apart by the folder
+def _folders_locked(folders) -> Iterator[list[int]]:
+    """An exclusive lock on each of ``folders`` while the block runs, which gets a descriptor of each folder
+    that could be opened (to fsync after its renames). Folders are told apart by the folder
     itself (device and inode: ``build`` and its absolute path are one) and locked in that order, so two sets
     never wait for each other. The lock is a courtesy between this project's writers: a folder held by
     anything else for longer than :data:`LOCK_WAIT` (``flock DIR cmd`` around the whole command), a
@@ -116,7 +117,7 @@ def _folders_locked(folders) -> Iterator[None]:
                     time.sleep(0.02)
                 except OSError:  # NO_LOCKS, or a lock the folder refuses: written without it
                     break
-        yield
+        yield list(fds.values())
 
 
 @contextlib.contextmanager
