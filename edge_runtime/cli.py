@@ -258,7 +258,7 @@ def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Servic
     Raises:
         SourceError (SourceUnavailable): one line for the user; _Stopped: a stop signal came first.
     """
-    from .sources import SourceError, SourceUnavailable, open_source
+    from .sources import SourceError, SourceUnavailable, open_source, said_at
 
     delay, rounds = WAIT_FIRST, 0
     while True:
@@ -274,7 +274,7 @@ def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Servic
             if service is None:
                 raise
             service.waiting, rounds = str(e), rounds + 1
-            if rounds & (rounds - 1) == 0:  # rounds 1, 2, 4, 8...
+            if said_at(rounds):
                 print(f"warning: {e}; trying again in {delay:.0f} s (--serve keeps the process up; said again "
                       f"at round {2 * rounds})", file=sys.stderr, flush=True)
             if stop.wait(delay):

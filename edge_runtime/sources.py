@@ -103,6 +103,12 @@ def masked(spec: str | int) -> str:
     return _SECRET_QUERY.sub(r"\1***", text)
 
 
+def said_at(attempt: int) -> bool:
+    """Attempt (or round) ``attempt`` of an outage, counted from 1, is said: 1, 2, 4, 8... (a day-long outage
+    is ~14 lines, not 10,000)."""
+    return attempt & (attempt - 1) == 0
+
+
 def _position(cap: Any) -> float:
     """The index of the next frame a file's capture reads (0 where it cannot tell)."""
     return float(cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) if hasattr(cap, "get") else 0.0
@@ -227,7 +233,7 @@ class CaptureSource:
         while not self._stop.is_set():
             self.stats.attempts += 1
             attempt += 1
-            if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: a day-long outage logs ~14 lines, not 10,000
+            if said_at(attempt):
                 if resume:
                     log_reconnect("%s: failed again %.0f s after reconnecting (%d reconnects in %.0f s did not hold); "
                                   "reopening (attempt %d)", self.name, up, self._flaps,
