@@ -104,6 +104,6 @@ def run(args: argparse.Namespace) -> int:
                  f"| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
                  f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
                  f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    write_report(args.report, report)  # before the result is shown: a reader that left must not cost the report
-    write_result(line)
+    write_result(line)  # a reader that left (`| head -1`) is no error: the report is written all the same
+    write_report(args.report, report)
     return 0

@@ -2,7 +2,8 @@
 its own exit code and every file it was asked to write, and says nothing about the pipe. Before, the benchmark
 and `compress` printed before writing their --report (a broken pipe cost the file after the whole run) and every
 command ended with "error: Broken pipe" (exit 2) or Python's "Exception ignored ... BrokenPipeError" (exit 120).
-The reader here closes its end before the first line, so every write of the result meets a closed pipe."""
+The reader here closes its end before the first line, so every write of the result meets a closed pipe.
+(The figures are shown before the files are written: a --report on a full disk still leaves them on the screen.)"""
 import json
 import os
 import subprocess

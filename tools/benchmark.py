@@ -207,32 +207,31 @@ def _run(args: argparse.Namespace) -> int:
            "settings": {k: masked(v) if k == "source" else str(v) for k, v in vars(args).items()},
            "notes": notes + ([no_agreement] if no_agreement else []) + ["each case ran in its own child process (ONNX Runtime with its default spinning pool)"],
            "results": results}
-    # the files first: a reader of the table that left (`| head -1`) must not cost them
-    if args.report:
-        atomic_write(args.report, json.dumps(out, indent=1) + "\n")
-    if args.csv:
-        atomic_write(args.csv, bench_report.to_csv(results))
-    plotted = bench_report.plot(results, args.plot) if args.plot else None
     shown = [bench_report.table(results)]
     shown += [f"note: {n}" for n in out["notes"] + ([out["machine"]["warning"]] if "warning" in out["machine"] else [])]
     shown += [f"{r['label']}: end-to-end {p['fps']:.1f} FPS over {p['frames']} frames = {p['ratio']:.2f} of the "
               f"invoke-only rate {p['invoke_only_fps']:.1f}/s" for r in results if (p := r.get("pipeline"))]
-    shown += [f"note: {plotted}"] if plotted else []
     text = sys.stderr if args.json else sys.stdout
+    # shown first (a --report that meets a full disk still leaves the figures on the screen); a reader that left
+    # (`| head -1`) is no error, so the files below are written all the same
     write_result("\n".join(shown), text)
     for r in results:
         if "error" in r:
             print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
     if args.json:
         write_result(json.dumps(out))
+    if args.report:
+        atomic_write(args.report, json.dumps(out, indent=1) + "\n")
+    if args.csv:
+        atomic_write(args.csv, bench_report.to_csv(results))
+    if args.plot and (msg := bench_report.plot(results, args.plot)):
+        write_result(f"note: {msg}", text)
     rc = 0 if all("error" not in r for r in results) else 2
     if reference is not None:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])
-        if note:
-            print(f"note: {note}", file=text)
         worse, compared = bench_report.compare(results, reference, args.tolerance)
-        for w in worse:
-            print(f"regression: {w}", file=text)
+        if note or worse:
+            write_result("\n".join([f"note: {note}"] * bool(note) + [f"regression: {w}" for w in worse]), text)
         if not compared:  # a gate that compared nothing must not pass silently
             print(f"{'error' if args.fail_on_regression else 'note'}: no case matches a case of --reference "
                   f"{args.reference} (cases are matched by label: model file stem, runtime, threads)", file=sys.stderr)
