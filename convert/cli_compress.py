@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
                  f"| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
                  f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
                  f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    write_result(line)  # a reader that left (`| head -1`) is no error: the report is written all the same
+    try:  # a reader that left (`| head -1`) is no error; a result that cannot be shown is said after the report
+        write_result(line)
+    except OSError:
+        write_report(args.report, report)
+        raise
     write_report(args.report, report)
     return 0

@@ -72,12 +72,17 @@ def atomic_write_many(files: dict[Path, bytes | str],
             if check and check.get(path) is not None:
                 check[path](tmp)
         # the locks first (a wait for them can be stopped); a SIGTERM or Ctrl-C after would leave half the set renamed
-        with _folders_locked({p.parent for p in temps}) as folders, _signals_held():
-            for path, tmp in temps.items():
-                with _naming(path):
-                    os.replace(tmp, path)
+        with _folders_locked({p.parent for p in temps}) as folders:
+            with _signals_held():
+                for path, tmp in temps.items():
+                    with _naming(path):
+                        os.replace(tmp, path)
             for fd in folders:  # the renames reach the storage (a power cut keeps the new set)
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError as e:  # a filesystem that cannot sync a folder (some FUSE, SMB mounts): as written
+                    if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
@@ -171,17 +176,30 @@ def discard_writes(stream) -> None:
         os.close(null)
 
 
-def write_result(text: str, stream: TextIO | None = None) -> None:
+STDOUT = "stdout"  # write_result's default: sys.stdout as it is when called
+
+
+def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
     """A command's result (a table, a summary line, JSON) on ``stream`` (default stdout), in one write and
     flushed. A reader that went away before it was read (``| head -1``) has what it wanted: the rest is dropped
     and later writes go nowhere (:func:`discard_writes`), so the run ends with its own exit code and the files
-    it wrote; any other failure (a full disk behind ``>``) is raised."""
-    stream = sys.stdout if stream is None else stream
+    it wrote. A closed stream (``>&-``: Python's ``None``) takes nothing, as ``print`` does.
+
+    Raises:
+        OSError: any other failure (a full disk behind ``>``), naming the stream (``<stdout>``); the text is
+        dropped, so that Python's own last flush neither fails again nor changes the exit code.
+    """
+    stream = sys.stdout if stream == STDOUT else stream
+    if stream is None:
+        return
     try:
         stream.write(text if text.endswith("\n") else text + "\n")
         stream.flush()
     except BrokenPipeError:
         discard_writes(stream)
+    except OSError as e:
+        discard_writes(stream)
+        raise OSError(e.errno, e.strerror, getattr(stream, "name", None)) from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -213,18 +213,25 @@ def _run(args: argparse.Namespace) -> int:
               f"invoke-only rate {p['invoke_only_fps']:.1f}/s" for r in results if (p := r.get("pipeline"))]
     text = sys.stderr if args.json else sys.stdout
     # shown first (a --report that meets a full disk still leaves the figures on the screen); a reader that left
-    # (`| head -1`) is no error, so the files below are written all the same
-    write_result("\n".join(shown), text)
-    for r in results:
-        if "error" in r:
-            print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
-    if args.json:
-        write_result(json.dumps(out))
+    # (`| head -1`) is no error, and a result that cannot be shown (`> /dev/full`) is said after the files
+    unshown = None
+    try:
+        write_result("\n".join(shown), text)
+        for r in results:
+            if "error" in r:
+                print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
+        if args.json:
+            write_result(json.dumps(out))
+    except OSError as e:
+        unshown = e
     if args.report:
         atomic_write(args.report, json.dumps(out, indent=1) + "\n")
     if args.csv:
         atomic_write(args.csv, bench_report.to_csv(results))
-    if args.plot and (msg := bench_report.plot(results, args.plot)):
+    msg = bench_report.plot(results, args.plot) if args.plot else None
+    if unshown is not None:
+        raise unshown
+    if msg:
         write_result(f"note: {msg}", text)
     rc = 0 if all("error" not in r for r in results) else 2
     if reference is not None:
