@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import serve
 from .classify import Classifier, ModelError
+from .fileio import write_result
 from .interpreter import InterpreterUnavailable
 from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, add_stream_timeout, deprecated, nonnegative_int,
                     positive_int, probability_arg, resize_arg, seconds_arg, threads_arg)
@@ -196,27 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     recorded = "" if not files else f"; recorded {', '.join(map(str, files))}" if len(files) <= 3 else \
         f"; recorded {len(files)} files in {files[0].parent} ({files[0].name} .. {files[-1].name})"
     kernels = "XNNPACK" if clf.xnnpack else "builtin kernels"
-    _tell(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
-          f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); {skipped}; "
-          f"reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}")
+    write_result(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
+                 f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); "
+                 f"{skipped}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", sys.stderr)
     if stats.error:
-        _tell(f"error: {stats.error}")
+        write_result(f"error: {stats.error}", sys.stderr)
         return 1
     if stats.frames == 0 and stats.stopped_by == "end of source":
-        _tell(f"error: the source ended before any frame could be classified ({skipped})")
+        write_result(f"error: the source ended before any frame could be classified ({skipped})", sys.stderr)
         return 1
     return 0
-
-
-def _tell(line: str) -> None:
-    """An end-of-run line on stderr; when stderr is the pipe whose reader went away (`2>&1 | head -1`),
-    nothing (stderr then goes to /dev/null, so that Python's own last flush does not fail either)."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except BrokenPipeError:
-        from .fileio import discard_writes
-
-        discard_writes(sys.stderr)
 
 
 class _Stopped(Exception):
