@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_runtime.fileio import write_result
+from edge_runtime.fileio import HeldResult
 from edge_runtime.flags import deprecated, positive_int
 
 from .cli_tflite import add_gate_flags, gates_of, missed_gate, write_report
@@ -104,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
                  f"| float (source) | - | {report.get('top1_float', float('nan')):.1f}% |\n"
                  f"| compressed float | {report['bytes']:,} | {report.get('top1_compressed', float('nan')):.1f}% |\n"
                  f"| int8 TFLite | {i['bytes']:,} | {i['top1']:.1f}% (agreement {i['agreement']:.1f}%) |")
-    try:  # a reader that left (`| head -1`) is no error; a result that cannot be shown is said after the report
-        write_result(line)
-    except OSError:
-        write_report(args.report, report)
-        raise
+    result = HeldResult()  # a reader that left (`| head -1`) is no error; a result not shown is said after the report
+    result.show(line)
     write_report(args.report, report)
-    return 0
+    return result.exit_code(0)

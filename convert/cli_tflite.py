@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from pathlib import Path
 
@@ -196,7 +195,8 @@ def _labels(path: Path | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.fileio import write_result
+    from edge_runtime.fileio import HeldResult, write_result
+    from edge_runtime.flags import GATE_MISSED
 
     from .errors import GateError
     from .pipeline import ConvertOptions, convert, markdown_table
@@ -213,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
                           report=args.report, quiet=args.quiet, command=getattr(args, "command", None))
     try:
         report = convert(opts)
-    except GateError as e:
-        with contextlib.suppress(OSError):  # the missed gate is what the run ends with (its exit code), shown or not
-            write_result(markdown_table(e.report))
+    except GateError as e:  # the missed gate is what the run ends with (its exit code), its table shown or not
+        result = HeldResult()
+        result.show(markdown_table(e.report))
+        result.exit_code(GATE_MISSED)  # says a table that could not be shown; the gate's line and code follow
         raise
     write_result(markdown_table(report))
     return 0

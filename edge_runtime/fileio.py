@@ -168,10 +168,15 @@ def free_name(path: Path, tag: str) -> Path:
 
 def discard_writes(stream) -> None:
     """Point ``stream``'s file descriptor at /dev/null: its reader went away (a broken pipe), and later
-    writes, Python's exit-time flush included, should neither fail nor say so."""
+    writes, Python's exit-time flush included, should neither fail nor say so. A stream without a descriptor
+    of its own (a wrapper of sys.stdout) is left as it is: its later writes may fail again."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor of its own (a wrapper, a closed file)
+        return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(null, stream.fileno())
+        os.dup2(null, fd)
     finally:
         os.close(null)
 
@@ -189,7 +194,7 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
         OSError: any other failure (a full disk behind ``>``), naming the stream (``<stdout>``); the text is
         dropped, so that Python's own last flush neither fails again nor changes the exit code.
     """
-    stream = sys.stdout if stream == STDOUT else stream
+    stream = sys.stdout if stream is STDOUT else stream
     if stream is None:
         return
     try:
@@ -200,6 +205,40 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
     except OSError as e:
         discard_writes(stream)
         raise OSError(e.errno, e.strerror, getattr(stream, "name", None)) from None
+
+
+class HeldResult:
+    """A command's results shown as they come (:func:`write_result`), with the first that cannot be shown
+    (a full disk behind ``>``) held until the run has written its files and knows how it ends: the figures
+    go first (a --report that meets a full disk still leaves them on the screen), the files are never lost
+    to the screen, and the run's own failure (a missed gate, a failed case) keeps its exit code.
+    """
+
+    def __init__(self) -> None:
+        self.unshown: OSError | None = None
+
+    def show(self, text: str, stream: TextIO | None | str = STDOUT) -> None:
+        try:
+            write_result(text, stream)
+        except OSError as e:
+            self.unshown = self.unshown or e
+
+    def exit_code(self, code: int) -> int:
+        """``code``, the run's own outcome; a result that could not be shown is said on stderr beside a
+        failure, and raised when the run would otherwise end with 0.
+
+        Raises:
+            OSError: the held failure, when ``code`` is 0.
+        """
+        if self.unshown is None:
+            return code
+        if code == 0:
+            raise self.unshown
+        e = self.unshown
+        with contextlib.suppress(OSError):  # stderr may be the stream that failed
+            write_result(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}",
+                         sys.stderr)
+        return code
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,3 +244,25 @@ def edit_record(model: bytes, edit) -> bytes:
     assert len(body) <= len(raw), (len(body), len(raw))
     out = model[:at] + body.ljust(len(raw)) + model[at + len(raw):]
     return integrity.seal(out) if sealed else out
+
+
+def tiny_onnx(path: Path, classes: int = 10, declared: int | None = None) -> Path:
+    """A small real ONNX image classifier (conv, ReLU, pooling, dense) with fixed weights; its graph
+    may declare a false number of classes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (classes, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, declared or classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -13,33 +13,12 @@ import pytest
 
 from conftest import QUICK
 from edge_runtime.fileio import atomic_write, atomic_write_many, pid_alive
-from realworld import ROOT, Process, convert_main as _main, one_error_line, run_module, small_filesystem, wait_for
+from realworld import (ROOT, Process, convert_main as _main, one_error_line, run_module, small_filesystem,
+                       tiny_onnx, wait_for)
 
 
 def _convert(*args):
     return run_module("convert", *args)
-
-
-def _tiny_onnx(path: Path, classes: int = 10, declared: int | None = None) -> Path:
-    """A small real ONNX image classifier (conv, ReLU, pooling, dense) with fixed weights; its graph
-    may declare a false number of classes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.5, (classes, 8)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, declared or classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def test_out_is_a_folder_or_unwritable_fails_before_any_work(tmp_path):
@@ -62,7 +41,8 @@ def test_full_storage_fails_before_the_long_work(weights_env, tmp_path):
 def test_bad_flag_values_give_one_line(tmp_path):
     for args in (["tflite", "--calib-scales", "x"], ["tflite", "--calib-scales", "1,nan"],
                  ["tflite", "--percentile", "nan", "--out", tmp_path / "m.tflite"],
-                 ["tflite", "--mean", "nan,0,0", "--onnx", _tiny_onnx(tmp_path / "t.onnx"), "--out", tmp_path / "m.tflite"],
+                 ["tflite", "--mean", "nan,0,0", "--onnx", tiny_onnx(tmp_path / "t.onnx"),
+                  "--out", tmp_path / "m.tflite"],
                  ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--bits", "x"],
                  ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "f=y"],
                  ["compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--sparsity", "1.5"],
@@ -76,7 +56,7 @@ def test_bad_flag_values_give_one_line(tmp_path):
 def test_a_labels_file_that_does_not_fit_is_refused_even_when_empty(tmp_path):
     """--labels gives one name per line: an empty or blank file names 0 classes and is refused like a file of
     the wrong length, not replaced by the model's class numbers."""
-    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    onnx_path = tiny_onnx(tmp_path / "t.onnx", classes=2)
     for name, text, count in (("empty.txt", "", 0), ("blank.txt", " \n\n\t\n", 0), ("three.txt", "a\nb\nc\n", 3)):
         (tmp_path / name).write_text(text)
         err = one_error_line(_main("tflite", "--onnx", onnx_path, "--labels", tmp_path / name,
@@ -122,7 +102,7 @@ def test_an_empty_check_or_calib_folder_is_named_by_its_role(weights_env, tmp_pa
 
 
 def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
-    liar = _tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
+    liar = tiny_onnx(tmp_path / "liar.onnx", classes=10, declared=5)
     err = one_error_line(_main("tflite", "--onnx", liar, "--out", tmp_path / "liar_int8.tflite"))
     assert "declares an output of shape (1, 5), running it gives (1, 10)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.onnx"]
@@ -131,7 +111,7 @@ def test_onnx_with_a_false_output_shape_fails_at_once(tmp_path):
 def test_sigterm_and_kill_9_leave_no_working_folder(tmp_path):
     """SIGTERM during the conversion removes its working folder at once; a kill -9 cannot, so the next
     run in that folder removes what the dead one left. An earlier artifact is never touched."""
-    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    model = tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "tiny_int8.tflite"
     out.write_bytes(b"an earlier artifact")
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -160,7 +140,7 @@ def test_a_live_conversion_in_another_container_keeps_its_working_folder(tmp_pat
     second's clean-up of killed runs' folders judged by the process id in the name, which names no process
     in its namespace: it removed the first's working folder and the first failed (`error: .../equalized.onnx:
     No such file or directory`). The first is stopped (SIGSTOP) while the second runs, so no timing decides."""
-    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    model = tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "a_int8.tflite"
     ns = 'echo 4190000 > /proc/sys/kernel/ns_last_pid && "$@"'  # its process id: 4190001, none here
     first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", ns, "sh", sys.executable,
@@ -194,7 +174,7 @@ def test_a_gate_missed_without_labels_says_how_to_judge_on_your_own_photos(tmp_p
     photos (the converter's, which are less decided than most, or the user's --check); a miss writes no
     .tflite and its one line says which flags judge on photos like the user's. A gate of 100% on a small
     real classifier misses deterministically."""
-    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    model = tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "tiny_int8.tflite"
     check = []
     if own_check:  # 50 unseen photos of the user's
@@ -284,12 +264,38 @@ def test_one_folder_named_two_ways_in_a_set_is_locked_once(tmp_path, monkeypatch
                                                                        "report.json"]
 
 
+def test_a_folder_the_filesystem_cannot_fsync_takes_the_set(tmp_path, monkeypatch):
+    """Some FUSE and SMB mounts refuse fsync on a folder (EINVAL, EOPNOTSUPP): the renamed set is in place and
+    the write succeeds (the files themselves were fsynced). Any other failure of the folder's fsync (EIO: the
+    storage may have lost the renames) is still an error. The refusal is injected at os.fsync, for folders only."""
+    import errno
+    import stat
+
+    real, refusal = os.fsync, []
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(refusal[-1], os.strerror(refusal[-1]))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for code in (errno.EINVAL, errno.EOPNOTSUPP):
+        refusal.append(code)
+        atomic_write_many({tmp_path / "m_int8.tflite": f"model {code}", tmp_path / "report.json": f"{code}"})
+        assert (tmp_path / "m_int8.tflite").read_text() == f"model {code}"
+        assert (tmp_path / "report.json").read_text() == f"{code}"
+    refusal.append(errno.EIO)
+    with pytest.raises(OSError, match="Input/output error"):
+        atomic_write_many({tmp_path / "report.json": "after"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8.tflite", "report.json"]  # no temporary left
+
+
 def test_an_output_nobody_can_create_is_refused_before_the_work(tmp_path, weights_env):
     """/proc takes no new file, even from root, whom access() lets write anywhere: `compress --report` there
     wrote the container, printed success, then failed; `tflite --report` failed after the whole conversion,
     naming a hidden temporary file. Now every output is tried before the work, and a write that still
     fails at the end (a full card) names the path the user gave."""
-    onnx_path = _tiny_onnx(tmp_path / "t.onnx", classes=2)
+    onnx_path = tiny_onnx(tmp_path / "t.onnx", classes=2)
     for args, expect in (
             (("compress", "--weights", "deep-compression", "--out", tmp_path / "c.sqz", "--lossless", "--report",
               "/proc/c.json"),

@@ -3,17 +3,23 @@ its own exit code and every file it was asked to write, and says nothing about t
 and `compress` printed before writing their --report (a broken pipe cost the file after the whole run) and every
 command ended with "error: Broken pipe" (exit 2) or Python's "Exception ignored ... BrokenPipeError" (exit 120).
 The reader here closes its end before the first line, so every write of the result meets a closed pipe.
-A result that cannot be shown for another reason (`> /dev/full`) is one error line naming <stdout>, exit 2, after
-the files are written; a closed stdout (`>&-`) takes nothing, as print does. The children run without
+A result that cannot be shown for another reason (`> /dev/full`) is one error line naming <stdout>, after the
+files are written: exit 2, or the run's own code when it failed on its own (a failed case, a missed gate); a
+closed stdout (`>&-`) takes nothing, as print does. The children run without
 PYTHONUNBUFFERED (a buffered stdout is what a user's shell gives: Python's exit-time flush must not fail again)."""
+import errno
+import io
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from realworld import ROOT
+from conftest import QUICK
+from edge_runtime.fileio import HeldResult, write_result
+from realworld import ROOT, tiny_onnx
 
 FULL = "error: <stdout>: No space left on device"
 
@@ -63,3 +69,52 @@ def test_evaluate_and_compress_keep_their_reports(weights_env, val500_dir, tmp_p
     ends_as_asked(*_run(stdout, "convert", "compress", "--weights", "deep-compression", "--lossless", "--quiet",
                         "--out", tmp_path / "lossless.sqz", "--report", tmp_path / "compress.json"))
     assert json.loads((tmp_path / "compress.json").read_text())["bytes"] == (tmp_path / "lossless.sqz").stat().st_size
+
+
+def test_a_full_stdout_leaves_a_failed_run_its_own_exit_code(int8_model, tmp_path):
+    """stdout on a full disk is said, but a run that failed on its own ends with its own code and says why.
+    Before, the benchmark skipped its failed cases' error lines (they came after the table) and ended with 2
+    before comparing with --reference, so --fail-on-regression's 3 became 2; the converter's missed gate said
+    nothing of the stdout it could not show."""
+    renamed = tmp_path / "renamed_int8.tflite"  # a label the stored reference does not hold: nothing compared
+    renamed.write_bytes(Path(int8_model).read_bytes())
+    fast = ["--runs", 3, "--warmup", 0, "--min-seconds", 0]
+    rc, err = _run("full", "tools.benchmark", "--model", renamed, "--threads", 1, *fast,
+                   "--reference", ROOT / "benchmarks" / "reference-x86_64-2core.json", "--fail-on-regression")
+    assert rc == 3 and FULL in err.splitlines() and "error: no case matches a case of --reference" in err, err
+    rc, err = _run("full", "tools.benchmark", "--model", tmp_path / "missing.tflite", *fast)
+    failed = [line for line in err.splitlines() if line.startswith("error: missing")]
+    assert rc == 2 and FULL in err.splitlines() and len(failed) == 1 and "missing.tflite" in failed[0], err
+
+    model = tiny_onnx(tmp_path / "tiny.onnx")  # a gate of 100% on a small real classifier misses deterministically
+    rc, err = _run("full", "convert", "tflite", "--onnx", model, "--out", tmp_path / "tiny_int8.tflite", *QUICK,
+                   "--min-agreement", 1, "--quiet")
+    assert rc == 3 and err.splitlines()[-2:][0] == FULL, err
+    assert err.splitlines()[-1].startswith("error: top-1 agreement on the unlabelled views"), err
+    assert not (tmp_path / "tiny_int8.tflite").exists()
+
+
+def test_the_held_result_of_a_stream_without_a_descriptor(tmp_path, capsys):
+    """A result that could not be shown is held until the run knows its outcome: raised when the run would
+    end with 0, said beside a failure that keeps its code. A stream without a descriptor of its own (a
+    wrapped stdout) keeps its error: before, discarding its writes turned it into 'fileno'."""
+    class Wrapped(io.StringIO):
+        def __init__(self, name, code):
+            super().__init__()
+            self.name, self.code = name, code
+
+        def write(self, text):
+            raise OSError(self.code, os.strerror(self.code))
+
+    with pytest.raises(OSError, match="No space left on device") as info:
+        write_result("a table", Wrapped("<wrapped>", errno.ENOSPC))
+    assert info.value.filename == "<wrapped>"
+
+    with open("/dev/full", "w") as full:
+        result = HeldResult()
+        result.show("a table", full)
+        result.show("a second table", Wrapped("<second>", errno.EIO))  # the first failure is the one said
+        assert result.exit_code(3) == 3 and capsys.readouterr().err == "error: /dev/full: No space left on device\n"
+        with pytest.raises(OSError, match="No space left on device") as info:
+            result.exit_code(0)
+        assert info.value.filename == "/dev/full"

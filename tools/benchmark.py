@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
-from edge_runtime.fileio import atomic_write, outputs_problem, read_bounded, same_file, write_result
+from edge_runtime.fileio import HeldResult, atomic_write, outputs_problem, read_bounded, same_file
 from edge_runtime.flags import (GATE_MISSED, MAX_THREADS, add_json_flag, deprecated, json_path_to_report,
                                 nonnegative_float, nonnegative_int, positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
@@ -214,37 +214,32 @@ def _run(args: argparse.Namespace) -> int:
     text = sys.stderr if args.json else sys.stdout
     # shown first (a --report that meets a full disk still leaves the figures on the screen); a reader that left
     # (`| head -1`) is no error, and a result that cannot be shown (`> /dev/full`) is said after the files
-    unshown = None
-    try:
-        write_result("\n".join(shown), text)
-        for r in results:
-            if "error" in r:
-                print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
-        if args.json:
-            write_result(json.dumps(out))
-    except OSError as e:
-        unshown = e
+    result = HeldResult()
+    result.show("\n".join(shown), text)
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
+    if args.json:
+        result.show(json.dumps(out))
     if args.report:
         atomic_write(args.report, json.dumps(out, indent=1) + "\n")
     if args.csv:
         atomic_write(args.csv, bench_report.to_csv(results))
     msg = bench_report.plot(results, args.plot) if args.plot else None
-    if unshown is not None:
-        raise unshown
     if msg:
-        write_result(f"note: {msg}", text)
+        result.show(f"note: {msg}", text)
     rc = 0 if all("error" not in r for r in results) else 2
     if reference is not None:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])
         worse, compared = bench_report.compare(results, reference, args.tolerance)
         if note or worse:
-            write_result("\n".join([f"note: {note}"] * bool(note) + [f"regression: {w}" for w in worse]), text)
+            result.show("\n".join([f"note: {note}"] * bool(note) + [f"regression: {w}" for w in worse]), text)
         if not compared:  # a gate that compared nothing must not pass silently
             print(f"{'error' if args.fail_on_regression else 'note'}: no case matches a case of --reference "
                   f"{args.reference} (cases are matched by label: model file stem, runtime, threads)", file=sys.stderr)
         if (worse or not compared) and args.fail_on_regression and rc == 0:  # a failed case (2) says more
             rc = GATE_MISSED
-    return rc
+    return result.exit_code(rc)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge_runtime.fileio import write_result
+from edge_runtime.fileio import HeldResult, write_result
 from edge_runtime.flags import (lr_arg, nonnegative_int, positive_float, positive_int, seconds_arg, square_size_arg,
                                 threads_arg)
 
@@ -147,20 +147,15 @@ def _sweep(args) -> int:
                                quiet=args.quiet, convert_settings=convert_settings,
                                **{k: v for k, v in given.items() if v is not None}))
     budget = res.get("budget_ms")
-    unshown = None
-    try:  # the files are written; a table that cannot be shown is said last, failed variants first
-        write_result(table(res) + ("" if budget is None else "\n\n" + recommendation(res, budget)))
-    except OSError as e:
-        unshown = e
+    result = HeldResult()  # the files are written; a table that cannot be shown is said last, failed variants first
+    result.show(table(res) + ("" if budget is None else "\n\n" + recommendation(res, budget)))
     for name in res["failed"]:
         row = next(r for r in res["variants"] if r["name"] == name)
         print(f"error: {name}: {row['error']}", file=sys.stderr)
     written = [n for n in ("results.csv", "results.json", "pareto.png", "curves.png", "report.md")
                if (args.out / n).exists()]
     print(f"{args.out}: {', '.join(written)} ({res['wall_seconds'] / 60:.1f} min)", file=sys.stderr)
-    if unshown is not None and not res["failed"]:
-        raise unshown
-    return 1 if res["failed"] else 0
+    return result.exit_code(1 if res["failed"] else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
