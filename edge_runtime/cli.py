@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -197,16 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     recorded = "" if not files else f"; recorded {', '.join(map(str, files))}" if len(files) <= 3 else \
         f"; recorded {len(files)} files in {files[0].parent} ({files[0].name} .. {files[-1].name})"
     kernels = "XNNPACK" if clf.xnnpack else "builtin kernels"
-    write_result(f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
-                 f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); "
-                 f"{skipped}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}", sys.stderr)
+    lines = [f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
+             f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); "
+             f"{skipped}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}"]
     if stats.error:
-        write_result(f"error: {stats.error}", sys.stderr)
-        return 1
-    if stats.frames == 0 and stats.stopped_by == "end of source":
-        write_result(f"error: the source ended before any frame could be classified ({skipped})", sys.stderr)
-        return 1
-    return 0
+        lines.append(f"error: {stats.error}")
+    elif stats.frames == 0 and stats.stopped_by == "end of source":
+        lines.append(f"error: the source ended before any frame could be classified ({skipped})")
+    with contextlib.suppress(OSError):  # a log on a full card: the run's account is lost, not the run's outcome
+        write_result("\n".join(lines), sys.stderr)
+    return 1 if len(lines) > 1 else 0
 
 
 class _Stopped(Exception):

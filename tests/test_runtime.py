@@ -226,6 +226,27 @@ def test_a_model_path_that_is_no_file_is_named_as_what_it_is(tmp_path):
         assert str(e.value) == f"{path}: {said}"
 
 
+def test_a_full_stderr_does_not_fail_a_run_that_worked(int8_model, val500_dir, tmp_path):
+    """A headless device whose log (stderr) is on a full card: the end-of-run account cannot be written, but
+    the run classified its source and its records are whole, so it ends with 0 (it ended with 1, its error
+    unsaid). A run that failed still ends with 1."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = sorted(val500_dir.iterdir())[0]
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a service runs it
+    command = [sys.executable, "-m", "edge_runtime", "--source", str(photos), "--model", str(int8_model), "--json"]
+    (photos / photo.name).write_bytes(photo.read_bytes())
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=full, text=True, cwd=ROOT, env=buffered,
+                              timeout=120)
+        assert proc.returncode == 0
+        assert json.loads(proc.stdout)["top"][0]["label"] == "tench", proc.stdout
+        (photos / photo.name).write_bytes(b"\xff\xd8\xff corrupt")
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=full, text=True, cwd=ROOT, env=buffered,
+                              timeout=120)
+        assert proc.returncode == 1 and proc.stdout == ""
+
+
 def test_sources_with_nothing_to_classify_fail_with_one_line(int8_model, tmp_path):
     """A folder of unreadable files: one line and exit 1 (not "0 frames" and success). An empty --source
     (not the current folder), flags that would have no effect with the source given, and a clip whose
