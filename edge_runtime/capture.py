@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .fileio import tell
 
 EXAMPLES = """examples:
   python -m edge_runtime capture --camera 0 --label parcel --out photos --every 2 --count 100
@@ -203,23 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     quiet_opencv()
 
     if args.count is not None and args.count < 1:
-        print(f"error: --count {args.count}: 1 or more photos expected", file=sys.stderr)
+        tell(f"error: --count {args.count}: 1 or more photos expected")
         return 2
     if not 1 <= args.jpeg_quality <= 100:
-        print(f"error: --jpeg-quality {args.jpeg_quality}: 1..100 expected", file=sys.stderr)
+        tell(f"error: --jpeg-quality {args.jpeg_quality}: 1..100 expected")
         return 2
     photos = args.source is not None and not is_stream(args.source) and (Path(args.source).is_dir()
                                                                          or is_image_file(args.source))
     if photos and args.every is not None:  # refused, not silently ignored
-        print(f"error: --every: only with a camera, a video file or a stream (a folder of photos gives every "
-              f"photo: {args.source})", file=sys.stderr)
+        tell(f"error: --every: only with a camera, a video file or a stream (a folder of photos gives every "
+             f"photo: {args.source})")
         return 2
     if photos and Path(args.source).is_dir():  # copies of the photos among them, or the copies read again
         from .fileio import folder_clash_problem
 
         problem = folder_clash_problem("--out", args.out / args.label, [("--source", args.source)], (".",))
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
+            tell(f"error: {problem}")
             return 2
     stop = threading.Event()
     install_stop_signals(stop)  # before anything is opened: a stop while the source opens is obeyed there
@@ -232,24 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     except (CaptureError, SourceError) as e:
         _remove_empty(created)
         if stop.is_set():  # as the runtime: a stop is no failure
-            print("stopped by signal while opening the source", file=sys.stderr)
+            tell("stopped by signal while opening the source")
             return 0
-        print(f"error: {e}", file=sys.stderr)
+        tell(f"error: {e}")
         return EXIT_UNAVAILABLE if isinstance(e, SourceUnavailable) else 2  # as the runtime: try again later
-    say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = (lambda _m: None) if args.quiet else tell  # a full log loses lines, never photos
     every = 1.0 if args.every is None else args.every
     try:
         stats = capture(source, args.out, args.label, every, args.count, args.jpeg_quality, stop, say)
     except CaptureError as e:  # while saving (storage full): 1, as the runtime's failures while running
-        print(f"error: {e}", file=sys.stderr)
+        tell(f"error: {e}")
         return 1
     if not stats.saved:
         _remove_empty(created)
         if stats.stopped_by == "end of source":  # as the runtime: a source with nothing in it is a failure
-            print(f"error: the source ended before any photo was saved ({stats.frames} frames read)", file=sys.stderr)
+            tell(f"error: the source ended before any photo was saved ({stats.frames} frames read)")
             return 1
-    print(f"{stats.saved} photos of {args.label!r} in {args.out / args.label} from {stats.frames} frames in "
-          f"{stats.seconds:.1f}s; stopped by {stats.stopped_by}", file=sys.stderr)
+    tell(f"{stats.saved} photos of {args.label!r} in {args.out / args.label} from {stats.frames} frames in "
+         f"{stats.seconds:.1f}s; stopped by {stats.stopped_by}")
     return 0
 
 

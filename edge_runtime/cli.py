@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from . import serve
 from .classify import Classifier, ModelError
-from .fileio import write_result
+from .fileio import tell
 from .interpreter import InterpreterUnavailable
 from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, add_stream_timeout, deprecated, nonnegative_int,
                     positive_int, probability_arg, resize_arg, seconds_arg, threads_arg)
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     misuse = _flags_without_effect(args)
     if misuse:
-        print(f"error: {misuse}", file=sys.stderr)
+        tell(f"error: {misuse}")
         return 2
     stop = threading.Event()
     app.install_stop_signals(stop)  # from here on SIGTERM / Ctrl-C end the process within 2 s
@@ -168,20 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     service = serve.start(clf, None, serve_opts)
                 except OSError as e:
-                    print(f"error: cannot listen on {args.serve}: {e.strerror or e}", file=sys.stderr)
+                    tell(f"error: cannot listen on {args.serve}: {e.strerror or e}")
                     return 2
             source = _open(args, stop, service)
         except _Stopped as e:
-            print(f"stopped by signal while {e}", file=sys.stderr)
+            tell(f"stopped by signal while {e}")
             return 0
         except SourceUnavailable as e:  # a camera or stream not there (yet): a service manager tries again
-            print(f"error: {e}", file=sys.stderr)
+            tell(f"error: {e}")
             return EXIT_UNAVAILABLE
         except (RecordingError, serve.ServeError, _FlagNotApplicable, ModelError, InterpreterUnavailable,
                 PreprocessingError, SourceError) as e:
             hint = (" (convert one with: python -m convert tflite)" if isinstance(e, ModelError)
                     and args.model == DEFAULT_MODEL and not args.model.exists() else "")
-            print(f"error: {e}{hint}", file=sys.stderr)
+            tell(f"error: {e}{hint}")
             return 2
         stats = app.run(clf, source, opts, stop, observer=service.publish if service else None)
     finally:
@@ -205,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"error: {stats.error}")
     elif stats.frames == 0 and stats.stopped_by == "end of source":
         lines.append(f"error: the source ended before any frame could be classified ({skipped})")
-    with contextlib.suppress(OSError):  # a log on a full card: the run's account is lost, not the run's outcome
-        write_result("\n".join(lines), sys.stderr)
+    tell("\n".join(lines))  # a log on a full card loses the account, not the run's outcome
     return 1 if len(lines) > 1 else 0
 
 
@@ -266,8 +264,8 @@ def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Servic
                 raise
             service.waiting, rounds = str(e), rounds + 1
             if said_at(rounds):
-                print(f"warning: {e}; trying again in {delay:.0f} s (--serve keeps the process up; said again "
-                      f"at round {2 * rounds})", file=sys.stderr, flush=True)
+                tell(f"warning: {e}; trying again in {delay:.0f} s (--serve keeps the process up; said again "
+                     f"at round {2 * rounds})")
             if stop.wait(delay):
                 raise _Stopped("opening the source") from None
             delay = min(2 * delay, WAIT_MAX)

@@ -207,6 +207,13 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
         raise OSError(e.errno, e.strerror, getattr(stream, "name", None)) from None
 
 
+def tell(line: str, stream: TextIO | None = None) -> None:
+    """A line of a run's account on ``stream`` (default stderr): its progress, its end, its error. One that
+    cannot be written (a log on a full card, a reader that left) is lost, never the run's work or its exit code."""
+    with contextlib.suppress(OSError):
+        write_result(line, sys.stderr if stream is None else stream)
+
+
 class HeldResult:
     """A command's results shown as they come (:func:`write_result`), with the first that cannot be shown
     (a full disk behind ``>``) held until the run has written its files and knows how it ends: the figures

@@ -30,7 +30,6 @@ import ipaddress
 import logging
 import re
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import cv2
 import numpy as np
 
 from .classify import Prediction
+from .fileio import tell
 from .overlay import draw
 
 log = logging.getLogger(__name__)
@@ -480,20 +480,21 @@ class Service:
         return is_loopback(host)
 
 
-def start(classifier, source, opts: ServeOptions, err=sys.stderr) -> Service:
-    """Create and start the service, printing warnings, then where it listens, to ``err``.
+def start(classifier, source, opts: ServeOptions, err=None) -> Service:
+    """Create and start the service, printing warnings, then where it listens, to ``err`` (default stderr;
+    a log on a full card loses the lines, never the service).
 
     Raises:
         OSError: the address cannot be bound.
     """
     service = Service(classifier, source, opts)
     if service.metrics is None:
-        print(f"warning: {METRICS_MISSING}", file=err, flush=True)
+        tell(f"warning: {METRICS_MISSING}", err)
     if not opts.loopback and not opts.token:
-        print(f"warning: listening on {opts.host} without --token: anyone who can reach this address can "
-              "watch the camera; set --token (or EDGE_RUNTIME_TOKEN)", file=err, flush=True)
+        tell(f"warning: listening on {opts.host} without --token: anyone who can reach this address can "
+             "watch the camera; set --token (or EDGE_RUNTIME_TOKEN)", err)
     url = service.start()
-    print(f"serving on {url}", file=err, flush=True)  # last: tools wait for this line
+    tell(f"serving on {url}", err)  # last: tools wait for this line
     return service
 
 

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -627,6 +628,51 @@ def test_a_stream_missing_at_start_is_waited_for_while_serving(int8_model, sampl
             camera.close()
         assert rt.stop() == 0, rt.stderr
     assert "Traceback" not in rt.stderr, rt.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_device_whose_log_is_full_still_serves(int8_model, sample_clip):
+    """A device whose log (stderr) is on a full card: `--serve` died at start, exit 120 (its "serving on" line
+    could not be written), and the device was unreachable; the wait for its missing camera would have died at
+    its first warning too. Now the lines are lost and the service is not: it listens, waits for the stream,
+    classifies it when it comes, and ends with 0 on SIGTERM. Run buffered, as a service manager runs it."""
+    port, camera_port = _free_port(), _free_port()
+
+    def healthz() -> int | None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            status = conn.getresponse().status
+            conn.close()
+            return status
+        except OSError:
+            return None
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--model", str(int8_model), "--headless",
+                                 "--source", f"http://127.0.0.1:{camera_port}/stream.mjpg", "--stream-timeout", "1",
+                                 "--serve", f"127.0.0.1:{port}"], cwd=ROOT, env=buffered,
+                                stdout=subprocess.DEVNULL, stderr=full)
+    camera = None
+    try:
+        wait_for(lambda: healthz() == 503 or proc.poll() is not None, 90, "the service waiting for its source")
+        assert proc.poll() is None, proc.returncode
+        time.sleep(1)  # past the first round's warning ("trying again in 5 s"), said as the wait begins
+        camera = MjpegServer(clip_jpegs(sample_clip, 30), [("loop", 0)], port=camera_port)
+        wait_for(lambda: healthz() == 200 or proc.poll() is not None, 60, "frames of the stream that came")
+        assert proc.poll() is None, proc.returncode
+    finally:
+        if camera:
+            camera.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 def test_a_source_missing_for_long_is_said_at_rounds_1_2_4_8_only(int8_model):
