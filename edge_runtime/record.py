@@ -23,11 +23,13 @@ Free space is checked before every frame: when it falls below what the writer ma
 so, instead of the writer failing silently on a full disk; a loop recording first deletes its own oldest
 finished segments to make room (never another file). The same holds for a limit on the size of
 one file (``ulimit -f``, or the 4 GiB of a FAT-formatted SD card), which free space does not show:
-segments end early to stay under it, a single file stops with the error. Frames of another size than the first
-are scaled into the recording (letterboxed), never dropped.
+segments end early to stay under it, a single file stops with the error. The recording has the first frame's
+size (scaled down to :data:`MAX_SIDE` at most); frames of another size are scaled into it (letterboxed), never
+dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".ts": "mp4v", ".avi": "MJPG"}
 WRITER_BUFFER = 256 << 10  # FFmpeg's writer flushes in steps of this size (measured); room for two
 TRAILER_BASE, TRAILER_PER_FRAME = 16 << 10, 32  # the container's index written at close
+MAX_SIDE = 4096  # a recording's longest side: a 4K camera's (and the Pi HQ camera's 4056) whole; MPEG-4 stops at 8191
 MAX_FILL_SECONDS = 5.0  # a longer gap between a live source's frames is an outage: left out, not filled
 REPEAT_SHARE = 0.5  # of the real time a gap stands for, at most this much is spent encoding its repeats
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
@@ -284,7 +287,8 @@ class Recorder:
             self._writer = None
             _WRITING.discard(self._tmp.resolve())
             self._tmp.unlink(missing_ok=True)
-            raise RecordingError(f"cannot write video {self._target} (OpenCV's writer did not open)")
+            raise RecordingError(f"cannot write video {self._target} of {self.size[0]}x{self.size[1]} pixels "
+                                 "(OpenCV's writer did not open)")
         self._in_file, self._last_size = 0, 0
 
     def _check_space(self) -> None:
@@ -318,9 +322,11 @@ class Recorder:
         if self._failed:
             return
         try:
-            if self.size is None:
+            if self.size is None:  # the first frame's within MAX_SIDE (a panorama among photos), even (encoders)
                 h, w = frame.shape[:2]
-                self.size = (w - w % 2, h - h % 2)  # encoders want even sizes
+                scale = min(1.0, MAX_SIDE / max(w, h))
+                w, h = max(2, round(w * scale)), max(2, round(h * scale))
+                self.size = (w - w % 2, h - h % 2)
             if (frame.shape[1], frame.shape[0]) != self.size:
                 frame = letterbox(frame, self.size)
             repeats = 0
@@ -403,5 +409,6 @@ class Recorder:
             self._finish()
         except OSError as e:
             if self._tmp is not None:
-                self._tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a card that went read-only keeps it: the next run recovers it
+                    self._tmp.unlink(missing_ok=True)
             raise RecordingError(f"{self._target}: cannot finish the recording ({e.strerror or e})") from None

@@ -313,6 +313,53 @@ def test_a_recording_folder_removed_while_recording_is_one_line(int8_model, samp
     assert len(errors) == 1 and "No such file or directory" in errors[0], proc.stderr
 
 
+def test_a_recording_folder_turned_read_only_while_recording_is_one_line(int8_model, sample_clip, tmp_path):
+    """A card that remounts itself read-only after an error (ext4's errors=remount-ro), here a read-only tmpfs
+    mounted over the recording's folder mid-file: the file being written could be neither finished nor removed,
+    and the second removal's EROFS ended the run with a traceback. One line and exit 1; the partial file stays
+    for the next run to recover (a .mkv keeps its frames up to its last flush)."""
+    with small_filesystem(tmp_path / "sd", "20m") as sd:
+        folder = sd / "rec"
+        folder.mkdir()
+        proc = Process("edge_runtime", "--source", sample_clip, "--loop", "--model", int8_model, "--headless",
+                       "--json", "--threads", "1", "--record", folder / "cam.mkv")
+        try:
+            wait_for(lambda: len(proc.out) >= 20 or proc.proc.poll() is not None, 60, "20 classified frames")
+            with small_filesystem(folder, "1m", read_only=True):
+                rc = proc.wait(60)
+        finally:
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+        assert rc == 1 and "Traceback" not in proc.stderr, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(folder / "cam.mkv") in errors[0], proc.stderr
+        assert len(list(folder.glob(".cam.*.partial.mkv"))) == 1 and not (folder / "cam.mkv").exists()
+
+
+def test_a_panorama_first_among_photos_is_recorded_within_the_largest_side(int8_model, tmp_path):
+    """A 12000x4000 photo first in a folder made the recording 12000x4000, which the MPEG-4 writer cannot open:
+    the run ended after one frame. The recording keeps its proportions within 4096 pixels a side, and the
+    photo after it is scaled into it."""
+    import numpy as np
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    wide = np.zeros((4000, 12000, 3), np.uint8)
+    wide[:, ::2] = (40, 120, 200)
+    cv2.imwrite(str(photos / "a_wide.png"), wide)
+    shutil.copy(ROOT / "calib_data" / "skimage_coffee.jpg", photos / "b_coffee.jpg")
+    rec = tmp_path / "photos.mp4"
+    proc = _runtime("--source", photos, "--model", int8_model, "--json", "--record", rec)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == ["a_wide.png", "b_coffee.jpg"]
+    cap = cv2.VideoCapture(str(rec))
+    try:
+        size = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+    assert size == (4096, 1364) and video_frames(rec) == 2, size
+
+
 def test_a_partial_left_under_this_process_id_is_recovered_not_written_over(tmp_path):
     """After a power cut a boot-time service often gets the process id it had before: the unfinished segment
     of the run before carried this process's id, was taken for its own, and the next segment of that index was
