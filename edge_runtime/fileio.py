@@ -241,10 +241,8 @@ class HeldResult:
             return code
         if code == 0:
             raise self.unshown
-        e = self.unshown
-        with contextlib.suppress(OSError):  # stderr may be the stream that failed
-            write_result(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}",
-                         sys.stderr)
+        e = self.unshown  # stderr may be the stream that failed: tell loses the line then
+        tell(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}")
         return code
 
 
