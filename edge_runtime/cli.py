@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     elif stats.frames == 0 and stats.stopped_by == "end of source":
         lines.append(f"error: the source ended before any frame could be classified ({skipped})")
     tell("\n".join(lines))  # a log on a full card loses the account, not the run's outcome
-    return 1 if len(lines) > 1 else 0
+    return 1 if stats.error or (stats.frames == 0 and stats.stopped_by == "end of source") else 0
 
 
 class _Stopped(Exception):

@@ -168,8 +168,8 @@ def free_name(path: Path, tag: str) -> Path:
 
 def discard_writes(stream) -> None:
     """Point ``stream``'s file descriptor at /dev/null: its reader went away (a broken pipe), and later
-    writes, Python's exit-time flush included, should neither fail nor say so. A stream without a descriptor
-    of its own (a wrapper of sys.stdout) is left as it is: its later writes may fail again."""
+    writes, Python's exit-time flush included, should neither fail nor say so. A stream whose fileno() fails
+    (a StringIO, a capture) is left as it is: its later writes may fail again."""
     try:
         fd = stream.fileno()
     except (OSError, ValueError):  # a stream without a descriptor of its own (a wrapper, a closed file)
@@ -209,9 +209,37 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
 
 def tell(line: str, stream: TextIO | None = None) -> None:
     """A line of a run's account on ``stream`` (default stderr): its progress, its end, its error. One that
-    cannot be written (a log on a full card, a reader that left) is lost, never the run's work or its exit code."""
-    with contextlib.suppress(OSError):
-        write_result(line, sys.stderr if stream is None else stream)
+    cannot be written is lost, never the run's work or its exit code: on a full card the line is dropped and
+    the next ones are written once there is room again; a reader that left takes nothing more
+    (:func:`discard_writes`)."""
+    stream = sys.stderr if stream is None else stream
+    if stream is None:
+        return
+    try:
+        stream.write(line if line.endswith("\n") else line + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        discard_writes(stream)
+    except OSError:
+        _drop_pending(stream)
+
+
+def _drop_pending(stream) -> None:
+    """Empty ``stream``'s buffer into /dev/null and give it its descriptor back: text that could not be written
+    (a full disk) is lost instead of failing every later write and Python's last flush."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    saved, null = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(null)
 
 
 class HeldResult:

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
+
+from .fileio import tell
 
 TOP_K = 5
 GATE_MISSED = 3  # exit code: a quality gate was missed (told apart from bad input, 2, and a crash, 1)
@@ -42,8 +43,7 @@ class _Deprecated(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"warning: {option_string} is deprecated and goes in the next release; use {self.new}",
-              file=sys.stderr)
+        tell(f"warning: {option_string} is deprecated and goes in the next release; use {self.new}")
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
@@ -68,8 +68,8 @@ def json_path_to_report(args: argparse.Namespace) -> None:
     """The old spelling ``--json PATH`` (a ``--json`` declared with ``nargs="?"``) moved to ``--report
     PATH``, with the deprecation warning (in place)."""
     if args.json not in (None, True):
-        print("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
-              "(--json alone prints JSON on stdout)", file=sys.stderr)
+        tell("warning: --json PATH is deprecated and goes in the next release; use --report PATH "
+             "(--json alone prints JSON on stdout)")
         args.report, args.json = Path(args.json), None
 
 

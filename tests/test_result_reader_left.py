@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK
-from edge_runtime.fileio import HeldResult, write_result
-from realworld import ROOT, tiny_onnx
+from edge_runtime.fileio import HeldResult, tell, write_result
+from realworld import ROOT, small_filesystem, tiny_onnx
 
 FULL = "error: <stdout>: No space left on device"
 
@@ -89,7 +89,7 @@ def test_a_full_stdout_leaves_a_failed_run_its_own_exit_code(int8_model, tmp_pat
     model = tiny_onnx(tmp_path / "tiny.onnx")  # a gate of 100% on a small real classifier misses deterministically
     rc, err = _run("full", "convert", "tflite", "--onnx", model, "--out", tmp_path / "tiny_int8.tflite", *QUICK,
                    "--min-agreement", 1, "--quiet")
-    assert rc == 3 and err.splitlines()[-2:][0] == FULL, err
+    assert rc == 3 and err.splitlines()[-2] == FULL, err
     assert err.splitlines()[-1].startswith("error: top-1 agreement on the unlabelled views"), err
     assert not (tmp_path / "tiny_int8.tflite").exists()
 
@@ -118,3 +118,19 @@ def test_the_held_result_of_a_stream_without_a_descriptor(tmp_path, capsys):
         with pytest.raises(OSError, match="No space left on device") as info:
             result.exit_code(0)
         assert info.value.filename == "/dev/full"
+
+
+def test_a_log_on_a_card_full_for_a_while_loses_only_what_came_while_it_was_full(tmp_path):
+    """A line that cannot be written on a full card is dropped; the lines after it are written once there is
+    room again. Before, the first failure pointed the descriptor at /dev/null: a long-running service's log
+    (its own lines, logging's, TFLite's) was silent until it restarted."""
+    with small_filesystem(tmp_path / "sd", "64k") as sd:
+        with open(sd / "filler", "wb") as filler, pytest.raises(OSError, match="No space left"):
+            filler.write(b"x" * (1 << 20))
+            filler.flush()
+        with open(sd / "log.txt", "w") as log:
+            tell("lost while the card is full", log)
+            (sd / "filler").unlink()
+            tell("written when there is room again", log)
+            tell("and after it", log)
+        assert (sd / "log.txt").read_text() == "written when there is room again\nand after it\n"

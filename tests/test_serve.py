@@ -630,28 +630,26 @@ def test_a_stream_missing_at_start_is_waited_for_while_serving(int8_model, sampl
     assert "Traceback" not in rt.stderr, rt.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_device_whose_log_is_full_still_serves(int8_model, sample_clip):
     """A device whose log (stderr) is on a full card: `--serve` died at start, exit 120 (its "serving on" line
     could not be written), and the device was unreachable; the wait for its missing camera would have died at
     its first warning too. Now the lines are lost and the service is not: it listens, waits for the stream,
     classifies it when it comes, and ends with 0 on SIGTERM. Run buffered, as a service manager runs it."""
-    port, camera_port = _free_port(), _free_port()
+    with socket.socket() as a, socket.socket() as b:  # two free ports, told apart
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        port, camera_port = a.getsockname()[1], b.getsockname()[1]
 
-    def healthz() -> int | None:
+    def healthz() -> tuple[int | None, str]:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
-            status = conn.getresponse().status
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read().decode()
             conn.close()
-            return status
-        except OSError:
-            return None
+            return status, json.loads(body).get("reason", "") if status == 503 else ""
+        except (OSError, ValueError):
+            return None, ""
 
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     with open("/dev/full", "w") as full:
@@ -661,11 +659,12 @@ def test_a_device_whose_log_is_full_still_serves(int8_model, sample_clip):
                                 stdout=subprocess.DEVNULL, stderr=full)
     camera = None
     try:
-        wait_for(lambda: healthz() == 503 or proc.poll() is not None, 90, "the service waiting for its source")
+        wait_for(lambda: healthz()[1].startswith("waiting for the source") or proc.poll() is not None, 90,
+                 "the service waiting for its source (its start-up attempts failed)")
         assert proc.poll() is None, proc.returncode
         time.sleep(1)  # past the first round's warning ("trying again in 5 s"), said as the wait begins
         camera = MjpegServer(clip_jpegs(sample_clip, 30), [("loop", 0)], port=camera_port)
-        wait_for(lambda: healthz() == 200 or proc.poll() is not None, 60, "frames of the stream that came")
+        wait_for(lambda: healthz()[0] == 200 or proc.poll() is not None, 60, "frames of the stream that came")
         assert proc.poll() is None, proc.returncode
     finally:
         if camera:

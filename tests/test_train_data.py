@@ -199,13 +199,16 @@ def test_capture_whose_log_is_full_or_gone_saves_every_photo(tmp_path):
     """A headless capture whose stderr is on a full card, or a pipe whose reader left: its lines are lost, its
     photos are not. Before, the first 'saved' line failed and ended the capture with 1 photo of 12 (exit 120
     on the full card)."""
-    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a service runs it
+    buffered = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # as a service runs it
+                "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "edge_runtime", "capture", "--source", str(CLIP), "--label", "porch",
                "--every", "1"]
     with open("/dev/full", "w") as full:
-        r = subprocess.run([*command, "--out", str(tmp_path / "full")], stderr=full, env=buffered, timeout=120)
+        r = subprocess.run([*command, "--out", str(tmp_path / "full")], stderr=full, env=buffered, cwd=ROOT,
+                           timeout=120)
     assert r.returncode == 0 and len(list((tmp_path / "full" / "porch").iterdir())) == 12
-    gone = subprocess.Popen([*command, "--out", str(tmp_path / "gone")], stderr=subprocess.PIPE, env=buffered)
+    gone = subprocess.Popen([*command, "--out", str(tmp_path / "gone")], stderr=subprocess.PIPE, env=buffered,
+                            cwd=ROOT)
     gone.stderr.close()
     assert gone.wait(timeout=120) == 0 and len(list((tmp_path / "gone" / "porch").iterdir())) == 12
 
