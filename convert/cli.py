@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from edge_runtime.classify import ModelError
@@ -26,6 +27,7 @@ from edge_runtime.flags import GATE_MISSED
 from .errors import STOP, ConvertError, GateError, ProcessError, Terminated
 
 SUBCOMMANDS = ("evaluate", "tflite", "compress", "train")
+RANK0_GRACE = 60.0  # seconds a torchrun process other than rank 0 waits, after an error rank 0 says, for rank 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +85,10 @@ def run_guarded(func: Callable[[], int | None], stopped: str = "no partial outpu
         _say_error(os_error_text(e))
         return 2
     except KeyboardInterrupt:  # torchrun passes Ctrl-C and SIGTERM to every process: rank 0 says it
-        _say_error(f"interrupted: {stopped}", shared=True, prefix="")
+        _say_error(f"interrupted: {stopped}", shared=True, prefix="", wait=False)
         return 130
     except Terminated:
-        _say_error(f"terminated (SIGTERM): {stopped}", shared=True, prefix="")
+        _say_error(f"terminated (SIGTERM): {stopped}", shared=True, prefix="", wait=False)
         return 143
     finally:
         sys.unraisablehook = hook
@@ -110,15 +112,43 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _say_error(text: str, shared: bool = False, prefix: str = "error: ") -> None:
+def _say_error(text: str, shared: bool = False, prefix: str = "error: ", wait: bool = True) -> None:
     """``error: TEXT`` (``prefix``). Under torchrun an error every process finds alike (``shared``: a user's
     error, from the same options and data; rank 0's checks of the data are broadcast to the others) is printed
-    by rank 0 alone; any other (an OSError, a :class:`ProcessError`) names the process it happened in, so a
-    failure of one process stays visible. torchrun adds its own failure report after the line."""
+    by rank 0 alone, and the other processes (``wait``) outlive it (:func:`_outlive_rank0`); any other (an
+    OSError, a :class:`ProcessError`) names the process it happened in, so a failure of one process stays
+    visible. torchrun adds its own failure report after the line."""
     rank, processes = torchrun_rank()
     if processes > 1 and shared and rank != 0:
+        if wait:
+            _outlive_rank0()
         return
     _say(f"{prefix}rank {rank} of {processes}: {text}" if processes > 1 and not shared else f"{prefix}{text}")
+
+
+class _Released(Exception):
+    """torchrun stopped this process (rank 0 has ended)."""
+
+
+def _release(*_args) -> None:
+    raise _Released()
+
+
+def _outlive_rank0(seconds: float = RANK0_GRACE) -> None:
+    """Wait, on a rank other than 0 that leaves an error to rank 0, until torchrun stops this process (which it
+    does once rank 0 has ended) or ``seconds`` have passed. torchrun stops every process when the first one
+    ends with an error: a rank that left first stopped rank 0 before it had said the error, and the run ended
+    with torchrun's report alone (seen in CI: rank 1 refused a flag while rank 0 was still starting). SIGTERM
+    or Ctrl-C end the wait; the process then ends with its own exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, _release)
+    try:
+        time.sleep(seconds)
+    except (_Released, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def os_error_text(e: OSError) -> str:
@@ -137,8 +167,13 @@ def os_error_text(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     rank, processes = torchrun_rank()
     if processes > 1 and rank != 0:  # a flag argparse refuses: every process finds it, rank 0 alone says it
-        with contextlib.redirect_stderr(io.StringIO()):
-            args = build_parser().parse_args(argv)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                args = build_parser().parse_args(argv)
+        except SystemExit as e:
+            if e.code:
+                _outlive_rank0()
+            raise
     else:
         args = build_parser().parse_args(argv)
     args.command = list(sys.argv[1:] if argv is None else argv)  # recorded in the reports

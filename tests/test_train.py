@@ -152,6 +152,34 @@ def test_torchrun_a_users_error_is_one_line(fmnist, tmp_path):
         assert sum(line.startswith("usage:") for line in r.stderr.splitlines()) <= 1, r.stderr[-3000:]
 
 
+def test_a_rank_that_leaves_an_error_to_rank_0_outlives_it(fmnist, tmp_path):
+    """CI failed once: rank 1 refused `--epochs x` and ended while rank 0 was still starting, torchrun stopped
+    rank 0 before it said the error, and the run ended with torchrun's report alone. A rank other than 0 that
+    leaves an error to rank 0 (argparse's; the run's own, here --tflite's) now waits until torchrun stops it
+    (SIGTERM, which torchrun sends once rank 0 has ended), then ends with its own code, having said nothing.
+    Measured without torchrun: the same command as rank 0 shows how long it takes to reach the error."""
+    one = tmp_path / "one"
+    shutil.copytree(fmnist / "train" / "Bag", one / "Bag")
+    for args in (["--data", str(one), "--epochs", "x"],
+                 ["--data", str(one), "--tflite", str(tmp_path / "m.txt")]):
+        cmd = [sys.executable, "-m", "convert", "train", *args, "--out", str(tmp_path / "run"), *TINY]
+        start = time.monotonic()
+        r = subprocess.run(cmd, env={**_env(), "RANK": "0", "WORLD_SIZE": "2"}, capture_output=True, text=True,
+                           timeout=300)
+        reached = time.monotonic() - start
+        assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr[-2000:]
+        p = subprocess.Popen(cmd, env={**_env(), "RANK": "1", "WORLD_SIZE": "2"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2 * reached + 2)
+            assert p.poll() is None, p.communicate()[1][-2000:]  # still there, after rank 0 would have ended
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=60)
+        finally:
+            p.kill()
+        assert p.returncode == 2 and out == "" and err == "", err[-2000:]
+
+
 def test_class_names_the_plots_font_cannot_draw_are_one_line(fmnist, weights_env, tmp_path):
     """A CJK class name: matplotlib's 'UserWarning: Glyph 40165 missing from font(s) DejaVu Sans', one per
     character, went to the console; one line names what confusion.png draws as empty boxes instead."""
