@@ -196,7 +196,6 @@ def _labels(path: Path | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.fileio import HeldResult, write_result
-    from edge_runtime.flags import GATE_MISSED
 
     from .errors import GateError
     from .pipeline import ConvertOptions, convert, markdown_table
@@ -216,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     except GateError as e:  # the missed gate is what the run ends with (its exit code), its table shown or not
         result = HeldResult()
         result.show(markdown_table(e.report))
-        result.exit_code(GATE_MISSED)  # says a table that could not be shown; the gate's line and code follow
+        result.say()  # a table that could not be shown; the gate's line and exit code follow
         raise
     write_result(markdown_table(report))
     return 0

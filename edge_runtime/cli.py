@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import serve
 from .classify import Classifier, ModelError
-from .fileio import tell
+from .fileio import TellHandler, tell
 from .interpreter import InterpreterUnavailable
 from .flags import (CHANNEL_ORDER_HELP, RESIZE_HELP, TOP_K, add_stream_timeout, deprecated, nonnegative_int,
                     positive_int, probability_arg, resize_arg, seconds_arg, threads_arg)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return capture_main(argv[1:])
     args = parse_with_source(build_parser(), argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[TellHandler()],
                         format="%(asctime)s %(levelname)s %(message)s")
     from . import app
     from .record import RecordingError
@@ -200,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"{stats.frames} frames in {stats.seconds:.1f}s ({stats.fps:.1f} FPS, mean invoke "
              f"{1000 * stats.invoke_seconds / max(stats.frames, 1):.1f} ms) with {clf.backend} ({kernels}); "
              f"{skipped}; reconnects: {s.reconnects}; stopped by {stats.stopped_by}{recorded}"]
+    nothing = stats.frames == 0 and stats.stopped_by == "end of source"  # a source that gave nothing to classify
     if stats.error:
         lines.append(f"error: {stats.error}")
-    elif stats.frames == 0 and stats.stopped_by == "end of source":
+    elif nothing:
         lines.append(f"error: the source ended before any frame could be classified ({skipped})")
     tell("\n".join(lines))  # a log on a full card loses the account, not the run's outcome
-    return 1 if stats.error or (stats.frames == 0 and stats.stopped_by == "end of source") else 0
+    return 1 if stats.error or nothing else 0
 
 
 class _Stopped(Exception):

@@ -5,6 +5,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import signal
@@ -194,7 +195,25 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
         OSError: any other failure (a full disk behind ``>``), naming the stream (``<stdout>``); the text is
         dropped, so that Python's own last flush neither fails again nor changes the exit code.
     """
-    stream = sys.stdout if stream is STDOUT else stream
+    def failed(stream, e: OSError) -> None:
+        discard_writes(stream)
+        raise OSError(e.errno, e.strerror, getattr(stream, "name", None)) from None
+
+    _write_line(text, sys.stdout if stream is STDOUT else stream, failed)
+
+
+def tell(line: str, stream: TextIO | None = None) -> None:
+    """A line of a run's account on ``stream`` (default stderr): its progress, its end, its error. One that
+    cannot be written is lost, never the run's work or its exit code: on a full card the line is dropped and
+    the next ones are written once there is room again; a reader that left takes nothing more
+    (:func:`discard_writes`); a closed stream takes nothing."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stream closed under us
+        _write_line(line, sys.stderr if stream is None else stream, lambda stream, _e: _drop_pending(stream))
+
+
+def _write_line(text: str, stream: TextIO | None, failed: Callable[[TextIO, OSError], None]) -> None:
+    """``text`` and a line break on ``stream`` in one write, flushed; a reader gone (a broken pipe) gets
+    nothing more, any other OSError goes to ``failed``."""
     if stream is None:
         return
     try:
@@ -203,43 +222,44 @@ def write_result(text: str, stream: TextIO | None | str = STDOUT) -> None:
     except BrokenPipeError:
         discard_writes(stream)
     except OSError as e:
-        discard_writes(stream)
-        raise OSError(e.errno, e.strerror, getattr(stream, "name", None)) from None
+        failed(stream, e)
 
 
-def tell(line: str, stream: TextIO | None = None) -> None:
-    """A line of a run's account on ``stream`` (default stderr): its progress, its end, its error. One that
-    cannot be written is lost, never the run's work or its exit code: on a full card the line is dropped and
-    the next ones are written once there is room again; a reader that left takes nothing more
-    (:func:`discard_writes`)."""
-    stream = sys.stderr if stream is None else stream
-    if stream is None:
-        return
-    try:
-        stream.write(line if line.endswith("\n") else line + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        discard_writes(stream)
-    except OSError:
-        _drop_pending(stream)
+_DROPPING = threading.Lock()  # two threads' drops at once would leave a descriptor on /dev/null
 
 
 def _drop_pending(stream) -> None:
-    """Empty ``stream``'s buffer into /dev/null and give it its descriptor back: text that could not be written
-    (a full disk) is lost instead of failing every later write and Python's last flush."""
+    """Empty ``stream``'s buffer into /dev/null and give it its descriptor back (as inheritable as it was): text
+    that could not be written (a full disk) is lost instead of failing every later write and Python's last
+    flush. With no descriptor free (EMFILE) it raises OSError and the text stays in the buffer."""
     try:
         fd = stream.fileno()
     except (OSError, ValueError):
         return
-    saved, null = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    try:
+    with _DROPPING, contextlib.ExitStack() as undo:
+        inheritable = os.get_inheritable(fd)
+        saved = os.dup(fd)
+        undo.callback(os.close, saved)
+        null = os.open(os.devnull, os.O_WRONLY)
+        undo.callback(os.close, null)
         os.dup2(null, fd)
+        undo.callback(os.dup2, saved, fd, inheritable)
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(null)
+
+
+class TellHandler(logging.StreamHandler):
+    """logging's lines (a library's warnings, the service's) written as :func:`tell` writes a line: one that
+    cannot be written is lost, and the lines after it reach the log once there is room. logging's own
+    StreamHandler kept a failed line in the stream's buffer and printed a traceback for it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 (a record whose arguments do not format: logging's own report)
+            self.handleError(record)
+            return
+        tell(text, self.stream)
 
 
 class HeldResult:
@@ -265,13 +285,17 @@ class HeldResult:
         Raises:
             OSError: the held failure, when ``code`` is 0.
         """
-        if self.unshown is None:
-            return code
-        if code == 0:
+        if self.unshown is not None and code == 0:
             raise self.unshown
-        e = self.unshown  # stderr may be the stream that failed: tell loses the line then
-        tell(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}")
+        self.say()
         return code
+
+    def say(self) -> None:
+        """The ``error:`` line of a result that could not be shown, if one could not, on stderr: beside a
+        failure that the run ends with."""
+        e = self.unshown  # stderr may be the stream that failed: tell loses the line then
+        if e is not None:
+            tell(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}")
 
 
 def pid_alive(pid: int) -> bool:

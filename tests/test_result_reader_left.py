@@ -10,6 +10,7 @@ PYTHONUNBUFFERED (a buffered stdout is what a user's shell gives: Python's exit-
 import errno
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK
-from edge_runtime.fileio import HeldResult, tell, write_result
+from edge_runtime.fileio import HeldResult, TellHandler, tell, write_result
 from realworld import ROOT, small_filesystem, tiny_onnx
 
 FULL = "error: <stdout>: No space left on device"
@@ -94,6 +95,22 @@ def test_a_full_stdout_leaves_a_failed_run_its_own_exit_code(int8_model, tmp_pat
     assert not (tmp_path / "tiny_int8.tflite").exists()
 
 
+def test_the_benchmarks_json_is_its_result_and_its_table_a_log(int8_model, tmp_path):
+    """With --json the JSON on stdout is the result and the table on stderr the run's account: a full log
+    (stderr on /dev/full) loses the table and the progress lines, not the run. Before, it ended with 2 after
+    writing the JSON (the table on stderr was held as a result that could not be shown)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(ROOT)}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--model", str(int8_model), "--threads", "1",
+                            "--runs", "3", "--warmup", "0", "--min-seconds", "0", "--json",
+                            "--report", str(tmp_path / "report.json")],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=full, text=True, timeout=600)
+    assert r.returncode == 0
+    shown = json.loads(r.stdout)
+    assert [row["label"] for row in shown["results"]] == ["squeezenet1_0_int8 tflite x1"]
+    assert shown == json.loads((tmp_path / "report.json").read_text())
+
+
 def test_the_held_result_of_a_stream_without_a_descriptor(tmp_path, capsys):
     """A result that could not be shown is held until the run knows its outcome: raised when the run would
     end with 0, said beside a failure that keeps its code. A stream without a descriptor of its own (a
@@ -134,3 +151,54 @@ def test_a_log_on_a_card_full_for_a_while_loses_only_what_came_while_it_was_full
             tell("written when there is room again", log)
             tell("and after it", log)
         assert (sd / "log.txt").read_text() == "written when there is room again\nand after it\n"
+
+
+def test_logging_on_a_card_full_for_a_while_loses_only_what_came_while_it_was_full(tmp_path):
+    """The service's logging (a reconnect's warning, a library's) writes as tell does: logging's own
+    StreamHandler kept the line it could not write in the stream's buffer (it came back later, out of place)
+    and printed a traceback for it on the same full stderr."""
+    with small_filesystem(tmp_path / "sd", "64k") as sd:
+        with open(sd / "filler", "wb") as filler, pytest.raises(OSError, match="No space left"):
+            filler.write(b"x" * (1 << 20))
+            filler.flush()
+        with open(sd / "log.txt", "w") as log:
+            logger = logging.getLogger("test.full_card")
+            logger.propagate = False
+            handler = TellHandler(log)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            try:
+                logger.warning("lost while the card is full")
+                (sd / "filler").unlink()
+                logger.warning("written when there is room again")
+            finally:
+                logger.removeHandler(handler)
+        assert (sd / "log.txt").read_text() == "WARNING written when there is room again\n"
+
+
+def test_a_log_line_is_lost_never_the_run_with_no_descriptor_free_or_a_closed_stream():
+    """tell on a full log with every descriptor taken (EMFILE): its os.dup failed, and the OSError ended the
+    run (exit 120 and no 'ok'). On a closed stream it raised ValueError, as print does."""
+    code = ("import os\n"
+            "from edge_runtime.fileio import tell\n"
+            "held = []\n"
+            "try:\n"
+            "    while True:\n"
+            "        held.append(os.open(os.devnull, os.O_RDONLY))\n"
+            "except OSError as e:\n"
+            "    assert e.errno == 24, e\n"
+            "try:\n"
+            "    tell('while no descriptor is free')\n"
+            "finally:\n"
+            "    for fd in held:\n"
+            "        os.close(fd)\n"
+            "closed = open(os.devnull, 'w')\n"
+            "closed.close()\n"
+            "tell('on a closed stream', closed)\n"
+            "tell('when descriptors are free again')\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                           stdout=subprocess.PIPE, stderr=full, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "ok\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_runtime import bench, bench_report
 from edge_runtime.classify import model_file_problem
-from edge_runtime.fileio import HeldResult, atomic_write, outputs_problem, read_bounded, same_file
+from edge_runtime.fileio import HeldResult, atomic_write, outputs_problem, read_bounded, same_file, tell
 from edge_runtime.flags import (GATE_MISSED, MAX_THREADS, add_json_flag, deprecated, json_path_to_report,
                                 nonnegative_float, nonnegative_int, positive_int, seconds_arg)
 from edge_runtime.sources import is_stream, masked
@@ -125,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("error: interrupted: nothing written (--report, --csv and --plot are written when every case "
-              "has run)", file=sys.stderr)
+        tell("error: interrupted: nothing written (--report, --csv and --plot are written when every case "
+             "has run)")
         return 130
     except OSError as e:  # an output that could not be written after all (a full disk): a file there is kept
         flag = next((flag for flag, path in _outputs(args) if path and str(path) == e.filename), None)
         where = f"{flag} {e.filename}: " if flag else f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}" + (" (not written)" if flag else ""), file=sys.stderr)
+        tell(f"error: {where}{e.strerror or e}" + (" (not written)" if flag else ""))
         return 2
 
 
@@ -148,16 +148,16 @@ def _run(args: argparse.Namespace) -> int:
     problem = outputs_problem(_outputs(args), [*(("--model", m) for m in args.model), ("--reference", args.reference),
                                                ("--val", args.val), ("--source", args.source)])
     if problem:  # before minutes of measuring
-        print(f"error: {problem}", file=sys.stderr)
+        tell(f"error: {problem}")
         return 2
     for i, m in enumerate(args.model):  # one file twice would give two cases of one label
         if twice := next((earlier for earlier in args.model[:i] if same_file(m, earlier)), None):
             same = "" if str(twice) == str(m) else f" (the same file as --model {twice})"
-            print(f"error: --model {m}: given twice{same}; each model once", file=sys.stderr)
+            tell(f"error: --model {m}: given twice{same}; each model once")
             return 2
     for flag, path in (("--val", args.val), ("--source", args.source)):
         if path and not is_stream(path) and not Path(path).exists():  # before minutes of measuring
-            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
+            tell(f"error: {flag} {path}: no such file or folder")
             return 2
     reference = None
     if args.reference:
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             problem = str(e)
         if problem:
-            print(f"error: --reference {args.reference}: {problem}", file=sys.stderr)
+            tell(f"error: --reference {args.reference}: {problem}")
             return 2
     if not args.no_verify:
         from edge_runtime.integrity import verify_file
@@ -189,13 +189,13 @@ def _run(args: argparse.Namespace) -> int:
                 if Path(m).is_file():
                     verify_file(m)
             except MetadataError as e:
-                print(f"error: {e}", file=sys.stderr)
+                tell(f"error: {e}")
                 return 2
     threads = args.threads
     cases, notes = build_cases(args.model, threads, args.peers, verify=not args.no_verify)
     results = []
     for i, case in enumerate(cases):
-        print(f"[{i + 1}/{len(cases)}] {case.label} ...", file=sys.stderr, flush=True)
+        tell(f"[{i + 1}/{len(cases)}] {case.label} ...")
         problem = model_file_problem(case.path)
         if problem:
             results.append({**case.__dict__, "error": f"{case.path}: {problem}"})
@@ -211,14 +211,16 @@ def _run(args: argparse.Namespace) -> int:
     shown += [f"note: {n}" for n in out["notes"] + ([out["machine"]["warning"]] if "warning" in out["machine"] else [])]
     shown += [f"{r['label']}: end-to-end {p['fps']:.1f} FPS over {p['frames']} frames = {p['ratio']:.2f} of the "
               f"invoke-only rate {p['invoke_only_fps']:.1f}/s" for r in results if (p := r.get("pipeline"))]
-    text = sys.stderr if args.json else sys.stdout
     # shown first (a --report that meets a full disk still leaves the figures on the screen); a reader that left
-    # (`| head -1`) is no error, and a result that cannot be shown (`> /dev/full`) is said after the files
+    # (`| head -1`) is no error, and a result that cannot be shown (`> /dev/full`) is said after the files. With
+    # --json the result is the JSON on stdout and the table is the run's account on stderr, lost if it cannot
+    # be written (a full log)
     result = HeldResult()
-    result.show("\n".join(shown), text)
+    show = tell if args.json else result.show
+    show("\n".join(shown))
     for r in results:
         if "error" in r:
-            print(f"error: {r['label']}: {r['error']}", file=sys.stderr)
+            tell(f"error: {r['label']}: {r['error']}")
     if args.json:
         result.show(json.dumps(out))
     if args.report:
@@ -227,16 +229,16 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write(args.csv, bench_report.to_csv(results))
     msg = bench_report.plot(results, args.plot) if args.plot else None
     if msg:
-        result.show(f"note: {msg}", text)
+        show(f"note: {msg}")
     rc = 0 if all("error" not in r for r in results) else 2
     if reference is not None:
         note = bench_report.machine_difference(reference.get("machine", {}), out["machine"])
         worse, compared = bench_report.compare(results, reference, args.tolerance)
         if note or worse:
-            result.show("\n".join([f"note: {note}"] * bool(note) + [f"regression: {w}" for w in worse]), text)
+            show("\n".join([f"note: {note}"] * bool(note) + [f"regression: {w}" for w in worse]))
         if not compared:  # a gate that compared nothing must not pass silently
-            print(f"{'error' if args.fail_on_regression else 'note'}: no case matches a case of --reference "
-                  f"{args.reference} (cases are matched by label: model file stem, runtime, threads)", file=sys.stderr)
+            tell(f"{'error' if args.fail_on_regression else 'note'}: no case matches a case of --reference "
+                 f"{args.reference} (cases are matched by label: model file stem, runtime, threads)")
         if (worse or not compared) and args.fail_on_regression and rc == 0:  # a failed case (2) says more
             rc = GATE_MISSED
     return result.exit_code(rc)
