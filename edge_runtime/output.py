@@ -1,8 +1,10 @@
 """The runtime's result lines (``--json``, headless text) on their way out: a stop is never held up by a
-reader that stops reading, a line is written whole or not at all where the output allows it, and an
-output that cannot be written ends the run with one line instead of a traceback."""
+reader that stops reading, a line is written whole or not at all where the output allows it (a file on a
+disk that fills keeps its whole lines), and an output that cannot be written ends the run with one line
+instead of a traceback."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -24,8 +26,9 @@ class OutputError(RuntimeError):
 class LineOutput:
     """Writes lines to ``out``. When ``out`` is a file descriptor, the bytes go straight to it: to a pipe
     or a terminal only once it can take them, looking at ``stop`` every 0.1 s meanwhile (a line that a
-    stop cuts short is dropped: nobody was reading it), and an appended file that ends in the middle of a
-    line (a run killed on a full disk) gets a line break first, so the next line stays whole.
+    stop cuts short is dropped: nobody was reading it). In a file, the part of a line that a full disk cut
+    short is taken back; an appended file that ends in the middle of a line all the same (a run killed while
+    writing, a file that could not be shortened) gets a line break first, so the next line stays whole.
 
     Raises:
         OutputError: from :meth:`write`, when the output cannot take the line.
@@ -63,9 +66,15 @@ class LineOutput:
         data = (b"\n" if self._broken_line else b"") + self._encode(text)
         self._broken_line = False
         try:
-            if not self.waits:  # a file: the line in one write, whole or (a full disk) cut short
-                while data:
-                    data = data[os.write(self.fd, data):]
+            if not self.waits:  # a file: the line in one write; one a full disk cuts short is taken back
+                written = 0
+                try:
+                    while data:
+                        n = os.write(self.fd, data)
+                        data, written = data[n:], written + n
+                except OSError:
+                    _take_back(self.fd, written)
+                    raise
                 return
             while data:
                 if not self._writable():
@@ -92,6 +101,17 @@ class LineOutput:
                 return True
             if stopping:
                 return False
+
+
+def _take_back(fd: int, written: int) -> None:
+    """Remove the last ``written`` bytes of a regular file (the part of a line a full disk cut short), so it
+    ends with a whole line; a file that cannot be shortened is left as it is (the next run's first line then
+    starts on a new line)."""
+    if written:
+        with contextlib.suppress(OSError):
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            os.ftruncate(fd, end - written)
+            os.lseek(fd, end - written, os.SEEK_SET)
 
 
 def _ends_mid_line(fd: int) -> bool:

@@ -269,8 +269,9 @@ def _queued(fd: int) -> int:
 def test_json_output_on_a_full_disk_or_a_closed_pipe(int8_model, sample_clip, tmp_path):
     """`--json >> results.jsonl` on a card that fills: exit 2 (which the README's unit never restarts) with
     'error: No space left on device', the file ending in half a line that the next run's first line joined.
-    Now: exit 1 with one line naming stdout, and the next run starts on a new line. `--json | head -1`: a
-    stop (exit 0), not an error."""
+    Now: exit 1 with one line naming stdout, the file ends with its last whole line (the part the full card
+    cut short is taken back), and the next run after a file that ends mid-line (a kill) starts on a new line.
+    `--json | head -1`: a stop (exit 0), not an error."""
     with small_filesystem(tmp_path / "sd", "64k") as sd:
         results = sd / "results.jsonl"
         with open(results, "ab") as f:
@@ -281,7 +282,7 @@ def test_json_output_on_a_full_disk_or_a_closed_pipe(int8_model, sample_clip, tm
         assert full.returncode == 1, full.stderr
         assert one_error_line(full) == "error: cannot write the results to stdout (No space left on device)"
         lines = results.read_bytes().split(b"\n")
-        assert len(lines) > 50 and all(json.loads(line)["top"] for line in lines[:-1])
+        assert len(lines) > 50 and lines[-1] == b"" and all(json.loads(line)["top"] for line in lines[:-1])
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(b'{"frame": 1, "top": [{"label": "capu')  # what a full card left
     with open(cut, "ab") as f:
