@@ -140,12 +140,13 @@ def _outlive_rank0(seconds: float = RANK0_GRACE) -> None:
     ends with an error: a rank that left first stopped rank 0 before it had said the error, and the run ended
     with torchrun's report alone (seen in CI: rank 1 refused a flag while rank 0 was still starting). SIGTERM
     or Ctrl-C end the wait; the process then ends with its own exit code."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.signal(signal.SIGTERM, _release)
+    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return  # not started by torchrun (RANK and WORLD_SIZE set by something else): nobody would stop the wait
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, _release)
         time.sleep(seconds)
-    except (_Released, KeyboardInterrupt):
+    except (_Released, Terminated, KeyboardInterrupt):  # Terminated: a SIGTERM just before the handler changed
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -157,7 +157,9 @@ def test_a_rank_that_leaves_an_error_to_rank_0_outlives_it(fmnist, tmp_path):
     rank 0 before it said the error, and the run ended with torchrun's report alone. A rank other than 0 that
     leaves an error to rank 0 (argparse's; the run's own, here --tflite's) now waits until torchrun stops it
     (SIGTERM, which torchrun sends once rank 0 has ended), then ends with its own code, having said nothing.
-    Measured without torchrun: the same command as rank 0 shows how long it takes to reach the error."""
+    Measured without torchrun (its environment as torchrun sets it): the same command as rank 0 shows how long
+    it takes to reach the error. Without torchrun's run id (RANK and WORLD_SIZE set by something else) nothing
+    would stop the wait: such a rank ends at once."""
     one = tmp_path / "one"
     shutil.copytree(fmnist / "train" / "Bag", one / "Bag")
     for args in (["--data", str(one), "--epochs", "x"],
@@ -168,8 +170,8 @@ def test_a_rank_that_leaves_an_error_to_rank_0_outlives_it(fmnist, tmp_path):
                            timeout=300)
         reached = time.monotonic() - start
         assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr[-2000:]
-        p = subprocess.Popen(cmd, env={**_env(), "RANK": "1", "WORLD_SIZE": "2"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, env={**_env(), "RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "test"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(2 * reached + 2)
             assert p.poll() is None, p.communicate()[1][-2000:]  # still there, after rank 0 would have ended
@@ -178,6 +180,10 @@ def test_a_rank_that_leaves_an_error_to_rank_0_outlives_it(fmnist, tmp_path):
         finally:
             p.kill()
         assert p.returncode == 2 and out == "" and err == "", err[-2000:]
+        start = time.monotonic()
+        r = subprocess.run(cmd, env={**_env(), "RANK": "1", "WORLD_SIZE": "2"}, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2 and r.stderr == "" and time.monotonic() - start < 2 * reached + 2, r.stderr
 
 
 def test_class_names_the_plots_font_cannot_draw_are_one_line(fmnist, weights_env, tmp_path):
