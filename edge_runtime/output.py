@@ -105,11 +105,13 @@ class LineOutput:
 
 def _take_back(fd: int, written: int) -> None:
     """Remove the last ``written`` bytes of a regular file (the part of a line a full disk cut short), so it
-    ends with a whole line; a file that cannot be shortened is left as it is (the next run's first line then
-    starts on a new line)."""
+    ends with a whole line; a file that cannot be shortened, or holds bytes after ours, is left as it is (the
+    next run's first line then starts on a new line)."""
     if written:
         with contextlib.suppress(OSError):
             end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size != end:  # bytes after ours (an older file written over, another writer)
+                return
             os.ftruncate(fd, end - written)
             os.lseek(fd, end - written, os.SEEK_SET)
 

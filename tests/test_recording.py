@@ -266,6 +266,30 @@ def _queued(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
+def test_a_cut_line_taken_back_never_takes_bytes_after_it(tmp_path):
+    """The part of a line a full disk cut short is removed only when it ends the file: written over an older
+    file (systemd's StandardOutput=file: writes from its start) the older bytes after it stay."""
+    from edge_runtime.output import _take_back
+
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"frame": 1}\n{"frame": 2}\n')
+    fd = os.open(path, os.O_WRONLY)  # not appending: over the older file
+    try:
+        os.write(fd, b"#####")  # a line cut short after 5 bytes
+        _take_back(fd, 5)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b'#####me": 1}\n{"frame": 2}\n'  # left as it is, nothing after it lost
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b'{"frame": 3, "to')
+        _take_back(fd, 16)
+        os.write(fd, b'{"frame": 4}\n')
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b'#####me": 1}\n{"frame": 2}\n{"frame": 4}\n'
+
+
 def test_json_output_on_a_full_disk_or_a_closed_pipe(int8_model, sample_clip, tmp_path):
     """`--json >> results.jsonl` on a card that fills: exit 2 (which the README's unit never restarts) with
     'error: No space left on device', the file ending in half a line that the next run's first line joined.
