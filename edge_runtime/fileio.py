@@ -207,8 +207,13 @@ def tell(line: str, stream: TextIO | None = None) -> None:
     cannot be written is lost, never the run's work or its exit code: on a full card the line is dropped and
     the next ones are written once there is room again; a reader that left takes nothing more
     (:func:`discard_writes`); a closed stream takes nothing."""
+    stream = sys.stderr if stream is None else stream
     with contextlib.suppress(OSError, ValueError):  # ValueError: a stream closed under us
-        _write_line(line, sys.stderr if stream is None else stream, lambda stream, _e: _drop_pending(stream))
+        try:
+            _write_line(line, stream, lambda stream, _e: _drop_pending(stream))
+        except UnicodeEncodeError:  # a strict encoding (PYTHONIOENCODING=ascii:strict): the line escaped
+            escaped = line.encode("ascii", "backslashreplace").decode("ascii")
+            _write_line(escaped, stream, lambda stream, _e: _drop_pending(stream))
 
 
 def _write_line(text: str, stream: TextIO | None, failed: Callable[[TextIO, OSError], None]) -> None:
@@ -242,8 +247,8 @@ def _drop_pending(stream) -> None:
         undo.callback(os.close, saved)
         null = os.open(os.devnull, os.O_WRONLY)
         undo.callback(os.close, null)
+        undo.callback(os.dup2, saved, fd, inheritable)  # before the dup2: a signal between them still restores
         os.dup2(null, fd)
-        undo.callback(os.dup2, saved, fd, inheritable)
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
 
