@@ -210,10 +210,9 @@ def tell(line: str, stream: TextIO | None = None) -> None:
     stream = sys.stderr if stream is None else stream
     with contextlib.suppress(OSError, ValueError):  # ValueError: a stream closed under us
         try:
-            _write_line(line, stream, lambda stream, _e: _drop_pending(stream))
+            _write_line(line, stream, _drop_pending)
         except UnicodeEncodeError:  # a strict encoding (PYTHONIOENCODING=ascii:strict): the line escaped
-            escaped = line.encode("ascii", "backslashreplace").decode("ascii")
-            _write_line(escaped, stream, lambda stream, _e: _drop_pending(stream))
+            _write_line(line.encode("ascii", "backslashreplace").decode("ascii"), stream, _drop_pending)
 
 
 def _write_line(text: str, stream: TextIO | None, failed: Callable[[TextIO, OSError], None]) -> None:
@@ -233,7 +232,7 @@ def _write_line(text: str, stream: TextIO | None, failed: Callable[[TextIO, OSEr
 _DROPPING = threading.Lock()  # two threads' drops at once would leave a descriptor on /dev/null
 
 
-def _drop_pending(stream) -> None:
+def _drop_pending(stream: TextIO, _error: OSError | None = None) -> None:
     """Empty ``stream``'s buffer into /dev/null and give it its descriptor back (as inheritable as it was): text
     that could not be written (a full disk) is lost instead of failing every later write and Python's last
     flush. With no descriptor free (EMFILE) it raises OSError and the text stays in the buffer."""
