@@ -24,14 +24,22 @@ def views(image_bgr: np.ndarray, pp: Preprocessing, scales: tuple[float, ...] = 
     """Deterministic calibration views of one image (uint8 crops in the model's input layout)."""
     out = []
     for s in scales:
-        rh, rw = pp.resize
-        scaled = dataclasses.replace(pp, resize=(max(pp.input_size[0], round(rh * s)),
-                                                 round(rw * s) if rw else 0))
-        crop = resize_crop(image_bgr, scaled)
+        crop = resize_crop(image_bgr, _scaled(pp, s))
         out.append(crop)
         if mirror:
             out.append(np.ascontiguousarray(crop[:, ::-1]))
     return out
+
+
+def _scaled(pp: Preprocessing, s: float) -> Preprocessing:
+    """``pp`` with its resize ``s`` times larger: the view of one scale."""
+    rh, rw = pp.resize
+    return dataclasses.replace(pp, resize=(max(pp.input_size[0], round(rh * s)), round(rw * s) if rw else 0))
+
+
+def read_for_views(path: Path, pp: Preprocessing, scales: tuple[float, ...]) -> np.ndarray:
+    """An image decoded for :func:`views` at ``scales`` (a large JPEG reduced for the largest view)."""
+    return read_image(str(path), fit=_scaled(pp, max(scales)))
 
 
 def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,
@@ -40,7 +48,7 @@ def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] =
     crops, skipped = [], []
     for path in paths:
         try:
-            crops.extend(views(read_image(str(path)), pp, scales, mirror))
+            crops.extend(views(read_for_views(path, pp, scales), pp, scales, mirror))
         except PreprocessingError:
             skipped.append(str(path))
     return (np.stack(crops) if crops else np.zeros((0, *pp.input_size, 3), np.uint8)), skipped

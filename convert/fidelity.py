@@ -75,14 +75,14 @@ def group_of(path: Path) -> str:
 def check_views(paths: list[Path], pp) -> tuple[np.ndarray, list[str], list[str]]:
     """(N x H x W x 3 uint8 views, the group of each view, unreadable files) of unlabelled photos:
     each photo at CHECK_SCALES, each also mirrored, through the one preprocessing."""
-    from edge_runtime.preprocess import PreprocessingError, read_image
+    from edge_runtime.preprocess import PreprocessingError
 
-    from .calibration import views
+    from .calibration import read_for_views, views
 
     crops, groups, skipped = [], [], []
     for path in paths:
         try:
-            vs = views(read_image(str(path)), pp, CHECK_SCALES, mirror=True)
+            vs = views(read_for_views(path, pp, CHECK_SCALES), pp, CHECK_SCALES, mirror=True)
         except PreprocessingError:
             skipped.append(str(path))
             continue

@@ -145,7 +145,7 @@ def qdq_model(int8: Path) -> Path:
 
     pp = read_model_info(int8).preprocessing
     photos, _ = list_calibration_images(default_calib_dir())
-    crops = [resize_crop(read_image(str(p)), pp).transpose(2, 0, 1)[None].astype(np.float32) for p in photos]
+    crops = [resize_crop(read_image(str(p), fit=pp), pp).transpose(2, 0, 1)[None].astype(np.float32) for p in photos]
     name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):

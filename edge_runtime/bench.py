@@ -248,7 +248,7 @@ def measure(case: Case, runs: int, warmup: int, min_seconds: float, images: str 
         from . import app
         from .sources import open_source
 
-        src = open_source(source)
+        src = open_source(source, fit=clf.preprocessing)
         with open(os.devnull, "w") as null:
             stats = app.run(clf, src, app.RunOptions(top_k=5, out=null, log_interval=1e9))
         res["pipeline"] = {"frames": stats.frames, "fps": stats.fps,

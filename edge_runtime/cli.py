@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 except OSError as e:
                     tell(f"error: cannot listen on {args.serve}: {e.strerror or e}")
                     return 2
-            source = _open(args, stop, service)
+            source = _open(args, stop, service, clf.preprocessing)
         except _Stopped as e:
             tell(f"stopped by signal while {e}")
             return 0
@@ -239,7 +239,7 @@ def _load(args: argparse.Namespace, stop: threading.Event):
 WAIT_FIRST, WAIT_MAX = 5.0, 60.0  # --serve: seconds before trying a missing camera or stream again
 
 
-def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Service | None):
+def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Service | None, fit: Preprocessing):
     """The frame source. A camera or stream that is not there raises SourceUnavailable (the service
     manager tries again later), except with ``service``: the process is reachable and waits for it
     itself, trying again after 5, 10, 20 ... 60 s (one attempt each after the first round), its health saying
@@ -257,7 +257,7 @@ def _open(args: argparse.Namespace, stop: threading.Event, service: serve.Servic
                                  camera=args.camera is not None, picamera=args.picamera, loop=args.loop,
                                  disconnect_every=args.disconnect_every,
                                  disconnect_seconds=args.disconnect_seconds, stream_timeout=args.stream_timeout,
-                                 startup_attempts=1 if rounds else 3, stop=stop)
+                                 startup_attempts=1 if rounds else 3, stop=stop, fit=fit)
         except SourceUnavailable as e:
             if stop.is_set():
                 raise _Stopped("opening the source") from None

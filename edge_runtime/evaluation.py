@@ -170,7 +170,7 @@ def iter_crops(paths: Iterable[Path], pp: Preprocessing):
     (unreadable, or over the pixel budget: see :func:`edge_runtime.preprocess.read_image`)."""
     for i, path in enumerate(paths):
         try:
-            yield i, resize_crop(read_image(str(path)), pp), None
+            yield i, resize_crop(read_image(str(path), fit=pp), pp), None
         except ImageTooLarge as e:
             yield i, None, str(e).removeprefix(f"{path.name}: ")
         except PreprocessingError:

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from .evaluation import IMAGE_SUFFIXES
-from .preprocess import MAX_IMAGE_PIXELS, ImageTooLarge, PreprocessingError, read_image
+from .preprocess import MAX_IMAGE_PIXELS, ImageTooLarge, Preprocessing, PreprocessingError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -420,9 +420,9 @@ class CaptureSource:
 class FolderSource:
     """Every image of a folder in name order, or one image file; unreadable files and images over the
     pixel budget are skipped and counted. ``current_path`` names the file of the frame last yielded.
-    Images are decoded as everywhere else (:func:`edge_runtime.preprocess.read_image`)."""
+    Images are decoded as everywhere else (:func:`edge_runtime.preprocess.read_image`, for ``fit``)."""
 
-    def __init__(self, folder: Path, stop: threading.Event | None = None) -> None:
+    def __init__(self, folder: Path, stop: threading.Event | None = None, fit: Preprocessing | None = None) -> None:
         self.name = str(folder)
         if folder.is_file():
             self.paths, self.root = [folder], folder.parent
@@ -434,13 +434,14 @@ class FolderSource:
         self.stats = SourceStats()
         self.current_path: Path | None = None
         self._stop = stop or threading.Event()
+        self.fit = fit
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self.paths:
             if self._stop.is_set():
                 return
             try:
-                frame = read_image(str(path))
+                frame = read_image(str(path), fit=self.fit)
             except ImageTooLarge as e:
                 self.stats.too_large += 1
                 log.warning("skipping %s", e)
@@ -578,7 +579,7 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
                 startup_attempts: int = 3, size: tuple[int, int] = (640, 480),
                 backoff: tuple[float, float] = (0.5, 8.0), disconnect_every: int = 0,
                 disconnect_seconds: float = 0.0, stream_timeout: float = STREAM_TIMEOUT,
-                stop: threading.Event | None = None):
+                stop: threading.Event | None = None, fit: Preprocessing | None = None):
     """Open a frame source.
 
     Args:
@@ -591,6 +592,8 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
         disconnect_seconds: how long the simulated camera stays unplugged each time.
         stream_timeout: seconds a network stream may take to open or to deliver the next packet.
         stop: a stop request (signals): obeyed while opening and reading.
+        fit: the model's preprocessing: photos are decoded for it (a large JPEG at a reduced scale, as the
+            evaluator and the converter read it: :func:`edge_runtime.preprocess.read_image`).
 
     Raises:
         SourceError: cannot be opened (the message names the alternative), or stopped while opening.
@@ -641,17 +644,17 @@ def open_source(spec: str | int, *, camera: bool = False, picamera: bool = False
                                     "for video: --stream-timeout)") from None
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(path, stop=stop)
+        return FolderSource(path, stop=stop, fit=fit)
     pipe = _check_file(spec)
     if pipe and (loop or disconnect_every):
         raise SourceError(f"{spec}: a named pipe is read once, as it comes; --loop and --disconnect-every need a "
                           "video file")
     if is_image_file(path):  # one photo, decoded as a folder's photos, the evaluator's and the converter's are
         try:  # (FFmpeg's JPEG decoding, through VideoCapture, gives other pixels: another top-1 for some photos)
-            read_image(str(path))
+            read_image(str(path), fit=fit)
         except PreprocessingError as e:
             raise SourceError(str(e)) from None
-        return FolderSource(path, stop=stop)
+        return FolderSource(path, stop=stop, fit=fit)
     if disconnect_every:
         return CaptureSource(SimulatedCamera(str(path), disconnect_every, disconnect_seconds).open,
                              f"{path} (disconnects every {disconnect_every} frames)", latest=False,

@@ -74,7 +74,7 @@ def dump(args: argparse.Namespace) -> int:
         out["val"] = {"files": names, "top1": top, "tied": tied, "inputs": inputs, "targets": targets}
     if args.source:
         try:
-            source = open_source(args.source)
+            source = open_source(args.source, fit=clf.preprocessing)
         except SourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

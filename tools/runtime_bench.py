@@ -57,7 +57,7 @@ def end_to_end(model: Path, source: str, threads: int, frames: int) -> dict:
     from edge_runtime.sources import open_source
 
     clf = Classifier(model, threads=threads)
-    src = open_source(source, loop=True)
+    src = open_source(source, loop=True, fit=clf.preprocessing)
     with open(os.devnull, "w") as null:
         stats = app.run(clf, src, app.RunOptions(max_frames=frames, out=null, log_interval=1e9))
     return {"frames": stats.frames, "fps": stats.fps}
@@ -84,7 +84,7 @@ def soak(model: Path, source: str, frames: int, every: int) -> dict:
     from edge_runtime.sources import open_source
 
     clf = Classifier(model, threads=2)
-    src = open_source(source, disconnect_every=every)
+    src = open_source(source, disconnect_every=every, fit=clf.preprocessing)
     marks = {}
 
     def on_result(i, _preds):

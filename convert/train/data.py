@@ -290,13 +290,15 @@ class EvalSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, target, _ = self.items[i]
-        crop = resize_crop(_read(path), self.pp)
+        crop = resize_crop(_read(path, self.pp), self.pp)
         return torch.from_numpy(crop).permute(2, 0, 1).contiguous(), target
 
 
-def _read(path: str) -> np.ndarray:
+def _read(path: str, fit: Preprocessing | None = None) -> np.ndarray:
+    """A training image (full size: the augmentation's crops zoom in), or with ``fit`` one read as the
+    evaluator reads it."""
     try:
-        return read_image(path)
+        return read_image(path, fit=fit)
     except PreprocessingError:
         raise ProcessError(f"{path}: became unreadable during training (it decoded when the data was scanned)") \
             from None
