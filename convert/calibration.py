@@ -12,19 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.preprocess import Preprocessing, PreprocessingError, read_image, resize_crop
+from edge_runtime.preprocess import Preprocessing, PreprocessingError, read_image, read_images, resize_crop
 
 # Scales of the resize relative to the record's resize (1.0 = the validation view). Measured on
 # val500 (top-1 agreement int8 vs float, all else default): (1.0, 1.3) 93.6%, these four 94.6%.
 DEFAULT_SCALES = (1.0, 1.3, 1.7, 2.2)
 
 
-def views(image_bgr: np.ndarray, pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,
+def views(path: Path, pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,
           mirror: bool = True) -> list[np.ndarray]:
-    """Deterministic calibration views of one image (uint8 crops in the model's input layout)."""
+    """Deterministic calibration views of one photo file (uint8 crops in the model's input layout), each scale
+    cut from the photo decoded for it, as the runtime decodes it for a model of that resize (a large JPEG
+    reduced: :func:`edge_runtime.preprocess.read_images`).
+
+    Raises:
+        PreprocessingError: unreadable, or over the budgets.
+    """
+    fits = [_scaled(pp, s) for s in scales]
     out = []
-    for s in scales:
-        crop = resize_crop(image_bgr, _scaled(pp, s))
+    for image, fit in zip(read_images(str(path), fits), fits):
+        crop = resize_crop(image, fit)
         out.append(crop)
         if mirror:
             out.append(np.ascontiguousarray(crop[:, ::-1]))
@@ -37,10 +44,6 @@ def _scaled(pp: Preprocessing, s: float) -> Preprocessing:
     return dataclasses.replace(pp, resize=(max(pp.input_size[0], round(rh * s)), round(rw * s) if rw else 0))
 
 
-def read_for_views(path: Path, pp: Preprocessing, scales: tuple[float, ...]) -> np.ndarray:
-    """An image decoded for :func:`views` at ``scales`` (a large JPEG reduced for the largest view)."""
-    return read_image(str(path), fit=_scaled(pp, max(scales)))
-
 
 def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,
                mirror: bool = True) -> tuple[np.ndarray, list[str]]:
@@ -48,7 +51,7 @@ def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] =
     crops, skipped = [], []
     for path in paths:
         try:
-            crops.extend(views(read_for_views(path, pp, scales), pp, scales, mirror))
+            crops.extend(views(path, pp, scales, mirror))
         except PreprocessingError:
             skipped.append(str(path))
     return (np.stack(crops) if crops else np.zeros((0, *pp.input_size, 3), np.uint8)), skipped

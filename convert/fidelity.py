@@ -77,12 +77,12 @@ def check_views(paths: list[Path], pp) -> tuple[np.ndarray, list[str], list[str]
     each photo at CHECK_SCALES, each also mirrored, through the one preprocessing."""
     from edge_runtime.preprocess import PreprocessingError
 
-    from .calibration import read_for_views, views
+    from .calibration import views
 
     crops, groups, skipped = [], [], []
     for path in paths:
         try:
-            vs = views(read_for_views(path, pp, CHECK_SCALES), pp, CHECK_SCALES, mirror=True)
+            vs = views(path, pp, CHECK_SCALES, mirror=True)
         except PreprocessingError:
             skipped.append(str(path))
             continue

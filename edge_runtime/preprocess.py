@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -253,9 +253,22 @@ def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS, fit: Preprocessing
             :data:`MAX_IMAGE_BYTES`; nothing was decoded.
         PreprocessingError: unreadable file, unknown format, corrupt data, or not enough memory.
     """
+    return read_images(path, [fit], max_pixels)[0]
+
+
+def read_images(path: str, fits: Sequence[Preprocessing | None], max_pixels: int = MAX_IMAGE_PIXELS
+                ) -> list[np.ndarray]:
+    """``read_image(path, fit=f)`` for each ``f`` of ``fits``, the file read once and decoded once per scale
+    (views of several sizes: each cut from the photo decoded for its own size). Raises as read_image."""
     name = os.path.basename(path)
     data, (w, h, fmt) = read_image_bytes(path, max_pixels)
-    scale = decode_scale(fit, w, h) if fit is not None and fmt == "JPEG" else 1
+    scales = [decode_scale(fit, w, h) if fit is not None and fmt == "JPEG" else 1 for fit in fits]
+    decoded = {scale: _decode(data, scale, name, (w, h, fmt)) for scale in dict.fromkeys(scales)}
+    return [decoded[scale] for scale in scales]
+
+
+def _decode(data: np.ndarray, scale: int, name: str, header: tuple[int, int, str]) -> np.ndarray:
+    w, h, fmt = header
     try:
         image = cv2.imdecode(data, dict(_REDUCED).get(scale, cv2.IMREAD_COLOR))
     except (cv2.error, MemoryError) as e:  # out of memory, or a decoder's own limit

@@ -89,3 +89,19 @@ def test_the_runtime_reads_a_large_photo_as_the_evaluator_does(int8_model, mosai
 
     assert shown == top(crop)
     assert top(resize_crop(read_image(str(folder / "mosaic.jpg")), clf.preprocessing)) != shown  # it can fail
+
+
+def test_each_calibration_view_is_cut_from_the_photo_decoded_for_its_size(mosaic):
+    """The converter's views of a photo at 1.0x-2.2x its model's resize: the 1.0x view is the runtime's crop of
+    that photo (decoded at 1/4 here), the 1.3x one is cut from a decode at 1/2, the 2.2x one from the whole
+    photo (each needs twice its pixels)."""
+    from convert.calibration import DEFAULT_SCALES, views
+
+    jpg = mosaic / "mosaic.jpg"
+    assert DEFAULT_SCALES == (1.0, 1.3, 1.7, 2.2)
+    crops = views(jpg, CAFFE, DEFAULT_SCALES, mirror=False)
+    for crop, scale, decoded in zip(crops, DEFAULT_SCALES, (4, 2, 2, 1)):
+        fit = dataclasses.replace(CAFFE, resize=(round(256 * scale),) * 2)
+        assert decode_scale(fit, 3000, 2250) == decoded
+        assert np.array_equal(crop, resize_crop(read_image(str(jpg), fit=fit), fit)), scale
+    assert np.array_equal(crops[0], resize_crop(read_image(str(jpg), fit=CAFFE), CAFFE))

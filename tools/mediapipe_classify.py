@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     top, tied, names, files, heads = [], [], [], [], set()
     with vision.ImageClassifier.create_from_options(options) as classifier:
         for path in images.paths:
-            image = read_image(str(path))
+            image = read_image(str(path), fit=info.preprocessing)
             roi = None
             if args.full_image:
                 rh, rw = info.preprocessing.resized_shape(*image.shape[:2])

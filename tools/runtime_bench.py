@@ -199,7 +199,7 @@ def serve_cost(model: Path, source: str, threads: int, frames: int, reps: int) -
         encoded, publish_s[0] = service.hub.jpegs, 0.0
         threads0, cpu0 = _service_thread_cpu(), os.times()
         with open(os.devnull, "w") as null:
-            stats = app.run(clf, open_source(source, loop=True),
+            stats = app.run(clf, open_source(source, loop=True, fit=clf.preprocessing),
                             app.RunOptions(max_frames=n_frames, out=null, log_interval=1e9),
                             observer=timed_publish if clients is not None else None)
         cpu1, threads1 = os.times(), _service_thread_cpu()
