@@ -44,7 +44,6 @@ def _scaled(pp: Preprocessing, s: float) -> Preprocessing:
     return dataclasses.replace(pp, resize=(max(pp.input_size[0], round(rh * s)), round(rw * s) if rw else 0))
 
 
-
 def load_views(paths: list[Path], pp: Preprocessing, scales: tuple[float, ...] = DEFAULT_SCALES,
                mirror: bool = True) -> tuple[np.ndarray, list[str]]:
     """(N x H x W x 3 uint8 crops, skipped files) for a list of image paths."""
